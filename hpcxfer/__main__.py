@@ -1,0 +1,3 @@
+from hpcxfer.cli import main
+
+raise SystemExit(main())

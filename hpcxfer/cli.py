@@ -1,0 +1,260 @@
+"""The command line (SPEC section 2). One handler turns every HpcxferError into one line
+and exit status 2; --debug shows the traceback instead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from hpcxfer.errors import ConfigError, HpcxferError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ---------------------------------------------------------------- plan
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.grid.expand import expand_by_block
+
+    grid = load_grid(args.grid)
+    tasks = expand(grid)
+    if args.json:
+        for t in tasks:
+            sys.stdout.write(json.dumps(t.to_dict(), sort_keys=True) + "\n")
+        return 0
+    _task_table(tasks, f"{grid.study}: {len(tasks)} tasks", limit=args.limit)
+    counts = Table(title="tasks by stage and sub-grid")
+    counts.add_column("stage / sub-grid")
+    counts.add_column("tasks", justify="right")
+    for stage, n in Counter(t.stage for t in tasks).items():
+        counts.add_row(stage, str(n))
+    blocks = expand_by_block(grid)
+    if len(blocks) > 1:
+        for name, block in blocks:
+            counts.add_row(f"  finetune: {name}", str(len({t.task_id for t in block})))
+    console.print(counts)
+    return 0
+
+
+def _task_table(tasks, title: str, limit: int) -> None:
+    table = Table(title=title)
+    for col in ("task_id", "stage", "split", "per class", "n", "h", "d", "f", "epochs", "batch"):
+        table.add_column(col, justify="left" if col in ("task_id", "stage") else "right",
+                         no_wrap=col == "task_id")
+    for t in tasks[:limit]:
+        table.add_row(t.task_id, t.stage, str(t.split), str(t.examples_per_class), str(t.transfer_layers),
+                      str(t.high_lr_layers), str(t.initial_decay_epochs), str(t.frozen_layers),
+                      str(t.epochs), str(t.batch_size))
+    if len(tasks) > limit:
+        table.caption = f"... and {len(tasks) - limit} more (--limit N, or --json for all)"
+    console.print(table)
+
+
+# ---------------------------------------------------------------- submit
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpcxfer.backends import get_backend
+    from hpcxfer.data import check_data
+    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.study import study_paths, study_states, write_study
+
+    grid = load_grid(args.grid)
+    tasks = expand(grid)
+    backend = get_backend(args.backend)
+    check_data(grid._source, grid.data.dataset, grid.data.path, tasks)
+    paths = study_paths(grid, args.root)
+    write_study(paths, grid, tasks)
+
+    wanted = {t.task_id for t in tasks}
+    held = _held(paths)
+    states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
+    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+    by_state = Counter(s.state for s in states.values())
+    console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
+        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}")
+
+    if args.wait and backend.name == "local" and todo:
+        sub = _submit_local_with_progress(backend, paths, grid, todo)
+    else:
+        sub = backend.submit(paths, grid, todo, dry_run=args.dry_run)
+    if args.dry_run:
+        for cmd in sub.commands:
+            console.print(cmd, markup=False, highlight=False)
+        console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted")
+        return 0
+    if sub.job_ids:
+        console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}")
+    if args.wait:
+        states = study_states(paths, _held(paths))
+        bad = [s for s in states if s.task_id in wanted and s.state != "done"]
+        for s in bad:
+            console.print(f"[red]{s.task_id}[/red] {s.state}: {s.detail} {s.log or ''}", highlight=False)
+        return 1 if bad else 0
+    return 0
+
+
+def _submit_local_with_progress(backend, paths, grid, todo):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("tasks", total=len(todo), detail="")
+
+        def on_change(counts: dict) -> None:
+            finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
+            detail = f"{counts.get('running', 0)} running"
+            for k in ("failed", "skipped"):
+                if counts.get(k):
+                    detail += f", [red]{counts[k]} {k}[/red]"
+            progress.update(bar, completed=finished, detail=detail)
+
+        return backend.submit(paths, grid, todo, wait=True, on_change=on_change)
+
+
+def _held(paths) -> set[str]:
+    from hpcxfer.backends import BACKENDS
+
+    held: set[str] = set()
+    for cls in BACKENDS.values():
+        held |= cls().held(paths)
+    return held
+
+
+# ---------------------------------------------------------------- status
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpcxfer.layout import StudyPaths
+    from hpcxfer.study import STATES, study_states
+
+    paths = StudyPaths.existing(args.study_dir)
+    states = study_states(paths, _held(paths))
+    counts = {s: 0 for s in STATES}
+    counts.update(Counter(s.state for s in states))
+    if args.json:
+        sys.stdout.write(json.dumps({"counts": counts, "tasks": [s.to_dict() for s in states]}) + "\n")
+        return 0
+    table = Table(title=f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for col in ("task_id", "stage", "state", "epoch", "detail"):
+        table.add_column(col)
+    colour = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
+    for s in states:
+        detail = s.detail + (f" (log: {s.log})" if s.state == "failed" else "")
+        table.add_row(s.task_id, s.stage, f"[{colour.get(s.state, 'white')}]{s.state}[/]",
+                      "" if s.epoch is None else str(s.epoch), detail)
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------- collect
+def cmd_collect(args: argparse.Namespace) -> int:
+    from hpcxfer.collect import read_results, summarize
+    from hpcxfer.collect import render
+    from hpcxfer.layout import StudyPaths
+
+    paths = StudyPaths.existing(args.study_dir)
+    records = read_results(paths)
+    summaries = summarize(records.rows, records.missing)
+    title = f"{paths.name}: final validation accuracy, mean ± std over splits"
+    for problem in records.problems:
+        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    if args.format == "table" and not args.out:
+        console.print(render.rich_table(summaries, title))
+        missing = sum(1 for t in records.missing if t.stage == "finetune")
+        if missing:
+            console.print(f"{missing} fine-tuning tasks have no result yet (hpcxfer status {args.study_dir})")
+        return 0
+    text = {"csv": render.to_csv, "markdown": render.to_markdown, "json": render.to_json,
+            "table": render.to_markdown}[args.format](summaries)
+    if args.out:
+        from hpcxfer.fileio import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.out), text.encode())
+        console.print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---------------------------------------------------------------- run-task, cancel
+def cmd_run_task(args: argparse.Namespace) -> int:
+    from hpcxfer.worker.main import run_task
+
+    return run_task(args.study_dir, args.task)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from hpcxfer.backends import BACKENDS
+    from hpcxfer.layout import StudyPaths
+
+    paths = StudyPaths.existing(args.study_dir)
+    cancelled = [j for cls in BACKENDS.values() for j in cls().cancel(paths)]
+    console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from hpcxfer import __version__
+    from hpcxfer.collect.render import FORMATS
+
+    parser = argparse.ArgumentParser(prog="hpcxfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hpcxfer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="expand and validate a grid; table of tasks and counts")
+    p.add_argument("grid")
+    p.add_argument("--json", action="store_true", help="one JSON object per task per line")
+    p.add_argument("--limit", type=int, default=40, help="task rows to show (default 40)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("submit", help="submit every task not done and not queued")
+    p.add_argument("grid")
+    p.add_argument("--backend", choices=None, help="local, slurm, pbs or gadi (default: detected)")
+    p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    p.add_argument("--wait", action="store_true", help="stay until the study is done, showing progress")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="state of every task")
+    p.add_argument("study_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("collect", help="summary tables of the results")
+    p.add_argument("study_dir")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--out", help="write to this file instead of the terminal")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("run-task", help="run one task (what an array task runs)")
+    p.add_argument("study_dir")
+    p.add_argument("task", help="index in tasks.jsonl or task id")
+    p.set_defaults(func=cmd_run_task)
+
+    p = sub.add_parser("cancel", help="cancel what the study has queued")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HpcxferError as e:
+        if args.debug:
+            raise
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,99 @@
+"""Crash-safe file writes: a record is on disk whole or not at all.
+
+Every file hpcxfer writes that another process may read goes through here. The parallel
+file systems of HPC sites (Lustre, GPFS) give no useful locks, so safety comes from
+write-to-temporary + fsync + rename, and from appending whole lines in one write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable: without it a crash can forget the new name."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one record as one line with a single write(2), then fsync.
+
+    O_APPEND makes the write land at the end even with other writers, and a single
+    write of a short line is never interleaved; a crash mid-write can at worst leave a
+    truncated last line, which readers skip and `rewrite_jsonl` removes on resume.
+    """
+    line = (dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """Records of a JSONL file, skipping lines that are not whole JSON objects."""
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    return  # a truncated last line: the write that made it never finished
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict):
+                    yield rec
+    except FileNotFoundError:
+        return
+
+
+def rewrite_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(dumps(r) + "\n" for r in records).encode())

@@ -1,0 +1,103 @@
+"""Grid -> tasks. Pure and deterministic: the same grid always gives the same ids."""
+
+from __future__ import annotations
+
+import itertools
+
+from hpcxfer.errors import ConfigError
+from hpcxfer.grid import protocols
+from hpcxfer.grid.protocols import PROTOCOL_FIELDS
+from hpcxfer.grid.schema import FINETUNE_DEFAULTS, Axes, Grid
+from hpcxfer.grid.task import Task
+
+#: Product order of the fine-tuning axes (outermost first).
+SETTINGS = ("lr_high", "lr_low", "lr_gamma", "decay_every", "epochs", "batch_size", "momentum",
+            "weight_decay", "seed")
+
+
+def pretrain_task(grid: Grid, split: int) -> Task:
+    p = grid.pretrain
+    return Task(
+        stage="pretrain", arch=grid.arch, dataset=grid.data.dataset, split=split,
+        examples_per_class=p.examples_per_class, transfer_layers=0, high_lr_layers=8, lr_high=p.lr, lr_low=p.lr,
+        initial_decay_epochs=p.decay_every, frozen_layers=0, lr_gamma=p.lr_gamma,
+        decay_every=p.decay_every, epochs=p.epochs, batch_size=p.batch_size, momentum=p.momentum,
+        weight_decay=p.weight_decay, seed=p.seed,
+    ).with_id()
+
+
+def blocks(grid: Grid) -> list[tuple[str, dict]]:
+    """(name, axes) for each sub-grid: the `finetune` block, or each experiment over it."""
+    base = grid.finetune.model_dump(exclude_none=True)
+    if not grid.experiments:
+        return [("finetune", base)]
+    out = []
+    for i, exp in enumerate(grid.experiments):
+        own = exp.model_dump(exclude_none=True)
+        name = own.pop("name", None) or f"experiments[{i}]"
+        merged = dict(base)
+        if "protocol" in own or any(f in own for f in PROTOCOL_FIELDS):
+            # An experiment that chooses its protocol replaces the base's choice whole.
+            for f in ("protocol", *PROTOCOL_FIELDS):
+                merged.pop(f, None)
+        merged.update(own)
+        out.append((name, merged))
+    return out
+
+
+def _protocol_choices(axes: dict) -> list:
+    if "protocol" in axes:
+        return [("named", name) for name in axes["protocol"]]
+    lists = [axes.get(f, [protocols.COMMON[f]]) for f in PROTOCOL_FIELDS]
+    return [("fields", combo) for combo in itertools.product(*lists)]
+
+
+def _resolve(choice: tuple, size: int | str) -> dict:
+    kind, value = choice
+    if kind == "named":
+        return protocols.resolve(value, size)
+    best = protocols.optimal(size)
+    return {f: (best[f] if v == "optimal" else v) for f, v in zip(PROTOCOL_FIELDS, value)}
+
+
+def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -> list[Task]:
+    axes = {**FINETUNE_DEFAULTS, **axes}
+    where = "finetune" if name == "finetune" else f"experiments {name!r}"
+    tasks = []
+    for split, size, choice, *settings in itertools.product(
+        axes["split"], axes["examples_per_class"], _protocol_choices(axes),
+        *(axes[s] for s in SETTINGS),
+    ):
+        proto = _resolve(choice, size)
+        if proto["frozen_layers"] > proto["transfer_layers"]:
+            raise ConfigError(
+                grid._source, f"{where}.frozen_layers",
+                f"frozen_layers {proto['frozen_layers']} > transfer_layers "
+                f"{proto['transfer_layers']} at {size} per class; only transferred layers can be frozen",
+            )
+        values = dict(zip(SETTINGS, settings))
+        pre = pretrain[split]
+        tasks.append(Task(
+            stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
+            examples_per_class=size, **proto, **values,
+            # Every fine-tuning task depends on its split's pre-training (SPEC section 1),
+            # scratch included, so that a study's stages stay simple to schedule and count.
+            depends_on=(pre.task_id,),
+        ).with_id())
+    return tasks
+
+
+def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
+    """Each sub-grid's fine-tuning tasks (before de-duplication across sub-grids)."""
+    named = blocks(grid)
+    splits = sorted({s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])})
+    pretrain = {s: pretrain_task(grid, s) for s in splits}
+    return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]
+
+
+def expand(grid: Grid) -> list[Task]:
+    """Every task of the grid, pre-training first, each once, in a stable order."""
+    by_block = expand_by_block(grid)
+    finetune = list({t.task_id: t for _, ts in by_block for t in ts}.values())
+    splits = sorted({t.split for t in finetune})
+    return [pretrain_task(grid, s) for s in splits] + finetune

@@ -1,0 +1,218 @@
+"""The grid file's schema: parsed once, validated loudly, typed from then on.
+
+A fine-tuning field given as a list is an axis of the grid; a scalar is fixed. The four
+protocol fields also take `optimal` (Table 2's value for each size), and the `protocol`
+axis takes the named protocols `common`, `scratch` and `optimal`, which set all four.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+
+from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
+
+DATASETS = ("fashion-mnist",)
+ARCHS = ("alexnet-narrow", "alexnet")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors that list the valid ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            if unknown:
+                valid = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown key {unknown[0]!r}; valid keys: {valid}")
+        elif data is not None and not isinstance(data, BaseModel):
+            raise ValueError(f"expected a mapping, got {type(data).__name__} {data!r}")
+        return data
+
+
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{v!r} is not {what}")
+    return v
+
+
+def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tuple = ()):
+    """A validator turning a scalar or a list into a non-empty list of checked values.
+
+    kind: "int" or "float"; lo/hi: inclusive bounds; names: strings also accepted.
+    """
+    rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+
+    def check(value: Any) -> list:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("an empty list; give at least one value")
+        out = []
+        for i, v in enumerate(items):
+            at = f" (item {i} of the list)" if isinstance(value, list) else ""
+            if isinstance(v, str) and v in names:
+                out.append(v)
+                continue
+            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                choices = f" or one of {', '.join(names)}" if names else ""
+                raise ValueError(f"{v!r} is not an integer{choices}{at}")
+            v = _number(v, "a number")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ValueError(f"{v!r} is out of range {rng}{at}")
+            out.append(v)
+        return out
+
+    return BeforeValidator(check)
+
+
+def _sizes(value: Any) -> list:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("an empty list; give at least one size")
+    for v in items:
+        if v != "full" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{v!r} is not a positive integer or 'full'")
+    return items
+
+
+def _protocols(value: Any) -> list:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if v not in NAMED:
+            raise ValueError(f"{v!r} is not a named protocol; choose from {', '.join(NAMED)}")
+    return items
+
+
+IntAxis = list[int]
+Layers = Annotated[list, axis("int", 0, 7, names=("optimal",))]
+HighLr = Annotated[list, axis("int", 1, 8, names=("optimal",))]
+DecayStart = Annotated[list, axis("int", 0, None, names=("optimal",))]
+Frozen = Annotated[list, axis("int", 0, 6, names=("optimal",))]
+Sizes = Annotated[list, BeforeValidator(_sizes)]
+Protocols = Annotated[list, BeforeValidator(_protocols)]
+PosInt = Annotated[list, axis("int", 1)]
+NonNegInt = Annotated[list, axis("int", 0)]
+Rate = Annotated[list, axis("float", 0)]
+Gamma = Annotated[list, axis("float", 0, 1)]
+Momentum = Annotated[list, axis("float", 0, 0.999999)]
+
+
+class DataSpec(Strict):
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    path: str | None = Field(None, description="explicit data folder; searched before the defaults")
+
+
+class PretrainSpec(Strict):
+    """Yosinski's solver by default (SPEC section 1); one pre-training task per split."""
+
+    epochs: int = Field(90, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    decay_every: int = Field(30, ge=1)
+    seed: int = Field(0, ge=0)
+    examples_per_class: int | Literal["full"] = Field(
+        "full", description="the first x training images of each source class (default: all)")
+
+    @model_validator(mode="after")
+    def _positive_size(self) -> "PretrainSpec":
+        size = self.examples_per_class
+        if size != "full" and (isinstance(size, bool) or size < 1):
+            raise ValueError(f"examples_per_class: {size!r} is not a positive integer or 'full'")
+        return self
+
+
+class Axes(Strict):
+    """Fine-tuning axes; every field optional so that an experiment can override a few."""
+
+    split: NonNegInt | None = None
+    examples_per_class: Sizes | None = None
+    protocol: Protocols | None = None
+    transfer_layers: Layers | None = None
+    high_lr_layers: HighLr | None = None
+    initial_decay_epochs: DecayStart | None = None
+    frozen_layers: Frozen | None = None
+    lr_high: Rate | None = None
+    lr_low: Rate | None = None
+    lr_gamma: Gamma | None = None
+    decay_every: PosInt | None = None
+    epochs: PosInt | None = None
+    batch_size: PosInt | None = None
+    momentum: Momentum | None = None
+    weight_decay: Rate | None = None
+    seed: NonNegInt | None = None
+
+    @model_validator(mode="after")
+    def _protocol_or_fields(self) -> "Axes":
+        if self.protocol is not None:
+            clash = [f for f in PROTOCOL_FIELDS if getattr(self, f) is not None]
+            if clash:
+                raise ValueError(
+                    f"'protocol' sets {', '.join(PROTOCOL_FIELDS)}; remove {clash[0]!r} "
+                    "or move it to its own experiment"
+                )
+        return self
+
+
+class Experiment(Axes):
+    name: str | None = None
+
+
+#: What a fine-tuning field is when neither the grid nor a protocol sets it.
+FINETUNE_DEFAULTS: dict[str, list] = {
+    "split": [0],
+    "examples_per_class": ["full"],
+    "lr_high": [0.01],
+    "lr_low": [0.001],
+    "lr_gamma": [0.1],
+    "decay_every": [30],
+    "batch_size": [256],
+    "momentum": [0.9],
+    "weight_decay": [5e-4],
+    "seed": [0],
+}
+
+
+class RuntimeSpec(Strict):
+    """How tasks run; not part of a task's identity (changing it reruns nothing)."""
+
+    eval_every: int = Field(1, ge=1, description="evaluate every k epochs and after the last")
+    checkpoint_minutes: float = Field(5.0, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = cores / parallel tasks")
+    keep_checkpoints: bool = False
+
+
+class LocalSpec(Strict):
+    max_parallel: int = Field(0, ge=0, description="tasks at once; 0 = one per CPU core")
+
+
+class Grid(Strict):
+    _source: str = PrivateAttr("grid.yaml")
+
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    root: str = "runs"
+    data: DataSpec
+    arch: Literal[ARCHS] = "alexnet-narrow"  # type: ignore[valid-type]
+    pretrain: PretrainSpec = PretrainSpec()
+    finetune: Axes
+    experiments: list[Experiment] | None = None
+    runtime: RuntimeSpec = RuntimeSpec()
+    local: LocalSpec = LocalSpec()
+
+    @model_validator(mode="after")
+    def _epochs_given(self) -> "Grid":
+        blocks = self.experiments or [Experiment()]
+        if self.finetune.epochs is None and any(b.epochs is None for b in blocks):
+            raise ValueError(
+                "finetune: 'epochs' is required (the paper does not state it; say what you assume)"
+            )
+        return self

@@ -1,0 +1,119 @@
+"""The one owner of the on-disk layout (SPEC section 3). Nothing else builds these paths.
+
+    <root>/<study>/
+        study.json            what the study is: name, grid sources, runtime, data
+        tasks.jsonl           every task of the study, one per line; the line number is the
+                              task's index for scheduler arrays (append-only)
+        backends/<name>/      scripts, submission records and scheduler logs of a backend
+        tasks/<task_id>/
+            task.json         the resolved task, its data location and runtime settings
+            metrics.jsonl     one record per evaluation
+            result.json       written last, once the task is finished
+            failed.json       written when the task failed for a real error
+            running.json      host, pid and start time of the process running it
+            checkpoint.pt     the newest checkpoint (checkpoint.prev.pt: the one before)
+            model.pt          a pre-training task's final weights, which fine-tuning loads
+            log.txt           the worker's log
+            tb/               TensorBoard scalars
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpcxfer.errors import StudyError
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    dir: Path
+
+    @property
+    def task_id(self) -> str:
+        return self.dir.name
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "task.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
+    def failed(self) -> Path:
+        return self.dir / "failed.json"
+
+    @property
+    def running(self) -> Path:
+        return self.dir / "running.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def checkpoint_prev(self) -> Path:
+        return self.dir / "checkpoint.prev.pt"
+
+    @property
+    def weights(self) -> Path:
+        return self.dir / "model.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.txt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tb"
+
+    @property
+    def profile(self) -> Path:
+        return self.dir / "profile"
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    dir: Path
+
+    @classmethod
+    def of(cls, root: str | Path, study: str) -> "StudyPaths":
+        return cls(Path(root).absolute() / study)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "StudyPaths":
+        """A study directory given on the command line; a clear error if it is not one."""
+        paths = cls(Path(path).absolute())
+        if not paths.study_json.is_file():
+            raise StudyError(f"{path}: not a study directory (no study.json); run `hpcxfer submit GRID.yaml` first")
+        return paths
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def study_json(self) -> Path:
+        return self.dir / "study.json"
+
+    @property
+    def tasks_index(self) -> Path:
+        return self.dir / "tasks.jsonl"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.dir / "tasks"
+
+    def backend_dir(self, backend: str) -> Path:
+        return self.dir / "backends" / backend
+
+    def task(self, task_id: str) -> TaskPaths:
+        if not task_id or "/" in task_id or task_id.startswith("."):
+            raise StudyError(f"{task_id!r} is not a task id")
+        return TaskPaths(self.tasks_dir / task_id)

@@ -1,0 +1,158 @@
+"""A study on disk: its task index, each task's resolved config, and each task's state.
+
+The file system is the database. Submission writes `study.json`, `tasks.jsonl` and a
+`task.json` per task; workers write only inside their own task folder; the state of a task
+is read off its files (and, for queued work, the backend's own record).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import hpcxfer
+from hpcxfer.errors import StudyError
+from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json, rewrite_jsonl
+from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import StudyPaths, TaskPaths
+
+STATES = ("pending", "queued", "running", "done", "failed")
+
+
+def study_paths(grid: Grid, root: str | None = None) -> StudyPaths:
+    return StudyPaths.of(root or grid.root, grid.study)
+
+
+def task_config(task: Task, grid: Grid) -> dict:
+    """task.json: the task's identity plus where its data is and how it runs."""
+    data = grid.data.model_dump()
+    if data.get("path"):
+        data["path"] = str(Path(data["path"]).absolute())
+    return {**task.to_dict(), "data": data, "runtime": grid.runtime.model_dump()}
+
+
+def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
+    """Record the grid's tasks in the study: new tasks are appended to the index (so the
+    index of a known task never changes) and every unfinished task's task.json is
+    (re)written, so a changed runtime section applies to work not yet done."""
+    paths.tasks_dir.mkdir(parents=True, exist_ok=True)
+    index = load_index(paths) if paths.tasks_index.exists() else []
+    known = {t["task_id"] for t in index}
+    added = [t.to_dict() for t in tasks if t.task_id not in known]
+    if added:
+        rewrite_jsonl(paths.tasks_index, index + added)
+    for task in tasks:
+        tp = paths.task(task.task_id)
+        if not tp.result.exists():
+            atomic_write_json(tp.config, task_config(task, grid))
+    info = read_json(paths.study_json) if paths.study_json.exists() else {
+        "study": grid.study, "created": time.time(), "grids": []}
+    source = str(Path(grid._source).absolute())
+    info["grids"] = sorted(set(info.get("grids", [])) | {source})
+    info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
+                 "arch": grid.arch, "data": grid.data.model_dump()})
+    atomic_write_json(paths.study_json, info)
+
+
+def load_index(paths: StudyPaths) -> list[dict]:
+    """Every task of the study in index order (the array index of each)."""
+    return list(iter_jsonl(paths.tasks_index))
+
+
+def load_tasks(paths: StudyPaths) -> list[Task]:
+    return [Task.from_dict(d) for d in load_index(paths)]
+
+
+def resolve_task(paths: StudyPaths, spec: str) -> str:
+    """A task given as its index in tasks.jsonl or as its id -> its id."""
+    index = load_index(paths)
+    if spec.isdigit():
+        i = int(spec)
+        if i >= len(index):
+            raise StudyError(f"{paths.tasks_index}: no task with index {i} (the study has {len(index)})")
+        return index[i]["task_id"]
+    if any(t["task_id"] == spec for t in index):
+        return spec
+    raise StudyError(f"{paths.tasks_index}: no task {spec!r} in this study")
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    state: str
+    dir: str
+    stage: str = ""
+    detail: str = ""
+    log: str | None = None
+    epoch: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**d, **extra}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_here(tp: TaskPaths) -> bool | None:
+    """True/False when running.json names a process on this host; None when another host."""
+    try:
+        info = read_json(tp.running)
+    except (FileNotFoundError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        return None
+    return _alive(int(info.get("pid", -1)))
+
+
+def last_epoch(tp: TaskPaths) -> int | None:
+    epochs = [r.get("epoch") for r in iter_jsonl(tp.metrics)]
+    return max((e for e in epochs if isinstance(e, int)), default=None)
+
+
+def task_state(paths: StudyPaths, task: Task, queued: set[str] = frozenset()) -> TaskState:
+    """The state of one task, read off its files; `queued` is what backends hold for it."""
+    tp = paths.task(task.task_id)
+    st = TaskState(task.task_id, "pending", str(tp.dir), stage=task.stage)
+    if tp.result.is_file():
+        st.state = "done"
+        return st
+    st.epoch = last_epoch(tp)
+    here = running_here(tp) if tp.running.exists() else False
+    if here or here is None:
+        st.state, st.log = "running", str(tp.log)
+        return st
+    if tp.failed.is_file():
+        try:
+            failed = read_json(tp.failed)
+        except ValueError:
+            failed = {}
+        st.state, st.log = "failed", str(tp.log)
+        st.detail = str(failed.get("error", "failed"))
+        return st
+    if task.task_id in queued:
+        st.state = "queued"
+        return st
+    if st.epoch is not None or tp.checkpoint.exists():
+        st.detail = f"interrupted after epoch {st.epoch or 0}; resumes from its checkpoint"
+        st.log = str(tp.log)
+    return st
+
+
+def study_states(paths: StudyPaths, queued: set[str] = frozenset()) -> list[TaskState]:
+    if not paths.tasks_index.exists():
+        raise StudyError(f"{paths.dir}: no tasks.jsonl; not a submitted study")
+    return [task_state(paths, t, queued) for t in load_tasks(paths)]

@@ -1,0 +1,1 @@
+"""What one array task runs: `hpcxfer run-task STUDY_DIR TASK` -> `main.run_task`."""

@@ -1,0 +1,81 @@
+"""AlexNet and its eight weight layers, numbered bottom-up (SPEC section 1).
+
+Layer k (1..8) is features[0, 3, 6, 8, 10] for conv1..conv5 and classifier[1, 4, 6] for
+fc6..fc8 in torchvision's AlexNet. The narrow variant keeps those indices, so the layer
+map and every protocol apply to both unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+NUM_LAYERS = len(LAYER_NAMES)
+
+
+class NarrowAlexNet(nn.Module):
+    """AlexNet's eight weight layers at a width a CPU trains in minutes, for 28-32 px images.
+
+    Same module indices as torchvision's AlexNet: five 3x3 convolutions (the first two
+    and the last followed by max-pooling), then dropout / fc6 / fc7 / fc8.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1,
+                 widths: tuple[int, ...] = (16, 32, 48, 32, 32), hidden: int = 128, dropout: float = 0.5):
+        super().__init__()
+        c1, c2, c3, c4, c5 = widths
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 0-2
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 3-5
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(inplace=True),  # 6-7
+            nn.Conv2d(c3, c4, 3, padding=1), nn.ReLU(inplace=True),  # 8-9
+            nn.Conv2d(c4, c5, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 10-12
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(c5 * 9, hidden), nn.ReLU(inplace=True),  # 0-2
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # 3-5
+            nn.Linear(hidden, num_classes),  # 6
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _alexnet(num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import alexnet
+
+    model = alexnet(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        old = model.features[0]
+        model.features[0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    return model
+
+
+#: arch name -> (builder(num_classes, in_channels), layer map: attribute path of layers 1..8)
+ARCHS: dict[str, tuple[Callable[[int, int], nn.Module], tuple[str, ...]]] = {
+    "alexnet-narrow": (lambda k, c: NarrowAlexNet(k, c), (
+        "features.0", "features.3", "features.6", "features.8", "features.10",
+        "classifier.1", "classifier.4", "classifier.6")),
+    "alexnet": (_alexnet, (
+        "features.0", "features.3", "features.6", "features.8", "features.10",
+        "classifier.1", "classifier.4", "classifier.6")),
+}
+
+
+def build_model(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    return ARCHS[arch][0](num_classes, in_channels)
+
+
+def weight_layers(model: nn.Module, arch: str) -> list[nn.Module]:
+    """Layers 1..8 (index 0 is layer 1) of a model built by `build_model`."""
+    return [model.get_submodule(name) for name in ARCHS[arch][1]]
+
+
+def layer_prefixes(arch: str) -> tuple[str, ...]:
+    """state_dict key prefixes of layers 1..8."""
+    return tuple(name + "." for name in ARCHS[arch][1])

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny grids on the real Fashion-MNIST, and the CLI as a real process."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+#: A grid small enough to train in seconds on one core, yet a real study: real images,
+#: real pre-training on the source half, real fine-tuning on the target half.
+TINY_GRID = {
+    "study": "tiny",
+    "data": {"dataset": "fashion-mnist"},
+    "pretrain": {"epochs": 2, "batch_size": 32, "examples_per_class": 60, "decay_every": 1},
+    "finetune": {"split": [0], "examples_per_class": [10], "epochs": 3, "batch_size": 10},
+    "experiments": [
+        {"name": "named", "protocol": ["scratch", "common"]},
+        {"name": "n", "transfer_layers": [3], "frozen_layers": [2], "high_lr_layers": 1},
+    ],
+    "runtime": {"eval_every": 1},
+    "local": {"max_parallel": 2},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        elif v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def write_grid(tmp_path):
+    """write_grid(overrides=None, name=...) -> path of a grid file; overrides merge into
+    TINY_GRID (a None value deletes the key) and root points into tmp_path."""
+
+    def _write(overrides: dict | None = None, name: str = "grid.yaml", base: dict | None = None) -> Path:
+        grid = merge(base if base is not None else TINY_GRID, {"root": str(tmp_path / "runs")})
+        grid = merge(grid, overrides or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(grid, sort_keys=False))
+        return path
+
+    return _write
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    """The CLI in its own process, as a user or a job script runs it."""
+    return subprocess.run([sys.executable, "-m", "hpcxfer", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout, env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+@pytest.fixture
+def cli():
+    return run_cli
