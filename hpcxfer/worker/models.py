@@ -40,6 +40,14 @@ class NarrowAlexNet(nn.Module):
             nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # 3-5
             nn.Linear(hidden, num_classes),  # 6
         )
+        # He initialisation keeps the signal alive through eight narrow layers; with
+        # PyTorch's default init a from-scratch model sat at chance for hundreds of steps
+        # on 50 images (measured: 0.20 vs 0.69 validation accuracy after 280 updates).
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier[6].weight, 0.0, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
