@@ -7,6 +7,7 @@ write-to-temporary + fsync + rename, and from appending whole lines in one write
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -29,12 +30,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
+def _file_mode() -> int:
+    """What open() would give a new file (0o666 less the umask); mkstemp gives 0o600,
+    which would hide results from the rest of a project group on a shared file system."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
