@@ -128,15 +128,3 @@ def test_cli_plan_json_one_object_per_task_with_spec_names(write_grid, cli):
     table = cli("plan", write_grid(name="p.yaml"))
     assert "finetune" in table.stdout and rows[1]["task_id"] in table.stdout
 
-
-def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
-    import os
-
-    from hpcxfer.fileio import atomic_write_json
-
-    old = os.umask(0o022)
-    try:
-        atomic_write_json(tmp_path / "r.json", {"a": 1})
-    finally:
-        os.umask(old)
-    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
