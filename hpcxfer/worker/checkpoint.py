@@ -10,6 +10,7 @@ complete, and is the fallback when the newest is truncated or corrupt.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -42,7 +43,7 @@ def save(paths: TaskPaths, state: dict) -> float:
     """
     began = time.perf_counter()
     buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    torch.save({"format_version": FORMAT_VERSION, **state, "sha256": digest(state)}, buf)
     atomic_write_bytes(_new(paths), buf.getvalue())
     if paths.checkpoint.exists():
         os.replace(paths.checkpoint, paths.checkpoint_prev)
@@ -56,10 +57,41 @@ def _load_one(path: Path, identity: dict) -> dict:
     version = state.get("format_version") if isinstance(state, dict) else "?"
     if version != FORMAT_VERSION:
         raise ValueError(f"format version {version}, expected {FORMAT_VERSION}")
+    stored = state.pop("sha256", None)
+    if stored != digest({k: v for k, v in state.items() if k != "format_version"}):
+        raise ValueError("contents do not match their checksum (corrupt)")
     if state.get("task") != identity:
         raise CheckpointError(f"{path}: checkpoint belongs to a different task config; "
                               "refusing to resume (remove it to start this task afresh)")
     return state
+
+
+def digest(state: dict) -> str:
+    """SHA-256 of a state's contents. torch.load does not check the zip's CRCs, so without
+    it a flipped bit in a tensor would load as a silently wrong weight."""
+    h = hashlib.sha256()
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for k in sorted(obj, key=repr):
+                h.update(repr(k).encode())
+                walk(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    walk(state)
+    return h.hexdigest()
 
 
 def load_latest(paths: TaskPaths, identity: dict) -> dict | None:

@@ -79,7 +79,10 @@ class Streamed:
             num_workers=self.workers, pin_memory=self.device.type == "cuda",
             # fork: the data set's `load` may be a closure, which spawn cannot pickle
             multiprocessing_context="fork" if self.workers else None,
-            prefetch_factor=4 if self.workers else None)
+            prefetch_factor=4 if self.workers else None,
+            # its own generator: the loader draws worker seeds, which must not come from
+            # torch's global one (dropout) or the streamed path would train differently
+            generator=torch.Generator())
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
