@@ -39,14 +39,15 @@ def throughput(step, batch: int, seconds: float, device: torch.device, warmup: i
             return n * batch / elapsed
 
 
-def train_step(model: nn.Module, prec: Precision, x_fn, y: torch.Tensor, compiled: bool = False):
+def train_step(model: nn.Module, prec: Precision, batch_fn):
+    """One worker step (autocast, gradient scaler when fp16) on the batch `batch_fn()` gives."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = prec.scaler()
-    forward = torch.compile(model) if compiled else model
 
     def step() -> None:
+        x, y = batch_fn()
         with prec.autocast():
-            loss = nn.functional.cross_entropy(forward(prec.images(x_fn())).float(), y)
+            loss = nn.functional.cross_entropy(model(prec.images(x)).float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -71,7 +72,7 @@ def alexnet_rows(device: torch.device, batch: int, seconds: float, size: int) ->
             prec = Precision(device=device, dtype=dtype, channels_last=cl)
             label = name + (" channels_last" if cl else "")
             rows.append((f"AlexNet {size} px", label, batch,
-                         throughput(train_step(model, prec, lambda: x, y), batch, seconds, device)))
+                         throughput(train_step(model, prec, lambda: (x, y)), batch, seconds, device)))
             del model
     return rows
 
@@ -86,14 +87,12 @@ def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> list[tu
     for batch in (8, 128, 1024):
         model = build_model("alexnet-narrow", 5, 1).to(device)
         prec = Precision(device=device, dtype=None, channels_last=False)
-        state = {"y": labels[:batch]}
 
-        def x_fn() -> torch.Tensor:
+        def batch_fn(batch: int = batch) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.randint(0, n, (batch,), generator=gen).to(device, non_blocking=True)
-            state["y"] = labels[idx]
-            return norm(random_crop_flip(images[idx], 2, gen))
+            return norm(random_crop_flip(images[idx], 2, gen)), labels[idx]
 
-        step = train_step(model, prec, x_fn, labels[:batch])
+        step = train_step(model, prec, batch_fn)
         rows.append(("narrow AlexNet 28 px, uint8 set on device", "fp32 batched aug", batch,
                      throughput(step, batch, seconds, device)))
     model = build_model("alexnet-narrow", 5, 1).to(device)

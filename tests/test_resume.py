@@ -25,6 +25,8 @@ from hpcxfer.grid.task import Task
 from hpcxfer.study import study_paths, write_study
 from hpcxfer.worker import checkpoint
 
+pytestmark = pytest.mark.slow  # a dozen worker processes: about a minute on two free cores
+
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 ENV = {"HPCXFER_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
