@@ -189,3 +189,18 @@ def test_streamed_path_equals_memory_and_resumes_exactly(task):
         assert result["data_path"] == "stream" and result["restarts"] == 1
         assert {k: result[k] for k in EXACT} == {k: reference[k] for k in EXACT}, stop_at
         assert list(iter_jsonl(tp.metrics))[0]["val_loss"] == ref_metrics[0]["val_loss"]
+
+
+def test_tensorboard_scalars_and_profiler_trace(task):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    paths, tp, config, reference, _, _ = task
+    _fresh(tp, config, tensorboard=True, profile=True)
+    result = train.run(paths, tp)
+    assert result["val_loss"] == reference["val_loss"]  # observing changes nothing
+    events = EventAccumulator(str(tp.tensorboard))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("val/val_loss")] == [(2, pytest.approx(result["val_loss"]))]
+    assert "lr/lr_high" in events.Tags()["scalars"]
+    traces = list(tp.profile.glob("*.pt.trace.json*"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
