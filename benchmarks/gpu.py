@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -56,13 +57,12 @@ def train_step(model: nn.Module, prec: Precision, batch_fn):
     return step
 
 
-def alexnet_rows(device: torch.device, batch: int, seconds: float, size: int) -> list[tuple]:
-    rows = []
+def alexnet_rows(device: torch.device, batch: int, seconds: float, size: int) -> Iterator[tuple]:
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if dtype == torch.bfloat16 and device.type == "cuda" and not bf16_supported(device):
-            rows.append((f"AlexNet {size} px", name, batch, None))
+            yield f"AlexNet {size} px", name, batch, None
             continue
         for cl in (False, True) if name == "fp32" else (True,):
             torch.manual_seed(0)
@@ -71,15 +71,13 @@ def alexnet_rows(device: torch.device, batch: int, seconds: float, size: int) ->
                 model = model.to(memory_format=torch.channels_last)
             prec = Precision(device=device, dtype=dtype, channels_last=cl)
             label = name + (" channels_last" if cl else "")
-            rows.append((f"AlexNet {size} px", label, batch,
-                         throughput(train_step(model, prec, lambda: (x, y)), batch, seconds, device)))
+            yield (f"AlexNet {size} px", label, batch,
+                   throughput(train_step(model, prec, lambda: (x, y)), batch, seconds, device))
             del model
-    return rows
 
 
-def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> list[tuple]:
+def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> Iterator[tuple]:
     """The in-memory path of a small task: index, crop/flip, normalise and step, all on the GPU."""
-    rows = []
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 5, (n,), device=device)
     norm = Normalize((0.286,), (0.353,), device)
@@ -93,8 +91,8 @@ def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> list[tu
             return norm(random_crop_flip(images[idx], 2, gen)), labels[idx]
 
         step = train_step(model, prec, batch_fn)
-        rows.append(("narrow AlexNet 28 px, uint8 set on device", "fp32 batched aug", batch,
-                     throughput(step, batch, seconds, device)))
+        yield "narrow AlexNet 28 px, uint8 set on device", "fp32 batched aug", batch, throughput(
+            step, batch, seconds, device)
     model = build_model("alexnet-narrow", 5, 1).to(device)
     with torch.no_grad():
         model.eval()
@@ -103,8 +101,7 @@ def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> list[tu
             for i in range(0, n, 1024):
                 model(norm(images[i:i + 1024])).argmax(1)
 
-        rows.append(("narrow AlexNet 28 px, evaluation", "fp32", n, throughput(eval_step, n, seconds, device, 1)))
-    return rows
+        yield "narrow AlexNet 28 px, evaluation", "fp32", n, throughput(eval_step, n, seconds, device, 1)
 
 
 def main() -> None:
@@ -113,6 +110,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15, help="timed seconds per row")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--small-n", type=int, default=50_000, help="images of the synthetic small set")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -120,12 +118,12 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {name}, torch {torch.__version__}, {args.seconds:g} s per row")
-    rows = alexnet_rows(device, args.batch, args.seconds, args.size) + small_rows(device, args.seconds)
     print(f"| {'workload':<42} | {'precision':<22} | {'batch':>6} | {'images/s':>10} |")
-    print(f"|{'-' * 44}|{'-' * 24}|{'-' * 8}|{'-' * 12}|")
-    for what, prec, batch, ips in rows:
-        figure = f"{ips:,.0f}" if ips is not None else "n/a"
-        print(f"| {what:<42} | {prec:<22} | {batch:>6} | {figure:>10} |")
+    print(f"|{'-' * 44}|{'-' * 24}|{'-' * 8}|{'-' * 12}|", flush=True)
+    for rows in (alexnet_rows(device, args.batch, args.seconds, args.size), small_rows(device, args.seconds, args.small_n)):
+        for what, prec, batch, ips in rows:
+            figure = f"{ips:,.0f}" if ips is not None else "n/a"
+            print(f"| {what:<42} | {prec:<22} | {batch:>6} | {figure:>10} |", flush=True)
 
 
 if __name__ == "__main__":
