@@ -185,10 +185,21 @@ class RuntimeSpec(Strict):
     """How tasks run; not part of a task's identity (changing it reruns nothing)."""
 
     eval_every: int = Field(1, ge=1, description="evaluate every k epochs and after the last")
-    checkpoint_minutes: float = Field(5.0, gt=0)
+    checkpoint_minutes: float = Field(5.0, gt=0, description="checkpoint at the first step after this "
+                                      "many minutes since the last one (and at epoch ends when cheap)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = cores / parallel tasks")
-    keep_checkpoints: bool = False
+    keep_checkpoints: bool = Field(False, description="keep checkpoints once a task is done")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a "
+        "gradient scaler on those that do not (V100), fp32 on CPUs")
+    channels_last: bool = Field(True, description="NHWC memory format on GPUs (ignored on CPUs)")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long tasks)")
+    data_memory_gb: float = Field(8.0, ge=0, description="decoded images up to this size are kept in "
+                                  "memory (on the GPU when there is one); larger sets are streamed")
+    loader_workers: int = Field(4, ge=0, description="decoding processes of the streaming path")
+    tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
+    profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
 
 
 class LocalSpec(Strict):

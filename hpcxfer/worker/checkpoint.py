@@ -1,50 +1,105 @@
-"""Atomic, complete, versioned checkpoints; strict resume (STYLE: never a silent restart)."""
+"""Atomic, complete, versioned checkpoints; strict resume (STYLE: never a silent restart).
+
+A checkpoint holds everything the next step needs to be the step an uninterrupted run
+would have taken: model, optimizer, gradient scaler, the epoch and the step within it,
+this epoch's data order, every random number generator, the running sums of the epoch's
+training loss, the resolved config and a format version. Written to a temporary file in
+the task folder, fsynced, renamed; the previous checkpoint is kept until the new one is
+complete, and is the fallback when the newest is truncated or corrupt.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
+import random
+import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from hpcxfer.errors import CheckpointError
-from hpcxfer.fileio import atomic_write_bytes
+from hpcxfer.fileio import atomic_write_bytes, fsync_dir
 from hpcxfer.layout import TaskPaths
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def save(paths: TaskPaths, state: dict) -> None:
+def _new(paths: TaskPaths) -> Path:
+    return paths.checkpoint.with_suffix(".pt.new")
+
+
+def save(paths: TaskPaths, state: dict) -> float:
     """Write the new checkpoint beside the old; the old one becomes the fallback only
-    once the new one is complete on disk."""
+    once the new one is complete on disk. Returns the seconds it took.
+
+    A failed write (disk full, quota) raises OSError and leaves the existing checkpoints
+    as they were: the temporary file is removed and nothing is renamed.
+    """
+    began = time.perf_counter()
     buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-    tmp_final = paths.checkpoint.with_suffix(".pt.new")
-    atomic_write_bytes(tmp_final, buf.getvalue())
+    torch.save({"format_version": FORMAT_VERSION, **state, "sha256": digest(state)}, buf)
+    atomic_write_bytes(_new(paths), buf.getvalue())
     if paths.checkpoint.exists():
         os.replace(paths.checkpoint, paths.checkpoint_prev)
-    os.replace(tmp_final, paths.checkpoint)
+    os.replace(_new(paths), paths.checkpoint)
+    fsync_dir(paths.dir)
+    return time.perf_counter() - began
 
 
-def _load_one(path, identity: dict) -> dict:
+def _load_one(path: Path, identity: dict) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"format version {state.get('format_version') if isinstance(state, dict) else '?'}, "
-                         f"expected {FORMAT_VERSION}")
+    version = state.get("format_version") if isinstance(state, dict) else "?"
+    if version != FORMAT_VERSION:
+        raise ValueError(f"format version {version}, expected {FORMAT_VERSION}")
+    stored = state.pop("sha256", None)
+    if stored != digest({k: v for k, v in state.items() if k != "format_version"}):
+        raise ValueError("contents do not match their checksum (corrupt)")
     if state.get("task") != identity:
         raise CheckpointError(f"{path}: checkpoint belongs to a different task config; "
                               "refusing to resume (remove it to start this task afresh)")
     return state
 
 
+def digest(state: dict) -> str:
+    """SHA-256 of a state's contents. torch.load does not check the zip's CRCs, so without
+    it a flipped bit in a tensor would load as a silently wrong weight."""
+    h = hashlib.sha256()
+
+    def walk(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(obj, dict):
+            h.update(b"{")
+            for k in sorted(obj, key=repr):
+                h.update(repr(k).encode())
+                walk(obj[k])
+            h.update(b"}")
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"[")
+            for v in obj:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(obj).encode())
+
+    walk(state)
+    return h.hexdigest()
+
+
 def load_latest(paths: TaskPaths, identity: dict) -> dict | None:
     """The newest usable checkpoint, the previous one if the newest is damaged, or None
     when the task has never checkpointed. Damaged beyond both is an error."""
-    candidates = [p for p in (paths.checkpoint, paths.checkpoint.with_suffix(".pt.new"),
-                              paths.checkpoint_prev) if p.exists()]
+    # checkpoint.pt.new exists alone only after a crash between save()'s two renames,
+    # in which case it is complete and the newest.
+    candidates = [p for p in (paths.checkpoint, _new(paths), paths.checkpoint_prev) if p.exists()]
     if not candidates:
         return None
     errors = []
@@ -63,5 +118,34 @@ def load_latest(paths: TaskPaths, identity: dict) -> dict | None:
 
 
 def remove(paths: TaskPaths) -> None:
-    for p in (paths.checkpoint, paths.checkpoint_prev, paths.checkpoint.with_suffix(".pt.new")):
+    for p in (paths.checkpoint, paths.checkpoint_prev, _new(paths)):
         p.unlink(missing_ok=True)
+
+
+def rng_state(data: torch.Generator) -> dict:
+    """Every generator a step can draw from: torch's (dropout on the CPU), the loop's data
+    generator (order, augmentation), CUDA's (dropout on the GPU), numpy's and Python's."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "data": data.get_state(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, data: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data.set_state(state["data"])
+    npy = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
+                         "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]}})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -4,7 +4,8 @@ what happened. Exit statuses (documented in the README):
     0   done: result.json is written
     1   failed for a real error: failed.json says why; do not retry blindly
     2   bad input (missing study, unknown task, unusable checkpoint): nothing was trained
-    75  interrupted on request (a signal): checkpointed, resume me (EX_TEMPFAIL)
+    75  interrupted on request (SIGUSR1, SIGUSR2 or SIGTERM): checkpointed at the next
+        step, resume me (EX_TEMPFAIL)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hpcxfer.errors import HpcxferError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.study import resolve_task
+from hpcxfer.worker.signals import Interrupted, StopFlag
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_RESUME = 0, 1, 2, 75
 
@@ -58,9 +60,13 @@ def run_task(study_dir: str, task: str) -> int:
                                       "started": time.time(), "job_id": os.environ.get("HPCXFER_JOB_ID")})
     paths.failed.unlink(missing_ok=True)
     try:
-        result = run(study, paths)
+        with StopFlag() as stop:
+            result = run(study, paths, stop)
         log.info("%s done: val_acc %.4f", paths.task_id, result["val_acc"])
         return EXIT_DONE
+    except Interrupted as e:
+        log.info("%s %s: checkpointed; exit %d asks to be resumed", paths.task_id, e, EXIT_RESUME)
+        return EXIT_RESUME
     except HpcxferError as e:
         _fail(paths, str(e), EXIT_USAGE)
         return EXIT_USAGE

@@ -1,0 +1,77 @@
+"""What a running task shows: TensorBoard scalars, an optional profiler trace, start-up time.
+
+TensorBoard and the profiler are imported only when asked for: importing them costs about
+a second, which a study of thousands of small tasks pays thousands of times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+#: Profiler schedule: skip the first steps (allocator and cuDNN warm-up), record a few.
+PROFILE_WAIT, PROFILE_WARMUP, PROFILE_ACTIVE = 2, 2, 6
+
+
+def process_age() -> float:
+    """Seconds since this process started (from the kernel, so it includes interpreter start
+    and imports); 0.0 where /proc is missing."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of proc(5), counted after "pid (comm)"
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Scalars:
+    """TensorBoard scalars of one task; a resumed task purges what follows its checkpoint."""
+
+    def __init__(self, folder: Path, enabled: bool, resume_epoch: int):
+        self.folder, self.enabled, self.resume_epoch = folder, enabled, resume_epoch
+        self._writer = None
+
+    def record(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder), purge_step=self.resume_epoch + 1)
+        epoch = record["epoch"]
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                group = "lr" if key.startswith("lr_") else key.split("_")[0]
+                self._writer.add_scalar(f"{group}/{key}", value, epoch)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def profiler(folder: Path, enabled: bool, cuda: bool) -> contextlib.AbstractContextManager:
+    """A torch.profiler over a few training steps, written where torch-tb-profiler reads it
+    (`tensorboard --logdir tasks/<id>/profile`); call `.step()` after every step."""
+    if not enabled:
+        return _NoProfiler()
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    return profile(activities=activities, record_shapes=True,
+                   schedule=schedule(wait=PROFILE_WAIT, warmup=PROFILE_WARMUP, active=PROFILE_ACTIVE, repeat=1),
+                   on_trace_ready=tensorboard_trace_handler(str(folder)))
+
+
+class _NoProfiler(contextlib.AbstractContextManager):
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def step(self) -> None:
+        pass
+
