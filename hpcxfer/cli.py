@@ -41,7 +41,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for name, block in blocks:
             counts.add_row(f"  finetune: {name}", str(len({t.task_id for t in block})))
     console.print(counts)
+    _cost_table(grid)
     return 0
+
+
+def _cost_table(grid) -> None:
+    from hpcxfer.grid import cost
+
+    rows = cost.price_study(grid)
+    queues = list(rows[-1][1].su)
+    table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
+    table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
+    for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
+        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
+    for name, c in rows:
+        table.add_row(name, str(c.tasks), f"{c.images / 1e9:,.2f} G",
+                      *(f"{v:,.0f}" for q in queues for v in (c.gpu_hours[q], c.su[q])))
+    console.print(table)
+    for line in cost.assumptions(grid):
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(cost.summary_line(rows[-1][1]), highlight=False)
 
 
 def _task_table(tasks, title: str, limit: int) -> None:
@@ -68,7 +87,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     tasks = expand(grid)
     backend = get_backend(args.backend)
-    check_data(grid._source, grid.data.dataset, grid.data.path, tasks)
+    check_data(grid._source, grid.data, tasks)
     paths = study_paths(grid, args.root)
     write_study(paths, grid, tasks)
 
@@ -77,6 +96,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
     by_state = Counter(s.state for s in states.values())
+    from hpcxfer.grid import cost
+
+    console.print(cost.summary_line(cost.price_study(grid)[-1][1]), highlight=False)
     console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
         f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}")
 
