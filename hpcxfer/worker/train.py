@@ -10,6 +10,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, 
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.worker import checkpoint, protocol
-from hpcxfer.worker.augment import Normalize, random_crop_flip
+from hpcxfer.worker.augment import Normalize, for_evaluation, for_training
 from hpcxfer.worker.env import environment
 from hpcxfer.worker.models import build_model
 
@@ -40,7 +41,8 @@ class Prepared:
     x_val: torch.Tensor
     y_val: torch.Tensor
     normalize: Normalize
-    pad: int
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    view: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
 
 
@@ -60,7 +62,7 @@ def init_seed(task: Task) -> int:
 def prepare(task: Task, data: dict, runtime: dict, study: StudyPaths) -> Prepared:
     device = pick_device(runtime.get("device", "auto"))
     torch.manual_seed(init_seed(task))
-    ds = open_dataset(task.dataset, data.get("path"))
+    ds = open_dataset(task.dataset, data.get("path"), data)
     source, target = class_split(ds.num_classes, task.split)
     classes = source if task.stage == "pretrain" else target
     train_idx = first_per_class(ds.train.labels, classes, task.examples_per_class)
@@ -88,7 +90,8 @@ def prepare(task: Task, data: dict, runtime: dict, study: StudyPaths) -> Prepare
         x_val=ds.val.load(val_idx).to(device),
         y_val=torch.from_numpy(remap(ds.val.labels[val_idx], classes)).to(device),
         normalize=Normalize(ds.mean, ds.std, device),
-        pad=max(1, ds.image_size // 14),
+        augment=for_training(ds),
+        view=for_evaluation(ds),
         device=device,
     )
 
@@ -103,7 +106,7 @@ def train_one_epoch(p: Prepared, gen: torch.Generator) -> dict:
     start = time.perf_counter()
     for i in range(0, n, p.task.batch_size):
         idx = order[i:i + p.task.batch_size].to(p.device)
-        x = p.normalize(random_crop_flip(p.x_train[idx], p.pad, gen))
+        x = p.normalize(p.augment(p.x_train[idx], gen))
         y = p.y_train[idx]
         out = p.model(x)
         loss = nn.functional.cross_entropy(out, y)
@@ -124,7 +127,7 @@ def evaluate(p: Prepared) -> dict:
     loss_sum = torch.zeros((), device=p.device)
     correct = torch.zeros((), device=p.device, dtype=torch.long)
     for i in range(0, n, EVAL_BATCH):
-        out = p.model(p.normalize(p.x_val[i:i + EVAL_BATCH]))
+        out = p.model(p.normalize(p.view(p.x_val[i:i + EVAL_BATCH])))
         y = p.y_val[i:i + EVAL_BATCH]
         loss_sum += nn.functional.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
