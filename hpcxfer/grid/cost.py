@@ -7,7 +7,7 @@ A task's time on one GPU is modelled as
 Decoded images stay in GPU memory when they fit (`memory_gb` of the device): JPEGs are then
 decoded once, by the job's CPUs. A set that does not fit is streamed: decoded every pass,
 at the slower of the GPU and the CPUs. Rates are for AlexNet at 224 px; another
-architecture's rates scale by its multiply-adds per image. SU (SPEC section 4) =
+architecture's rates scale by its speed relative to AlexNet (ARCH_SPEED). SU (SPEC section 4) =
 rate per CPU-hour x CPUs per GPU x hours; a GPU's share of a node's memory is within its
 CPU share on every queue below, so the CPU count decides.
 
@@ -40,13 +40,17 @@ class Queue:
     su_per_cpu_hour: float
 
 
-#: Seeded from SPEC section 5 and measurements; `source` says which is which.
+#: Seeded from SPEC section 5 and measurements; `source` says which is which. Training
+#: and evaluation rates are fp32 (the worker's default), images resident on the GPU,
+#: batched random resized crop + flip included; `benchmarks/throughput.py` measures them.
 DEVICES: dict[str, Device] = {
-    "v100": Device(3900, 11700, 180, 24, "train: SPEC 5 reference (TensorFlow, real data, not measured "
-                   "here); eval: assumed 3x train (forward only); decode: SPEC 5 PIL figure; memory: of 32 GB"),
-    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100 (SPEC 5's A100 GPU-decode figure is "
-                   "7,800/s); eval: assumed 3x train; decode: SPEC 5 PIL figure; memory: of 80 GB"),
-    "h200": Device(12000, 36000, 180, 120, "assumed 3x V100 until measured (benchmarks/); memory: of 141 GB"),
+    "v100": Device(3900, 11700, 180, 24, "train: SPEC 5 reference (TensorFlow, real data; not measured "
+                   "here); eval: assumed 3x train; decode: SPEC 5 PIL figure; images: 24 of 32 GB"),
+    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: SPEC 5 "
+                   "PIL figure; images: 64 of 80 GB"),
+    "h200": Device(19300, 68700, 360, 120, "train, eval: measured on an H200, torch 2.11, batch 256 fp32 "
+                   "(bf16: 29,000 and 85,900); decode: measured, PIL on its host, 500x375 JPEG; "
+                   "images: 120 of 141 GB"),
 }
 
 #: NCI Gadi (SPEC section 4): the device, CPUs that come with each GPU, SU per CPU-hour.
@@ -56,8 +60,10 @@ QUEUES: dict[str, Queue] = {
     "gpuhopper": Queue("h200", 12, 7.5),
 }
 
-#: Multiply-adds per image of one forward pass (G), at each architecture's own input size.
-ARCH_GMACS = {"alexnet": 0.714, "vgg11": 7.6, "alexnet-narrow": 0.0029}
+#: Training speed relative to AlexNet's at 224 px. VGG-11: measured on the H200 (fp32
+#: 3,107 vs 19,307 images/s; 7.6 vs 0.714 G multiply-adds would say 0.094). The narrow
+#: AlexNet on 28-32 px images: assumed from its multiply-adds (2.9 M), an upper bound.
+ARCH_SPEED = {"alexnet": 1.0, "vgg11": 0.161, "alexnet-narrow": 0.714 / 0.0029}
 
 #: (classes, training images, validation images) of each named data set.
 DATA_COUNTS = {
@@ -85,7 +91,7 @@ class Model:
     val_images: int
     bytes_per_image: int
     decodes: bool
-    gmacs: float
+    speed: float
     eval_every: int
 
 
@@ -125,7 +131,7 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
     else:
         bpi, decodes = 3 * grid.data.image_size ** 2, True
     return Model(devices, queues, STARTUP_S if over.startup_s is None else over.startup_s,
-                 classes, train, val, bpi, decodes, ARCH_GMACS[grid.arch], grid.runtime.eval_every)
+                 classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every)
 
 
 def evaluations(epochs: int, eval_every: int) -> int:
@@ -148,8 +154,7 @@ def task_images(task: Task, m: Model) -> tuple[int, int]:
 def task_seconds(task: Task, m: Model, queue: str) -> float:
     q = m.queues[queue]
     dev = m.devices[q.device]
-    scale = ARCH_GMACS["alexnet"] / m.gmacs
-    train_rate, eval_rate = dev.train * scale, dev.eval * scale
+    train_rate, eval_rate = dev.train * m.speed, dev.eval * m.speed
     n_train, n_val = task_images(task, m)
     evals = evaluations(task.epochs, m.eval_every)
     decode_rate = dev.decode_per_cpu * q.cpus_per_gpu if m.decodes else math.inf
@@ -203,5 +208,5 @@ def assumptions(grid: Grid) -> list[str]:
              f"{d.memory_gb:g} GB for images ({d.source})"
              for name, d in m.devices.items() if name in {q.device for q in m.queues.values()}]
     lines.append(f"start-up {m.startup_s:g} s per task; eval every {m.eval_every} epochs; "
-                 f"{grid.arch} at {m.gmacs:g} G multiply-adds per image")
+                 f"{grid.arch} at {m.speed:.3g} x AlexNet's speed; a set that does not fit is decoded every pass")
     return lines
