@@ -3,7 +3,6 @@ and the same total from `plan` and `submit`."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from hpcxfer.grid import expand, load_grid
