@@ -48,15 +48,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _cost_table(grid) -> None:
     from hpcxfer.grid import cost
 
-    rows = cost.price_study(grid)
+    try:
+        rows = cost.price_study(grid)
+    except cost.UnknownSize as e:
+        console.print(f"no cost estimate: {e}", highlight=False)
+        return
     queues = list(rows[-1][1].su)
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
     table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
         table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
-        table.add_row(name, str(c.tasks), f"{c.images / 1e9:,.2f} G",
-                      *(f"{v:,.0f}" for q in queues for v in (c.gpu_hours[q], c.su[q])))
+        table.add_row(name, str(c.tasks), cost.fmt_images(c.images),
+                      *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
     console.print(table)
     for line in cost.assumptions(grid):
         console.print(f"  {line}", highlight=False, markup=False)
@@ -98,7 +102,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     by_state = Counter(s.state for s in states.values())
     from hpcxfer.grid import cost
 
-    console.print(cost.summary_line(cost.price_study(grid)[-1][1]), highlight=False)
+    try:
+        console.print(cost.summary_line(cost.price_study(grid)[-1][1]), highlight=False)
+    except cost.UnknownSize as e:
+        console.print(f"no cost estimate: {e}", highlight=False)
     console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
         f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}")
 

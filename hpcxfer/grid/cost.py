@@ -24,6 +24,10 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 
 
+class UnknownSize(ValueError):
+    """The data set's size is needed for an estimate and not known."""
+
+
 @dataclass(frozen=True)
 class Device:
     train: float            # AlexNet training images/s (forward + backward + step)
@@ -123,6 +127,7 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
         devices = {n: replace(d, memory_gb=over.memory_gb) for n, d in devices.items()}
     queues = {**QUEUES, **{n: Queue(**q.model_dump()) for n, q in over.queues.items()}}
     classes, train, val = counts or DATA_COUNTS.get(grid.data.dataset, (0, 0, 0))
+    classes = over.classes or classes
     train = over.train_images or train
     val = over.val_images or val
     if grid.data.dataset in ARRAY_DATASETS:
@@ -142,8 +147,9 @@ def evaluations(epochs: int, eval_every: int) -> int:
 def task_images(task: Task, m: Model) -> tuple[int, int]:
     """(training images, validation images) of one task: the half's classes."""
     half = m.classes // 2
-    if m.classes == 0:
-        raise ValueError("unknown data set size: set cost.train_images and cost.val_images in the grid")
+    if not (m.classes and m.val_images and (m.train_images or task.examples_per_class != "full")):
+        raise UnknownSize("the size of this data set is not known: set cost.classes, cost.train_images "
+                          "and cost.val_images in the grid for an estimate")
     if task.examples_per_class == "full":
         n_train = round(m.train_images * half / m.classes)
     else:
@@ -196,10 +202,18 @@ def price_study(grid: Grid, counts: tuple[int, int, int] | None = None) -> list[
     return rows
 
 
+def fmt_number(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def summary_line(total: Cost) -> str:
     """One line with the study's total, printed by both plan and submit."""
-    per_queue = "; ".join(f"{q} {total.gpu_hours[q]:,.0f} GPU-h = {total.su[q]:,.0f} SU" for q in total.su)
-    return f"estimated cost of {total.tasks} tasks: {total.images / 1e9:,.2f} G images; {per_queue}"
+    per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU" for q in total.su)
+    return f"estimated cost of {total.tasks} tasks: {fmt_images(total.images)} images; {per_queue}"
+
+
+def fmt_images(n: float) -> str:
+    return f"{n / 1e9:,.2f} G" if n >= 1e8 else f"{n / 1e6:.3g} M"
 
 
 def assumptions(grid: Grid) -> list[str]:

@@ -243,6 +243,7 @@ class CostSpec(Strict):
     queues: dict[str, QueueCost] = {}
     startup_s: float | None = Field(None, ge=0, description="per-task start-up: imports, data index, model")
     memory_gb: float | None = Field(None, gt=0, description="decoded images a task keeps in memory per GPU")
+    classes: int | None = Field(None, ge=2, description="classes of the data set, when not a named one")
     train_images: int | None = Field(None, ge=1, description="training images of the whole data set "
                                      "(for 'full' sizes), when the data set's own count is not known")
     val_images: int | None = Field(None, ge=1)
