@@ -85,13 +85,18 @@ def _task_table(tasks, title: str, limit: int) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
     from hpcxfer.data import check_data
-    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.grid import cost, expand, load_grid
     from hpcxfer.study import study_paths, study_states, write_study
 
     grid = load_grid(args.grid)
     tasks = expand(grid)
     backend = get_backend(args.backend)
+    try:
+        estimate = cost.summary_line(cost.price_study(grid)[-1][1])
+    except cost.UnknownSize as e:
+        estimate = f"no cost estimate: {e}"
     check_data(grid._source, grid.data, tasks)
+    console.print(estimate, highlight=False)
     paths = study_paths(grid, args.root)
     write_study(paths, grid, tasks)
 
@@ -100,12 +105,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
     by_state = Counter(s.state for s in states.values())
-    from hpcxfer.grid import cost
-
-    try:
-        console.print(cost.summary_line(cost.price_study(grid)[-1][1]), highlight=False)
-    except cost.UnknownSize as e:
-        console.print(f"no cost estimate: {e}", highlight=False)
     console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
         f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}")
 

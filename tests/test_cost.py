@@ -80,3 +80,19 @@ def test_bad_cost_override_is_one_line_exit_2(write_grid, cli, tmp_path):
     out = cli("plan", write_grid({"cost": {"devices": {"v100": {"train": -1}}}}))
     assert out.returncode == 2
     assert "cost.devices.v100.train" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_new_device_and_queue_from_the_grid(write_grid):
+    grid = load_grid(write_grid({**SMALL, "cost": {
+        "devices": {"mi250": {"train": 2000, "eval": 8000, "decode_per_cpu": 100}},
+        "queues": {"amd": {"device": "mi250", "cpus_per_gpu": 8, "su_per_cpu_hour": 2.0}}, "startup_s": 0}}))
+    total = price_study(grid)[-1][1]
+    # memory_gb 0 for a new device: every pass streams, CIFAR arrays need no decoding
+    seconds = 2 * 500 / 2000 + 5000 / 8000 + 4 * 50 / 2000 + 2 * 5000 / 8000 + 4 * 25000 / 2000 + 2 * 5000 / 8000
+    assert total.gpu_hours["amd"] == pytest.approx(seconds / 3600)
+    assert total.su["amd"] == pytest.approx(seconds / 3600 * 8 * 2.0)
+    from hpcxfer.errors import ConfigError
+
+    bad = load_grid(write_grid({**SMALL, "cost": {"devices": {"tpu": {"train": 5}}}}, name="bad.yaml"))
+    with pytest.raises(ConfigError, match="cost.devices.tpu: a new device needs eval, decode_per_cpu"):
+        price_study(bad)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from hpcxfer.errors import ConfigError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 
@@ -120,12 +121,22 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
     over = grid.cost
     devices = dict(DEVICES)
     for name, speed in over.devices.items():
-        base = devices.get(name, Device(0, 0, 0, 0, ""))
         given = {k: v for k, v in speed.model_dump().items() if v is not None}
-        devices[name] = replace(base, **given, source="grid cost.devices" + (f"; else {base.source}" if base.source else ""))
+        if name not in devices:
+            lacking = [k for k in ("train", "eval", "decode_per_cpu") if k not in given]
+            if lacking:
+                raise ConfigError(grid._source, f"cost.devices.{name}", f"a new device needs {', '.join(lacking)}")
+            devices[name] = Device(**given, memory_gb=0, source="grid cost.devices")
+        else:
+            base = devices[name]
+            devices[name] = replace(base, **given, source=f"grid cost.devices; else {base.source}")
     if over.memory_gb is not None:
         devices = {n: replace(d, memory_gb=over.memory_gb) for n, d in devices.items()}
     queues = {**QUEUES, **{n: Queue(**q.model_dump()) for n, q in over.queues.items()}}
+    for name, q in queues.items():
+        if q.device not in devices:
+            raise ConfigError(grid._source, f"cost.queues.{name}.device",
+                              f"{q.device!r} is not a device of the cost table ({', '.join(devices)})")
     classes, train, val = counts or DATA_COUNTS.get(grid.data.dataset, (0, 0, 0))
     classes = over.classes or classes
     train = over.train_images or train
@@ -208,7 +219,8 @@ def fmt_number(v: float) -> str:
 
 def summary_line(total: Cost) -> str:
     """One line with the study's total, printed by both plan and submit."""
-    per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU" for q in total.su)
+    per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU"
+                          for q in total.su)
     return f"estimated cost of {total.tasks} tasks: {fmt_images(total.images)} images; {per_queue}"
 
 
