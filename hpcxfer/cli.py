@@ -41,7 +41,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for name, block in blocks:
             counts.add_row(f"  finetune: {name}", str(len({t.task_id for t in block})))
     console.print(counts)
+    _cost_table(grid)
     return 0
+
+
+def _cost_table(grid) -> None:
+    from hpcxfer.grid import cost
+
+    try:
+        rows = cost.price_study(grid)
+    except cost.UnknownSize as e:
+        console.print(f"no cost estimate: {e}", highlight=False)
+        return
+    queues = list(rows[-1][1].su)
+    table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
+    table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
+    for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
+        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
+    for name, c in rows:
+        table.add_row(name, str(c.tasks), cost.fmt_images(c.images),
+                      *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
+    console.print(table)
+    for line in cost.assumptions(grid):
+        console.print(f"  {line}", highlight=False, markup=False)
+    console.print(cost.summary_line(rows[-1][1]), highlight=False)
 
 
 def _task_table(tasks, title: str, limit: int) -> None:
@@ -62,13 +85,18 @@ def _task_table(tasks, title: str, limit: int) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
     from hpcxfer.data import check_data
-    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.grid import cost, expand, load_grid
     from hpcxfer.study import study_paths, study_states, write_study
 
     grid = load_grid(args.grid)
     tasks = expand(grid)
     backend = get_backend(args.backend)
-    check_data(grid._source, grid.data.dataset, grid.data.path, tasks)
+    try:
+        estimate = cost.summary_line(cost.price_study(grid)[-1][1])
+    except cost.UnknownSize as e:
+        estimate = f"no cost estimate: {e}"
+    check_data(grid._source, grid.data, tasks)
+    console.print(estimate, highlight=False)
     paths = study_paths(grid, args.root)
     write_study(paths, grid, tasks)
 

@@ -1,4 +1,11 @@
-"""Read a grid file into a validated Grid; every failure is one ConfigError line."""
+"""Read a grid file into a validated Grid; every failure is one ConfigError line.
+
+A grid may start from others: `extends: base.yaml` (or a list, paths relative to the
+file) merges the bases first, then the file itself. Mappings merge key by key, other
+values replace the base's, except `experiments`, whose lists are concatenated in order,
+so that several experiment files extending one base form one study. A file reached twice
+(a shared base) is read once; a cycle is an error.
+"""
 
 from __future__ import annotations
 
@@ -64,12 +71,71 @@ def parse_yaml(path: Path) -> dict:
     return data
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if key == "experiments" and isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolved(path: Path, seen: set[Path], stack: tuple[Path, ...]) -> tuple[dict, list[tuple[Path, dict]]]:
+    """(merged data, [(file, its own data)] in merge order) of `path` and its bases."""
+    data = parse_yaml(path)
+    bases = data.pop("extends", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(path, "extends", "give a grid file or a list of grid files")
+    merged: dict = {}
+    files: list[tuple[Path, dict]] = []
+    for name in bases:
+        base = (path.parent / name).resolve()
+        if base in stack or base == path.resolve():
+            raise ConfigError(path, "extends", f"{name}: a grid cannot extend itself (cycle)")
+        if base in seen:
+            continue
+        seen.add(base)
+        if not base.is_file():
+            raise ConfigError(path, "extends", f"{name}: no such grid file ({base})")
+        sub, subfiles = _resolved(base, seen, stack + (path.resolve(),))
+        merged = _merge(merged, sub)
+        files += subfiles
+    return _merge(merged, data), files + [(path, data)]
+
+
+def _owner(files: list[tuple[Path, dict]], loc: tuple, fallback: Path) -> Path:
+    """The file whose own text holds the longest prefix of a field's location."""
+    best, depth = fallback, 0
+    for path, data in reversed(files):
+        node, d = data, 0
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node, d = node[part], d + 1
+            else:
+                break
+        if d > depth:
+            best, depth = path, d
+    return best
+
+
 def load_grid(path: str | Path) -> Grid:
     path = Path(path)
-    data = parse_yaml(path)
+    data, files = _resolved(path, set(), ())
     try:
         grid = Grid.model_validate(data)
     except ValidationError as e:
-        raise validation_error(path, e) from None
+        err = validation_error(path, e)
+        if len(files) > 1 and not any(isinstance(p, int) for p in e.errors()[0]["loc"]):
+            # experiments are concatenated across files, so list positions name no file
+            err = ConfigError(_owner(files, e.errors()[0]["loc"], path), err.field, err.message, err.hint)
+        raise err from None
     grid._source = str(path)
+    grid._sources = tuple(str(p) for p, _ in files)
     return grid

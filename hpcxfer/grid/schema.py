@@ -14,8 +14,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
 
-DATASETS = ("fashion-mnist",)
-ARCHS = ("alexnet-narrow", "alexnet")
+DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
+#: Every architecture has the same eight numbered weight layers (hpcxfer/worker/models.py).
+ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
 
 
 class Strict(BaseModel):
@@ -104,8 +105,34 @@ Momentum = Annotated[list, axis("float", 0, 0.999999)]
 
 
 class DataSpec(Strict):
+    """Where the images are. Folder data sets (imagenet, folders) read `path`/`train_dir`
+    and `path`/`val_dir`; see hpcxfer/data/folders.py and imagenet.py for the layouts."""
+
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
     path: str | None = Field(None, description="explicit data folder; searched before the defaults")
+    train_dir: str = Field("train", description="training images in class folders, relative to path")
+    val_dir: str = Field("val", description="validation images, relative to path")
+    val_layout: Literal["auto", "folders", "devkit", "kaggle"] = Field(
+        "auto", description="folders: val/<class>/*; devkit: flat + ground-truth file and class ids; "
+        "kaggle: flat + LOC_val_solution.csv; auto: folders if val has subfolders, else by val_labels")
+    val_labels: str | None = Field(
+        None, description="ILSVRC2012_validation_ground_truth.txt or LOC_val_solution.csv (relative to path)")
+    class_ids: str | None = Field(
+        None, description="devkit layout: meta.mat, or a text file of 'ILSVRC2012_ID wnid' lines")
+    image_size: int = Field(256, ge=8, description="folder data sets: images are stored decoded at this "
+                            "size (short side resized, centre square cropped)")
+    crop: int = Field(224, ge=8, description="folder data sets: the model's input size")
+    index_cache: str | None = Field(
+        None, description="folder for the file index of a folder data set (default: $HPCXFER_CACHE/index)")
+    verify: Literal["none", "sample", "headers", "decode"] = Field(
+        "sample", description="before submission, check image files the study reads: a sample of headers, "
+        "every header, or a full decode")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataSpec":
+        if self.crop > self.image_size:
+            raise ValueError(f"crop {self.crop} is larger than image_size {self.image_size}")
+        return self
 
 
 class PretrainSpec(Strict):
@@ -206,8 +233,36 @@ class LocalSpec(Strict):
     max_parallel: int = Field(0, ge=0, description="tasks at once; 0 = one per CPU core")
 
 
+class QueueCost(Strict):
+    device: str
+    cpus_per_gpu: int = Field(ge=1)
+    su_per_cpu_hour: float = Field(gt=0)
+
+
+class DeviceSpeed(Strict):
+    """Images per second of one device (AlexNet, 224 px; other archs scale by their FLOPs)."""
+
+    train: float | None = Field(None, gt=0)
+    eval: float | None = Field(None, gt=0)
+    decode_per_cpu: float | None = Field(None, gt=0)
+
+
+class CostSpec(Strict):
+    """Overrides of the cost model's tables (hpcxfer/grid/cost.py); not part of task identity."""
+
+    devices: dict[str, DeviceSpeed] = {}
+    queues: dict[str, QueueCost] = {}
+    startup_s: float | None = Field(None, ge=0, description="per-task start-up: imports, data index, model")
+    memory_gb: float | None = Field(None, gt=0, description="decoded images a task keeps in memory per GPU")
+    classes: int | None = Field(None, ge=2, description="classes of the data set, when not a named one")
+    train_images: int | None = Field(None, ge=1, description="training images of the whole data set "
+                                     "(for 'full' sizes), when the data set's own count is not known")
+    val_images: int | None = Field(None, ge=1)
+
+
 class Grid(Strict):
     _source: str = PrivateAttr("grid.yaml")
+    _sources: tuple = PrivateAttr(())
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     root: str = "runs"
@@ -218,6 +273,7 @@ class Grid(Strict):
     experiments: list[Experiment] | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     local: LocalSpec = LocalSpec()
+    cost: CostSpec = CostSpec()
 
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":

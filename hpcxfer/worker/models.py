@@ -3,6 +3,14 @@
 Layer k (1..8) is features[0, 3, 6, 8, 10] for conv1..conv5 and classifier[1, 4, 6] for
 fc6..fc8 in torchvision's AlexNet. The narrow variant keeps those indices, so the layer
 map and every protocol apply to both unchanged.
+
+Another architecture joins by numbering its weights the same way: eight layers, five
+convolutional stages and three fully connected layers, where a "layer" may be several
+modules that transfer, freeze and share a learning rate together. VGG-11 (cfg A: 1, 1, 2,
+2, 2 convolutions in five stages, then fc6..fc8) maps its stages to layers 1..5, so the
+named protocols (common n = 7, h = 8), Table 2 and every range of the grid keep their
+meaning. Numbering its 11 weight layers one by one would give `common` and Table 2 no
+counterpart.
 """
 
 from __future__ import annotations
@@ -64,14 +72,30 @@ def _alexnet(num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
-#: arch name -> (builder(num_classes, in_channels), layer map: attribute path of layers 1..8)
-ARCHS: dict[str, tuple[Callable[[int, int], nn.Module], tuple[str, ...]]] = {
+def _vgg11(num_classes: int, in_channels: int) -> nn.Module:
+    from torchvision.models import vgg11
+
+    model = vgg11(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        old = model.features[0]
+        model.features[0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    return model
+
+
+#: A layer: one module's attribute path, or several that act as one layer.
+Layer = str | tuple[str, ...]
+
+#: arch name -> (builder(num_classes, in_channels), layer map: attribute paths of layers 1..8)
+ARCHS: dict[str, tuple[Callable[[int, int], nn.Module], tuple[Layer, ...]]] = {
     "alexnet-narrow": (lambda k, c: NarrowAlexNet(k, c), (
         "features.0", "features.3", "features.6", "features.8", "features.10",
         "classifier.1", "classifier.4", "classifier.6")),
     "alexnet": (_alexnet, (
         "features.0", "features.3", "features.6", "features.8", "features.10",
         "classifier.1", "classifier.4", "classifier.6")),
+    "vgg11": (_vgg11, (
+        "features.0", "features.3", ("features.6", "features.8"), ("features.11", "features.13"),
+        ("features.16", "features.18"), "classifier.0", "classifier.3", "classifier.6")),
 }
 
 
@@ -79,11 +103,22 @@ def build_model(arch: str, num_classes: int, in_channels: int) -> nn.Module:
     return ARCHS[arch][0](num_classes, in_channels)
 
 
+def _names(layer: Layer) -> tuple[str, ...]:
+    return (layer,) if isinstance(layer, str) else layer
+
+
 def weight_layers(model: nn.Module, arch: str) -> list[nn.Module]:
-    """Layers 1..8 (index 0 is layer 1) of a model built by `build_model`."""
-    return [model.get_submodule(name) for name in ARCHS[arch][1]]
+    """Layers 1..8 (index 0 is layer 1) of a model built by `build_model`; a layer of
+    several modules is an nn.ModuleList of them."""
+    out = []
+    for layer in ARCHS[arch][1]:
+        mods = [model.get_submodule(n) for n in _names(layer)]
+        out.append(mods[0] if len(mods) == 1 else nn.ModuleList(mods))
+    return out
 
 
-def layer_prefixes(arch: str) -> tuple[str, ...]:
-    """state_dict key prefixes of layers 1..8."""
-    return tuple(name + "." for name in ARCHS[arch][1])
+def layer_prefixes(arch: str) -> tuple[str | tuple[str, ...], ...]:
+    """state_dict key prefixes of layers 1..8: a string, or a tuple of strings for a layer
+    of several modules (either works as the argument of str.startswith)."""
+    return tuple(names[0] if len(names) == 1 else names
+                 for names in (tuple(n + "." for n in _names(layer)) for layer in ARCHS[arch][1]))

@@ -23,7 +23,7 @@ from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, 
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.worker import checkpoint, protocol
-from hpcxfer.worker.augment import Normalize, random_crop_flip
+from hpcxfer.worker.augment import Normalize, for_evaluation, for_training
 from hpcxfer.worker.env import environment
 from hpcxfer.worker.feed import InMemory, Streamed, open_feed
 from hpcxfer.worker.models import build_model
@@ -51,7 +51,8 @@ class Prepared:
     train: InMemory | Streamed
     val: InMemory | Streamed
     normalize: Normalize
-    pad: int
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    view: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
 
 
@@ -86,7 +87,7 @@ def prepare(task: Task, data: dict, runtime: dict, study: StudyPaths) -> Prepare
     device = pick_device(runtime.get("device", "auto"))
     precision = resolve(runtime.get("amp", "auto"), runtime.get("channels_last", True), device)
     torch.manual_seed(init_seed(task))
-    ds = open_dataset(task.dataset, data.get("path"))
+    ds = open_dataset(task.dataset, data.get("path"), data)
     source, target = class_split(ds.num_classes, task.split)
     classes = source if task.stage == "pretrain" else target
     train_idx = first_per_class(ds.train.labels, classes, task.examples_per_class)
@@ -115,7 +116,8 @@ def prepare(task: Task, data: dict, runtime: dict, study: StudyPaths) -> Prepare
     return Prepared(
         task=task, model=model, forward=torch.compile(model) if runtime.get("compile") else model,
         optimizer=optimizer, scaler=precision.scaler(), precision=precision, train=train, val=val,
-        normalize=Normalize(ds.mean, ds.std, device), pad=max(1, ds.image_size // 14), device=device,
+        normalize=Normalize(ds.mean, ds.std, device), augment=for_training(ds), view=for_evaluation(ds),
+        device=device,
     )
 
 
@@ -132,7 +134,7 @@ def train_one_epoch(p: Prepared, gen: torch.Generator, pos: Position,
     correct = pos.correct.to(p.device)
     seconds_before, start = pos.seconds, time.perf_counter()
     for x, y in p.train.batches(pos.order, p.task.batch_size, pos.step):
-        x = p.precision.images(p.normalize(random_crop_flip(x, p.pad, gen)))
+        x = p.precision.images(p.normalize(p.augment(x, gen)))
         with p.precision.autocast():
             out = p.forward(x)
             loss = nn.functional.cross_entropy(out.float(), y)
@@ -159,7 +161,7 @@ def evaluate(p: Prepared) -> dict:
     correct = torch.zeros((), device=p.device, dtype=torch.long)
     for x, y in p.val.batches(torch.arange(n), EVAL_BATCH):
         with p.precision.autocast():
-            out = p.forward(p.precision.images(p.normalize(x)))
+            out = p.forward(p.precision.images(p.normalize(p.view(x))))
         loss_sum += nn.functional.cross_entropy(out.float(), y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
     return {"val_loss": loss_sum.item() / n, "val_acc": correct.item() / n}

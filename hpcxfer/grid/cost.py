@@ -1,0 +1,238 @@
+"""What a study will cost before it is submitted: images processed, GPU-hours, Gadi SU.
+
+A task's time on one GPU is modelled as
+
+    start-up + decode + epochs x train images / train rate + evaluations x val images / eval rate
+
+Decoded images stay in GPU memory when they fit (`memory_gb` of the device): JPEGs are then
+decoded once, by the job's CPUs. A set that does not fit is streamed: decoded every pass,
+at the slower of the GPU and the CPUs. Rates are for AlexNet at 224 px; another
+architecture's rates scale by its speed relative to AlexNet (ARCH_SPEED). SU (SPEC section 4) =
+rate per CPU-hour x CPUs per GPU x hours; a GPU's share of a node's memory is within its
+CPU share on every queue below, so the CPU count decides.
+
+Every figure in the tables says where it comes from; a grid's `cost:` section overrides
+any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from hpcxfer.errors import ConfigError
+from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.task import Task
+
+
+class UnknownSize(ValueError):
+    """The data set's size is needed for an estimate and not known."""
+
+
+@dataclass(frozen=True)
+class Device:
+    train: float            # AlexNet training images/s (forward + backward + step)
+    eval: float             # AlexNet evaluation images/s (forward only)
+    decode_per_cpu: float   # JPEG decodes/s per CPU core (PIL, short side to 256)
+    memory_gb: float        # decoded uint8 images a task may keep on the GPU
+    source: str
+
+
+@dataclass(frozen=True)
+class Queue:
+    device: str
+    cpus_per_gpu: int
+    su_per_cpu_hour: float
+
+
+#: Seeded from SPEC section 5 and measurements; `source` says which is which. Training
+#: and evaluation rates are fp32 (the worker's default), images resident on the GPU,
+#: batched random resized crop + flip included; `benchmarks/throughput.py` measures them.
+DEVICES: dict[str, Device] = {
+    "v100": Device(3900, 11700, 180, 24, "train: SPEC 5 reference (TensorFlow, real data; not measured "
+                   "here); eval: assumed 3x train; decode: SPEC 5 PIL figure; images: 24 of 32 GB"),
+    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: SPEC 5 "
+                   "PIL figure; images: 64 of 80 GB"),
+    "h200": Device(19300, 68700, 360, 120, "train, eval: measured on an H200, torch 2.11, batch 256 fp32 "
+                   "(bf16: 29,000 and 85,900); decode: measured, PIL on its host, 500x375 JPEG; "
+                   "images: 120 of 141 GB"),
+}
+
+#: NCI Gadi (SPEC section 4): the device, CPUs that come with each GPU, SU per CPU-hour.
+QUEUES: dict[str, Queue] = {
+    "gpuvolta": Queue("v100", 12, 3.0),
+    "dgxa100": Queue("a100", 16, 4.5),
+    "gpuhopper": Queue("h200", 12, 7.5),
+}
+
+#: Training speed relative to AlexNet's at 224 px. VGG-11: measured on the H200 (fp32
+#: 3,107 vs 19,307 images/s; 7.6 vs 0.714 G multiply-adds would say 0.094). The narrow
+#: AlexNet on 28-32 px images: assumed from its multiply-adds (2.9 M), an upper bound.
+ARCH_SPEED = {"alexnet": 1.0, "vgg11": 0.161, "alexnet-narrow": 0.714 / 0.0029}
+
+#: (classes, training images, validation images) of each named data set.
+DATA_COUNTS = {
+    "imagenet": (1000, 1_281_167, 50_000),
+    "cifar10": (10, 50_000, 10_000),
+    "cifar100": (100, 50_000, 10_000),
+    "fashion-mnist": (10, 60_000, 10_000),
+}
+
+#: Data sets kept as decoded arrays on disk: nothing to decode.
+ARRAY_DATASETS = ("cifar10", "cifar100", "fashion-mnist")
+
+STARTUP_S = 60.0  # assumed: interpreter, torch and CUDA start, file index, model build
+
+
+@dataclass
+class Model:
+    """The cost model with a grid's overrides applied."""
+
+    devices: dict[str, Device]
+    queues: dict[str, Queue]
+    startup_s: float
+    classes: int
+    train_images: int
+    val_images: int
+    bytes_per_image: int
+    decodes: bool
+    speed: float
+    eval_every: int
+
+
+@dataclass
+class Cost:
+    """Totals for a set of tasks: images and, per queue, GPU-hours and SU."""
+
+    tasks: int = 0
+    train_images: float = 0.0
+    eval_images: float = 0.0
+    gpu_hours: dict[str, float] = field(default_factory=dict)
+    su: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def images(self) -> float:
+        return self.train_images + self.eval_images
+
+
+def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
+    """The cost model of a grid. counts: (classes, train images, val images) of its data,
+    when known better than the named data set's (a folder data set's index)."""
+    over = grid.cost
+    devices = dict(DEVICES)
+    for name, speed in over.devices.items():
+        given = {k: v for k, v in speed.model_dump().items() if v is not None}
+        if name not in devices:
+            lacking = [k for k in ("train", "eval", "decode_per_cpu") if k not in given]
+            if lacking:
+                raise ConfigError(grid._source, f"cost.devices.{name}", f"a new device needs {', '.join(lacking)}")
+            devices[name] = Device(**given, memory_gb=0, source="grid cost.devices")
+        else:
+            base = devices[name]
+            devices[name] = replace(base, **given, source=f"grid cost.devices; else {base.source}")
+    if over.memory_gb is not None:
+        devices = {n: replace(d, memory_gb=over.memory_gb) for n, d in devices.items()}
+    queues = {**QUEUES, **{n: Queue(**q.model_dump()) for n, q in over.queues.items()}}
+    for name, q in queues.items():
+        if q.device not in devices:
+            raise ConfigError(grid._source, f"cost.queues.{name}.device",
+                              f"{q.device!r} is not a device of the cost table ({', '.join(devices)})")
+    classes, train, val = counts or DATA_COUNTS.get(grid.data.dataset, (0, 0, 0))
+    classes = over.classes or classes
+    train = over.train_images or train
+    val = over.val_images or val
+    if grid.data.dataset in ARRAY_DATASETS:
+        size = {"fashion-mnist": 28}.get(grid.data.dataset, 32)
+        bpi, decodes = (1 if grid.data.dataset == "fashion-mnist" else 3) * size * size, False
+    else:
+        bpi, decodes = 3 * grid.data.image_size ** 2, True
+    return Model(devices, queues, STARTUP_S if over.startup_s is None else over.startup_s,
+                 classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every)
+
+
+def evaluations(epochs: int, eval_every: int) -> int:
+    """Evaluations of a task: every eval_every epochs and after the last."""
+    return epochs // eval_every + (1 if epochs % eval_every else 0)
+
+
+def task_images(task: Task, m: Model) -> tuple[int, int]:
+    """(training images, validation images) of one task: the half's classes."""
+    half = m.classes // 2
+    if not (m.classes and m.val_images and (m.train_images or task.examples_per_class != "full")):
+        raise UnknownSize("the size of this data set is not known: set cost.classes, cost.train_images "
+                          "and cost.val_images in the grid for an estimate")
+    if task.examples_per_class == "full":
+        n_train = round(m.train_images * half / m.classes)
+    else:
+        n_train = int(task.examples_per_class) * half
+    return n_train, round(m.val_images * half / m.classes)
+
+
+def task_seconds(task: Task, m: Model, queue: str) -> float:
+    q = m.queues[queue]
+    dev = m.devices[q.device]
+    train_rate, eval_rate = dev.train * m.speed, dev.eval * m.speed
+    n_train, n_val = task_images(task, m)
+    evals = evaluations(task.epochs, m.eval_every)
+    decode_rate = dev.decode_per_cpu * q.cpus_per_gpu if m.decodes else math.inf
+    if (n_train + n_val) * m.bytes_per_image <= dev.memory_gb * 1e9:
+        decode_s = (n_train + n_val) / decode_rate
+    else:  # streamed: every pass decodes again
+        decode_s = 0.0
+        train_rate, eval_rate = min(train_rate, decode_rate), min(eval_rate, decode_rate)
+    return m.startup_s + decode_s + task.epochs * n_train / train_rate + evals * n_val / eval_rate
+
+
+def price(tasks: list[Task], m: Model) -> Cost:
+    cost = Cost(tasks=len(tasks))
+    for q in m.queues:
+        hours = sum(task_seconds(t, m, q) for t in tasks) / 3600
+        cost.gpu_hours[q] = hours
+        cost.su[q] = hours * m.queues[q].cpus_per_gpu * m.queues[q].su_per_cpu_hour
+    for t in tasks:
+        n_train, n_val = task_images(t, m)
+        cost.train_images += t.epochs * n_train
+        cost.eval_images += evaluations(t.epochs, m.eval_every) * n_val
+    return cost
+
+
+def price_study(grid: Grid, counts: tuple[int, int, int] | None = None) -> list[tuple[str, Cost]]:
+    """(row name, cost) for pre-training, each sub-grid, and the whole study (each task once)."""
+    from hpcxfer.grid.expand import expand, expand_by_block
+
+    m = model_for(grid, counts)
+    tasks = expand(grid)
+    rows = [("pretrain", price([t for t in tasks if t.stage == "pretrain"], m))]
+    blocks = expand_by_block(grid)
+    if len(blocks) > 1:
+        for name, block in blocks:
+            rows.append((name, price(list({t.task_id: t for t in block}.values()), m)))
+    else:
+        rows.append(("finetune", price([t for t in tasks if t.stage == "finetune"], m)))
+    rows.append(("total (each task once)", price(tasks, m)))
+    return rows
+
+
+def fmt_number(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def summary_line(total: Cost) -> str:
+    """One line with the study's total, printed by both plan and submit."""
+    per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU"
+                          for q in total.su)
+    return f"estimated cost of {total.tasks} tasks: {fmt_images(total.images)} images; {per_queue}"
+
+
+def fmt_images(n: float) -> str:
+    return f"{n / 1e9:,.2f} G" if n >= 1e8 else f"{n / 1e6:.3g} M"
+
+
+def assumptions(grid: Grid) -> list[str]:
+    m = model_for(grid)
+    lines = [f"{name}: train {d.train:,.0f}/s, eval {d.eval:,.0f}/s, decode {d.decode_per_cpu:,.0f}/s per CPU, "
+             f"{d.memory_gb:g} GB for images ({d.source})"
+             for name, d in m.devices.items() if name in {q.device for q in m.queues.values()}]
+    lines.append(f"start-up {m.startup_s:g} s per task; eval every {m.eval_every} epochs; "
+                 f"{grid.arch} at {m.speed:.3g} x AlexNet's speed; a set that does not fit is decoded every pass")
+    return lines
