@@ -1,0 +1,5 @@
+from hpcxfer.backends.scheduler import SchedulerBackend
+
+
+class GadiBackend(SchedulerBackend):
+    name = "gadi"
