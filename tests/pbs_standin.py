@@ -104,7 +104,7 @@ def start(env: dict, job: dict, index: int | None, workdir: Path) -> subprocess.
                             start_new_session=True)
 
 
-def _finish(env: dict, job: dict, index: int | None, code: int) -> None:
+def finish(env: dict, job: dict, index: int | None, code: int) -> None:
     # PBS reports a job killed by signal s as 256 + s.
     status = code if code >= 0 else 256 - code
     if index is None:
@@ -144,7 +144,7 @@ def run_queued(env: dict, workdir: Path, timeout: float = 300) -> list[dict]:
             return jobs(env)
         for job, i, proc in wave:
             code = proc.wait(timeout=timeout)
-            _finish(env, next(j for j in jobs(env) if j["id"] == job["id"]), i, code)
+            finish(env, next(j for j in jobs(env) if j["id"] == job["id"]), i, code)
 
 
 def kill_at_walltime(env: dict, job: dict, proc: subprocess.Popen, kill_delay: float = 10) -> int:
@@ -155,7 +155,7 @@ def kill_at_walltime(env: dict, job: dict, proc: subprocess.Popen, kill_delay: f
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         code = proc.wait()
-    _finish(env, job, None, -signal.SIGTERM)
+    finish(env, job, None, -signal.SIGTERM)
     return code
 
 

@@ -46,7 +46,7 @@ def golden(name: str, text: str) -> None:
 
 
 def test_rendered_scripts_match_golden_files():
-    grid = Grid.model_validate(GRID)
+    grid = Grid.model_validate({**GRID, "runtime": {}})  # threads: resources.cpus
     paths = StudyPaths(Path("/scratch/ab12/runs/pb"))
     backend = PbsBackend()
     lists = paths.backend_dir("pbs") / "lists"

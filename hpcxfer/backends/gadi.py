@@ -41,7 +41,7 @@ class GadiBackend(PbsBackend):
         return f"{total // 60:02d}:{total % 60:02d}:00"
 
     def threads(self, grid: Grid) -> int:
-        return GADI_QUEUES[grid.gadi.queue].cpus_per_gpu
+        return grid.runtime.threads or GADI_QUEUES[grid.gadi.queue].cpus_per_gpu
 
     def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
         return {"slots": grid.gadi.gpus_per_job, "walltime_s": minutes(grid.gadi.walltime) * 60}

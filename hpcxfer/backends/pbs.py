@@ -70,7 +70,7 @@ class PbsBackend(SchedulerBackend):
         return opts
 
     def threads(self, grid: Grid) -> int:
-        return grid.resources.cpus
+        return grid.runtime.threads or grid.resources.cpus
 
     def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
         return {"array": len(task_ids) > 1, "task_id": task_ids[0]}
