@@ -102,3 +102,16 @@ def test_arrays_run_to_completion_under_pbs_environment(write_grid, cli, tmp_pat
 def test_a_single_task_is_a_plain_job(n, expected):
     opts = PbsBackend().options(StudyPaths(Path("/s/x")), Grid.model_validate(GRID), "finetune", n, [])
     assert opts["-J"] == expected
+
+
+@pytest.mark.parametrize("section,field", [
+    ({"slurm": {"partitoin": "debug"}}, "slurm"),
+    ({"slurm": {"partition": "debug;touch pwned"}}, "slurm.partition"),
+    ({"gadi": {"queue": "normal"}}, "gadi.queue"),
+    ({"gadi": {"storage": "gdata/ab12 scratch/x"}}, "gadi.storage"),
+    ({"resources": {"time": "1h"}}, "resources.time"),
+])
+def test_scheduler_sections_reject_unknown_keys_and_unsafe_values(section, field, write_grid, cli, tmp_path):
+    out = cli("plan", write_grid(section, base=GRID))
+    assert out.returncode == 2 and field in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
