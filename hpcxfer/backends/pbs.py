@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import Resources
-from hpcxfer.backends.scheduler import SchedulerBackend
-from hpcxfer.errors import HpcxferError
+from hpcxfer.backends.scheduler import SchedulerBackend, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 
@@ -28,20 +26,6 @@ DEFAULT_MAX_ARRAY_SIZE = 10000
 #: qstat's single-letter states -> the names the shared code uses.
 STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "S": "SUSPENDED", "B": "RUNNING",
           "R": "RUNNING", "E": "COMPLETING"}
-
-
-class SchedulerError(HpcxferError):
-    """qsub or qstat refused or could not be reached."""
-
-
-def run(cmd: list[str], what: str) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
-        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
 
 
 def array_of(element: str) -> str:

@@ -9,10 +9,13 @@ A backend says how to submit one job (`_submit_job`), what the scheduler holds
 from __future__ import annotations
 
 import logging
+import shlex
+import subprocess
 from pathlib import Path
 
 from hpcxfer.backends import records
 from hpcxfer.backends.base import Submission
+from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
@@ -20,6 +23,21 @@ from hpcxfer.layout import StudyPaths
 log = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "finetune")
+
+
+class SchedulerError(HpcxferError):
+    """The scheduler refused a command or could not be reached."""
+
+
+def run(cmd: list[str], what: str) -> str:
+    """A scheduler command's stdout; its own error text in one line if it fails."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {e}") from e
+    if proc.returncode != 0:
+        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
 #: Scheduler states of an element that will still run (or is running).
 ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
           "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "Q", "R", "H", "W", "T", "E", "S", "B", "X_RUNNING"}

@@ -24,8 +24,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from hpcxfer.backends.base import worker_command
 from hpcxfer.backends.resources import Resources
-from hpcxfer.backends.scheduler import SchedulerBackend
-from hpcxfer.errors import HpcxferError
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 
@@ -34,10 +33,6 @@ log = logging.getLogger(__name__)
 EXIT_RESUME = 75
 #: How long the USR2 handler waits for the worker to write its checkpoint and exit.
 CHECKPOINT_WAIT_S = 60
-
-
-class SchedulerError(HpcxferError):
-    """The scheduler refused or could not be reached."""
 
 
 class TaskFailed(RuntimeError):
@@ -91,19 +86,9 @@ class ArrayTask(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
-def _run(cmd: list[str], what: str) -> str:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
-        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
 def max_array_size() -> int:
     """MaxArraySize of the cluster (array indices go 0..MaxArraySize-1)."""
-    out = _run(["scontrol", "show", "config"], "reading MaxArraySize")
+    out = run(["scontrol", "show", "config"], "reading MaxArraySize")
     m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
     return int(m.group(1)) if m else 1001
 
@@ -158,7 +143,7 @@ class SlurmBackend(SchedulerBackend):
 
     def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
         # All jobs at once (no -j): squeue fails on the whole list if one id has expired.
-        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%r|%i"], "asking squeue")
+        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%r|%i"], "asking squeue")
         active = {}
         for line in out.splitlines():
             array_id, task, state, reason, _ = (line.split("|") + [""] * 5)[:5]
@@ -169,7 +154,7 @@ class SlurmBackend(SchedulerBackend):
         return active
 
     def _cancel(self, job_ids: list[str]) -> None:
-        _run(["scancel", *job_ids], "cancelling")
+        run(["scancel", *job_ids], "cancelling")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m hpcxfer.backends.slurm` prints MaxArraySize
