@@ -145,6 +145,8 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     if view and view["state"] == "queued" or (not view and task.task_id in queued):
         st.state = "queued"
         st.detail = view.get("detail", "") if view else ""
+        if st.epoch is not None or tp.checkpoint.exists():
+            st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
     if tp.failed.is_file():
         try:

@@ -40,6 +40,13 @@ class GadiBackend(PbsBackend):
         total = minutes(grid.gadi.walltime)
         return f"{total // 60:02d}:{total % 60:02d}:00"
 
+    def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
+        g = grid.gadi
+        rate = GADI_QUEUES[g.queue].su_per_hour(g.gpus_per_job)
+        hours = minutes(g.walltime) / 60
+        return (f"{stage}, {n_tasks} task(s) on {g.gpus_per_job} GPU(s) of {g.queue}: "
+                f"{rate:g} SU/h, at most {rate * hours:g} SU")
+
     def threads(self, grid: Grid) -> int:
         return grid.runtime.threads or GADI_QUEUES[grid.gadi.queue].cpus_per_gpu
 

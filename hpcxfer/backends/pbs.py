@@ -53,6 +53,9 @@ class PbsBackend(SchedulerBackend):
             opts["-W depend="] = "afterok:" + ":".join(sorted({array_of(a) for a in after}))
         return opts
 
+    def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
+        return f"{stage}, {n_tasks} task(s)"
+
     def threads(self, grid: Grid) -> int:
         return grid.runtime.threads or grid.resources.cpus
 
@@ -63,7 +66,7 @@ class PbsBackend(SchedulerBackend):
                       after: list[str]) -> str:
         opts = self.options(paths, grid, stage, len(task_ids), after)
         return render(self.template, directives=directives("#PBS", opts), version=hpcxfer.__version__, study_dir=str(paths.dir),
-                      what=f"{stage}, {len(task_ids)} task(s)", threads=self.threads(grid), worker=sys.executable,
+                      what=self.describe(grid, stage, len(task_ids)), threads=self.threads(grid), worker=sys.executable,
                       list_file=str(list_file), **self.context(paths, grid, stage, task_ids, list_file))
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:

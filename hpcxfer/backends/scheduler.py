@@ -112,12 +112,9 @@ class SchedulerBackend:
             if element not in active:
                 continue
             state, reason = active[element]
-            restarted = "requeue" in reason.lower() or state.startswith("REQUEUE")
             if state in ACTIVE:
                 kind = "running" if state in RUNNING else "queued"
                 detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")
-                if restarted and kind == "queued":
-                    detail += "; requeued, resumes from its checkpoint"
             elif state in KILLED:
                 kind = "stopped" if state == "CANCELLED" else "failed"
                 detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")

@@ -12,7 +12,7 @@
 #PBS -l wd
 #PBS -o /scratch/ab12/runs/gd/backends/gadi/logs/
 #PBS -q gpuvolta
-# Written by hpcxfer VERSION for study /scratch/ab12/runs/gd; finetune, 2 task(s).
+# Written by hpcxfer VERSION for study /scratch/ab12/runs/gd; finetune, 2 task(s) on 2 GPU(s) of gpuvolta: 72 SU/h, at most 36 SU.
 set -euo pipefail
 export HPCXFER_JOB_ID="pbs:${PBS_JOBID}"
 export HPCXFER_THREADS=12
