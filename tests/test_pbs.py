@@ -115,3 +115,13 @@ def test_scheduler_sections_reject_unknown_keys_and_unsafe_values(section, field
     out = cli("plan", write_grid(section, base=GRID))
     assert out.returncode == 2 and field in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_default_backend_is_the_scheduler_on_path(tmp_path, monkeypatch):
+    from hpcxfer.backends import default_backend
+
+    env = pbs_standin.install(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"].split(os.pathsep)[0])
+    assert default_backend() == "pbs"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert default_backend() == "local"

@@ -192,3 +192,27 @@ def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_gr
     (task,) = [t for t in status["tasks"] if t["task_id"] == rec["tasks"][0]]
     assert task["state"] == "failed" and Path(task["log"]).is_file()
     assert "pre-trained model" in task["detail"]
+
+
+def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
+    from hpcxfer.backends.slurm import SlurmBackend
+    from hpcxfer.grid import expand
+    from hpcxfer.grid.schema import Grid
+    from hpcxfer.layout import StudyPaths
+    from hpcxfer.study import write_study
+
+    grid = Grid.model_validate({**GRID, "root": str(tmp_path), "finetune": {**GRID["finetune"],
+                                                                            "seed": list(range(cluster + 1))}})
+    tasks = expand(grid)
+    paths = StudyPaths.of(tmp_path, "sl")
+    write_study(paths, grid, tasks)
+    sub = SlurmBackend().submit(paths, grid, tasks, dry_run=True)
+    assert sub.commands == [f"sbatch {s}" for s in sub.scripts] and not sub.job_ids and not records(paths.dir)
+    pre, big, small = (Path(s).read_text() for s in sub.scripts)
+    assert "#SBATCH --array" not in pre and f"#SBATCH --array=0-{cluster - 1}%2" in big
+    assert "#SBATCH --array" not in small  # the one task left over is a plain job
+    for text in (big, small):
+        assert "#SBATCH --dependency=afterok:<pretrain-0[0]>" in text.replace("'", "")
+    for flag in ("--partition=debug", "--signal=USR2@90", "--kill-on-invalid-dep=yes", "--cpus-per-task=1",
+                 "--mem=1024M", "--time=20", "--open-mode=append"):
+        assert f"#SBATCH {flag}" in pre
