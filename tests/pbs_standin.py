@@ -52,7 +52,13 @@ for f in sorted(os.listdir(os.path.join(spool, "jobs"))):
         out[job["id"].replace("[]", f"[{i}]")] = {"job_state": sub["state"], "Exit_status": sub.get("exit", 0)}
     for i in job["indices"] or []:
         out.setdefault(job["id"].replace("[]", f"[{i}]"), {"job_state": job["state"]})
-print(json.dumps({"Jobs": out}))
+known = set(out)
+for job_id in wanted:
+    if job_id not in known:
+        print(f"qstat: Unknown Job Id {job_id}", file=sys.stderr)
+if out:
+    print(json.dumps({"Jobs": out}))
+sys.exit(153 if set(wanted) - known else 0)
 '''
 
 QDEL = r'''

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,3 +126,21 @@ def test_default_backend_is_the_scheduler_on_path(tmp_path, monkeypatch):
     assert default_backend() == "pbs"
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert default_backend() == "local"
+
+
+def test_jobs_purged_from_the_server_count_as_not_held(tmp_path, monkeypatch):
+    from hpcxfer.backends import records
+
+    env = pbs_standin.install(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("PBS_STANDIN_DIR", env["PBS_STANDIN_DIR"])
+    paths = StudyPaths(tmp_path / "study")
+    records.append(paths, "pbs", {"job_id": "7.pbs", "elements": ["7.pbs"], "tasks": ["pt-a"], "log": "x"})
+    assert PbsBackend().view(paths) == {}  # qstat: Unknown Job Id 7.pbs, exit 153
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n#PBS -J 0-1\ntrue\n")
+    job_id = subprocess.run(["qsub", str(script)], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()
+    records.append(paths, "pbs", {"job_id": job_id, "elements": [job_id.replace("[]", "[1]")], "tasks": ["ft-b"],
+                                  "log": "x"})
+    view = PbsBackend().view(paths)
+    assert set(view) == {"ft-b"} and view["ft-b"]["state"] == "queued"

@@ -18,7 +18,7 @@ from pathlib import Path
 import hpcxfer
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import Resources
-from hpcxfer.backends.scheduler import SchedulerBackend, run
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 
@@ -86,7 +86,14 @@ class PbsBackend(SchedulerBackend):
         return rec["log"]
 
     def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
-        out = run(["qstat", "-x", "-t", "-f", "-F", "json", *sorted(job_ids)], "asking qstat")
+        # qstat exits non-zero when one id is unknown (purged from history) yet prints the
+        # others; no output at all means none is known any more.
+        try:
+            out = run(["qstat", "-x", "-t", "-f", "-F", "json", *sorted(job_ids)], "asking qstat", partial=True)
+        except SchedulerError as e:
+            if "Unknown Job Id" in str(e) or "Job has finished" in str(e):
+                return {}
+            raise
         jobs = json.loads(out or "{}").get("Jobs", {})
         active = {}
         for element, info in jobs.items():

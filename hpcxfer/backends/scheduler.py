@@ -29,13 +29,15 @@ class SchedulerError(HpcxferError):
     """The scheduler refused a command or could not be reached."""
 
 
-def run(cmd: list[str], what: str) -> str:
-    """A scheduler command's stdout; its own error text in one line if it fails."""
+def run(cmd: list[str], what: str, partial: bool = False) -> str:
+    """A scheduler command's stdout; its own error text in one line if it fails.
+    partial: a failure that still printed something (qstat on a list with a purged id)
+    returns what it printed."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SchedulerError(f"{what}: {shlex.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not (partial and proc.stdout.strip()):
         raise SchedulerError(f"{what}: {shlex.join(cmd)}: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout
 #: Scheduler states of an element that will still run (or is running).
