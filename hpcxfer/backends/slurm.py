@@ -57,23 +57,25 @@ class ArrayTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         task_id = self.task_id()
+        study = StudyPaths(Path(self.study_dir))
         env = submitit.JobEnvironment()
         cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         child_env = {**os.environ, "HPCXFER_JOB_ID": f"slurm:{env.job_id}", "HPCXFER_THREADS": cpus,
                      "OMP_NUM_THREADS": cpus}
-        self._proc = subprocess.Popen(worker_command(StudyPaths(Path(self.study_dir)), task_id),
+        self._proc = subprocess.Popen(worker_command(study, task_id),
                                       env=child_env, stdin=subprocess.DEVNULL)
         code = self._proc.wait()
         if code == 0:
             return task_id
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
         if code == EXIT_RESUME and restarts < self.max_requeues:
-            # Checkpointed on a signal submitit did not see (SIGTERM from a requeue or a
-            # preemption): put the element back in the queue to resume.
+            # Checkpointed on a signal submitit does not requeue for (SIGTERM of a requeue
+            # or a preemption, USR1 from a user): put the element back in the queue. When
+            # SLURM is requeuing it already this is refused harmlessly ("Job is pending
+            # execution"; checked on the test cluster).
             subprocess.run(["scontrol", "requeue", env.job_id], check=False)
             return f"{task_id} requeued"
-        raise TaskFailed(f"{task_id}: worker exited {code} (restarts {restarts}); see "
-                         f"{Path(self.study_dir) / 'tasks' / task_id / 'log.txt'}")
+        raise TaskFailed(f"{task_id}: worker exited {code} (restarts {restarts}); see {study.task(task_id).log}")
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # USR2 reached the worker too (same srun step): let it finish its checkpoint
