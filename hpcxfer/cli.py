@@ -113,8 +113,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     else:
         sub = backend.submit(paths, grid, todo, dry_run=args.dry_run)
     if args.dry_run:
+        for script in sub.scripts:
+            console.print(f"# {script}\n{Path(script).read_text()}", markup=False, highlight=False, soft_wrap=True)
         for cmd in sub.commands:
-            console.print(cmd, markup=False, highlight=False)
+            console.print(cmd, markup=False, highlight=False, soft_wrap=True)
         console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted")
         return 0
     if sub.job_ids:
@@ -146,12 +148,18 @@ def _submit_local_with_progress(backend, paths, grid, todo):
         return backend.submit(paths, grid, todo, wait=True, on_change=on_change)
 
 
-def _held(paths) -> set[str]:
+def _held(paths) -> dict[str, dict]:
+    """task id -> what the backend that last submitted it says: queued, running or (ended
+    by the scheduler) failed. Only backends this study has used are asked."""
     from hpcxfer.backends import BACKENDS
 
-    held: set[str] = set()
-    for cls in BACKENDS.values():
-        held |= cls().held(paths)
+    held: dict[str, dict] = {}
+    for name, cls in BACKENDS.items():
+        if not paths.backend_dir(name).is_dir():
+            continue
+        backend = cls()
+        view = backend.view(paths) if hasattr(backend, "view") else {t: {"state": "queued"} for t in backend.held(paths)}
+        held.update(view)
     return held
 
 
@@ -221,7 +229,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from hpcxfer.layout import StudyPaths
 
     paths = StudyPaths.existing(args.study_dir)
-    cancelled = [j for cls in BACKENDS.values() for j in cls().cancel(paths)]
+    cancelled = [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir()
+                 for j in cls().cancel(paths)]
     console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,17 +124,29 @@ def last_epoch(tp: TaskPaths) -> int | None:
     return max((e for e in epochs if isinstance(e, int)), default=None)
 
 
-def task_state(paths: StudyPaths, task: Task, queued: set[str] = frozenset()) -> TaskState:
-    """The state of one task, read off its files; `queued` is what backends hold for it."""
+def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[str] = frozenset()) -> TaskState:
+    """The state of one task, read off its files, joined with what backends hold for it:
+    `queued` is a set of task ids, or task id -> a scheduler's view ({"state":
+    queued|running|failed, "detail", "log", "job", ...})."""
     tp = paths.task(task.task_id)
     st = TaskState(task.task_id, "pending", str(tp.dir), stage=task.stage)
     if tp.result.is_file():
         st.state = "done"
         return st
     st.epoch = last_epoch(tp)
+    view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
+    if view:
+        st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
     here = running_here(tp) if tp.running.exists() else False
-    if here or here is None:
+    if here or here is None or (view and view["state"] == "running"):
         st.state, st.log = "running", str(tp.log)
+        return st
+    # Queued again after a failure: the new job's state is the one that matters.
+    if view and view["state"] == "queued" or (not view and task.task_id in queued):
+        st.state = "queued"
+        st.detail = view.get("detail", "") if view else ""
+        if st.epoch is not None or tp.checkpoint.exists():
+            st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
     if tp.failed.is_file():
         try:
@@ -143,8 +156,12 @@ def task_state(paths: StudyPaths, task: Task, queued: set[str] = frozenset()) ->
         st.state, st.log = "failed", str(tp.log)
         st.detail = str(failed.get("error", "failed"))
         return st
-    if task.task_id in queued:
-        st.state = "queued"
+    if view and view["state"] in ("failed", "stopped"):
+        # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
+        # a cancelled task is simply not done (pending), the others failed.
+        st.state, st.log = "failed" if view["state"] == "failed" else "pending", view.get("log") or str(tp.log)
+        st.detail = view.get("detail", "") + (f"; resumes from epoch {st.epoch} at the next submit"
+                                                if st.epoch is not None else "")
         return st
     if st.epoch is not None or tp.checkpoint.exists():
         st.detail = f"interrupted after epoch {st.epoch or 0}; resumes from its checkpoint"
@@ -152,7 +169,7 @@ def task_state(paths: StudyPaths, task: Task, queued: set[str] = frozenset()) ->
     return st
 
 
-def study_states(paths: StudyPaths, queued: set[str] = frozenset()) -> list[TaskState]:
+def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset()) -> list[TaskState]:
     if not paths.tasks_index.exists():
         raise StudyError(f"{paths.dir}: no tasks.jsonl; not a submitted study")
     return [task_state(paths, t, queued) for t in load_tasks(paths)]

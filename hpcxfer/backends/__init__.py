@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+
 from hpcxfer.backends.base import Backend, Submission, worker_command
+from hpcxfer.backends.gadi import GadiBackend
 from hpcxfer.backends.local import LocalBackend
+from hpcxfer.backends.pbs import PbsBackend
+from hpcxfer.backends.slurm import SlurmBackend
 from hpcxfer.errors import ConfigError
 
-BACKENDS: dict[str, type] = {"local": LocalBackend}
+BACKENDS: dict[str, type] = {"local": LocalBackend, "slurm": SlurmBackend, "pbs": PbsBackend, "gadi": GadiBackend}
 
 
 def get_backend(name: str | None) -> Backend:
@@ -17,7 +24,13 @@ def get_backend(name: str | None) -> Backend:
 
 
 def default_backend() -> str:
-    """The embedded local backend unless a scheduler this machine can reach is registered."""
+    """The scheduler whose client is on PATH (Gadi is PBS with its own login hosts), else
+    the embedded local backend. A study on a machine with a scheduler installed for tests
+    (as CI's) passes `--backend local` explicitly."""
+    if shutil.which("sbatch") and shutil.which("squeue"):
+        return "slurm"
+    if shutil.which("qsub") and shutil.which("qstat"):
+        return "gadi" if socket.getfqdn().endswith("gadi.nci.org.au") or os.path.isdir("/g/data") else "pbs"
     return "local"
 
 

@@ -260,6 +260,45 @@ class CostSpec(Strict):
     val_images: int | None = Field(None, ge=1)
 
 
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=:/@-]*$")]
+Walltime = Annotated[str, Field(pattern=r"^\d+(:[0-5]\d){0,2}$", description="H:MM:SS, MM:SS or minutes")]
+
+
+class ResourcesSpec(Strict):
+    """What one task needs, translated by each scheduler backend into its own flags."""
+
+    gpus: int = Field(0, ge=0)
+    cpus: int = Field(1, ge=1)
+    mem_gb: float = Field(4, gt=0)
+    time: Walltime = "1:00:00"
+
+
+class SlurmSpec(Strict):
+    partition: Name | None = None
+    account: Name | None = None
+    qos: Name | None = None
+    constraint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_&|\[\]*,()-]+$")] | None = None
+    array_parallelism: int = Field(0, ge=0, description="array tasks at once (%K); 0 = no throttle")
+    signal_delay: int = Field(90, ge=0, description="seconds before the time limit that USR2 comes")
+    max_requeues: int = Field(10, ge=0, description="requeues of one task after a checkpoint on request")
+
+
+class PbsSpec(Strict):
+    queue: Name | None = None
+    project: Name | None = None
+    max_array_size: int = Field(0, ge=0, description="0 = read it from `qstat -Bf`")
+
+
+class GadiSpec(Strict):
+    project: Name | None = None
+    queue: Literal["gpuvolta", "dgxa100", "gpuhopper"] = "gpuvolta"
+    storage: Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9]+(\+[a-z]+/[a-z0-9]+)*$")] | None = None
+    jobfs_gb: int = Field(10, ge=1)
+    gpus_per_job: int = Field(1, ge=1)
+    walltime: Walltime = "2:00:00"
+    max_jobs: int = Field(8, ge=1, description="packed jobs per stage")
+
+
 class Grid(Strict):
     _source: str = PrivateAttr("grid.yaml")
     _sources: tuple = PrivateAttr(())
@@ -274,6 +313,10 @@ class Grid(Strict):
     runtime: RuntimeSpec = RuntimeSpec()
     local: LocalSpec = LocalSpec()
     cost: CostSpec = CostSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    slurm: SlurmSpec = SlurmSpec()
+    pbs: PbsSpec = PbsSpec()
+    gadi: GadiSpec = GadiSpec()
 
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":

@@ -1,0 +1,60 @@
+"""NCI Gadi: PBS Pro without arrays. Each stage's tasks are dealt into at most
+`gadi.max_jobs` packed jobs; each job asks for `gpus_per_job` GPUs on a queue of the table
+in resources.py (with the CPUs and memory Gadi requires per GPU), `-l storage` so /g/data
+and /scratch are mounted, node-local `jobfs`, `wd`, and runs one task per GPU at a time
+(`hpcxfer.backends.pack`) until its list or its walltime runs out. What a walltime kill
+leaves unfinished resumes from its checkpoint at the next `hpcxfer submit`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hpcxfer.backends.pbs import PbsBackend
+from hpcxfer.backends.resources import GADI_QUEUES, minutes
+from hpcxfer.grid.schema import Grid
+from hpcxfer.layout import StudyPaths
+
+
+class GadiBackend(PbsBackend):
+    name = "gadi"
+    template = "gadi_pack.sh.j2"
+
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
+        return math.ceil(n / grid.gadi.max_jobs)
+
+    def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
+        g = grid.gadi
+        req = GADI_QUEUES[g.queue].request(g.gpus_per_job)
+        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend_dir(self.name) / 'logs'}/",
+                "-P": g.project, "-q": g.queue, "-l ncpus=": req["ncpus"], "-l ngpus=": req["ngpus"],
+                "-l mem=": f"{req['mem_gb']}GB", "-l jobfs=": f"{g.jobfs_gb}GB", "-l walltime=": self.walltime(grid),
+                "-l storage=": g.storage, "-l wd": True}
+        if after:
+            opts["-W depend="] = "afterok:" + ":".join(after)
+        return opts
+
+    @staticmethod
+    def walltime(grid: Grid) -> str:
+        total = minutes(grid.gadi.walltime)
+        return f"{total // 60:02d}:{total % 60:02d}:00"
+
+    def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
+        g = grid.gadi
+        rate = GADI_QUEUES[g.queue].su_per_hour(g.gpus_per_job)
+        hours = minutes(g.walltime) / 60
+        return (f"{stage}, {n_tasks} task(s) on {g.gpus_per_job} GPU(s) of {g.queue}: "
+                f"{rate:g} SU/h, at most {rate * hours:g} SU")
+
+    def threads(self, grid: Grid) -> int:
+        return grid.runtime.threads or GADI_QUEUES[grid.gadi.queue].cpus_per_gpu
+
+    def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
+        return {"slots": grid.gadi.gpus_per_job, "walltime_s": minutes(grid.gadi.walltime) * 60}
+
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
+        rec = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)
+        if not dry_run:  # every task of a packed job is the job itself
+            rec["elements"] = [rec["job_id"]] * len(task_ids)
+        return rec

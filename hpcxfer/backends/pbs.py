@@ -1,0 +1,112 @@
+"""PBS Pro: `-J` arrays split to `max_array_size` (a chunk of one task is a plain job,
+since an array needs two indices), `PBS_ARRAY_INDEX` mapped to the task through the
+chunk's task list, fine-tuning after pre-training with `-W depend=afterok`.
+
+PBS sends no warning before walltime: SIGTERM, then SIGKILL after `kill_delay`. The job
+script `exec`s the worker so SIGTERM reaches it directly and it checkpoints in time;
+users cannot requeue, so the next `hpcxfer submit` resubmits what is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import hpcxfer
+from hpcxfer.backends.render import directives, render
+from hpcxfer.backends.resources import Resources
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
+from hpcxfer.grid.schema import Grid
+from hpcxfer.layout import StudyPaths
+
+DEFAULT_MAX_ARRAY_SIZE = 10000
+#: qstat's single-letter states -> the names the shared code uses.
+STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "S": "SUSPENDED", "B": "RUNNING",
+          "R": "RUNNING", "E": "COMPLETING"}
+
+
+def array_of(element: str) -> str:
+    """`1234[5].srv` -> `1234[].srv`: PBS dependencies name whole arrays, not subjobs."""
+    return re.sub(r"\[\d+\]", "[]", element)
+
+
+class PbsBackend(SchedulerBackend):
+    name = "pbs"
+    template = "pbs_array.sh.j2"
+
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
+        if grid.pbs.max_array_size:
+            return grid.pbs.max_array_size
+        m = re.search(r"max_array_size\s*=\s*(\d+)", run(["qstat", "-Bf"], "reading max_array_size"))
+        return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+
+    def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
+        res = Resources.of(grid)
+        select = f"1:ncpus={res.cpus}:mem={res.mem_mb}mb" + (f":ngpus={res.gpus}" if res.gpus else "")
+        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend_dir(self.name) / 'logs'}/",
+                "-l select=": select, "-l walltime=": res.walltime, "-q": grid.pbs.queue, "-P": grid.pbs.project,
+                "-J": f"0-{n_tasks - 1}" if n_tasks > 1 else None}
+        if after:
+            opts["-W depend="] = "afterok:" + ":".join(sorted({array_of(a) for a in after}))
+        return opts
+
+    def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
+        return f"{stage}, {n_tasks} task(s)"
+
+    def threads(self, grid: Grid) -> int:
+        return grid.runtime.threads or grid.resources.cpus
+
+    def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
+        return {"array": len(task_ids) > 1, "task_id": task_ids[0]}
+
+    def render_script(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
+                      after: list[str]) -> str:
+        opts = self.options(paths, grid, stage, len(task_ids), after)
+        return render(self.template, directives=directives("#PBS", opts), version=hpcxfer.__version__, study_dir=str(paths.dir),
+                      what=self.describe(grid, stage, len(task_ids)), threads=self.threads(grid), worker=sys.executable,
+                      list_file=str(list_file), **self.context(paths, grid, stage, task_ids, list_file))
+
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
+        script = list_file.with_suffix(".pbs")
+        script.write_text(self.render_script(paths, grid, stage, task_ids, list_file, after))
+        (paths.backend_dir(self.name) / "logs").mkdir(parents=True, exist_ok=True)
+        command = ["qsub", str(script)]
+        rec = {"command": shlex.join(command), "script": str(script)}
+        if dry_run:
+            return rec
+        job_id = run(command, f"submitting {script}").strip()
+        array = len(task_ids) > 1
+        elements = [job_id.replace("[]", f"[{i}]") for i in range(len(task_ids))] if array else [job_id]
+        return {**rec, "job_id": job_id, "elements": elements, "log": str(paths.backend_dir(self.name) / "logs")}
+
+    def log_of(self, rec: dict, index: int) -> str:
+        return rec["log"]
+
+    def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
+        # qstat exits non-zero when one id is unknown (purged from history) yet prints the
+        # others; no output at all means none is known any more.
+        try:
+            out = run(["qstat", "-x", "-t", "-f", "-F", "json", *sorted(job_ids)], "asking qstat", partial=True)
+        except SchedulerError as e:
+            if "Unknown Job Id" in str(e) or "Job has finished" in str(e):
+                return {}
+            raise
+        jobs = json.loads(out or "{}").get("Jobs", {})
+        active = {}
+        for element, info in jobs.items():
+            state = info.get("job_state", "")
+            if state in ("F", "X"):
+                status = int(info.get("Exit_status", 0))
+                if status == 0:
+                    continue
+                # 271 = 256 + SIGTERM: killed at walltime or by qdel.
+                active[element] = ("TIMEOUT" if status >= 256 else "FAILED", f"exit status {status}")
+            else:
+                active[element] = (STATES.get(state, state), info.get("comment", ""))
+        return active
+
+    def _cancel(self, job_ids: list[str]) -> None:
+        run(["qdel", *sorted({array_of(j) for j in job_ids})], "cancelling")

@@ -1,0 +1,140 @@
+"""What the SLURM, PBS and Gadi backends share: stages in dependency order, jobs split to
+the scheduler's limits, the study's own record of every submission, and joining that
+record with the scheduler's view for `submit`, `status` and `cancel`.
+
+A backend says how to submit one job (`_submit_job`), what the scheduler holds
+(`_active`: element id -> (state, reason)) and how to cancel (`_cancel`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+from pathlib import Path
+
+from hpcxfer.backends import records
+from hpcxfer.backends.base import Submission
+from hpcxfer.errors import HpcxferError
+from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import StudyPaths
+
+log = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "finetune")
+
+
+class SchedulerError(HpcxferError):
+    """The scheduler refused a command or could not be reached."""
+
+
+def run(cmd: list[str], what: str, partial: bool = False) -> str:
+    """A scheduler command's stdout; its own error text in one line if it fails.
+    partial: a failure that still printed something (qstat on a list with a purged id)
+    returns what it printed."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {e}") from e
+    if proc.returncode != 0 and not (partial and proc.stdout.strip()):
+        raise SchedulerError(f"{what}: {shlex.join(cmd)}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+#: Scheduler states of an element that will still run (or is running).
+ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+          "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "Q", "R", "H", "W", "T", "E", "S", "B", "X_RUNNING"}
+RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "R", "E"}
+#: Terminal states that mean the scheduler, not the worker, ended the task.
+KILLED = {"FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE", "BOOT_FAIL"}
+
+
+class SchedulerBackend:
+    name = "scheduler"
+
+    # ------------------------------------------------------------ for subclasses
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
+        """Most tasks in one job, for a stage of `n` tasks."""
+        raise NotImplementedError
+
+    def _submit_job(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
+                    after: list[str], dry_run: bool) -> dict:
+        """Submit one job running `task_ids`; returns its record (job_id, elements, script,
+        log, command)."""
+        raise NotImplementedError
+
+    def _active(self, paths: StudyPaths, job_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """element id -> (scheduler state, reason) for the elements of `job_ids` the
+        scheduler still knows."""
+        raise NotImplementedError
+
+    def _cancel(self, job_ids: list[str]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the interface
+    def submit(self, paths: StudyPaths, grid: Grid, tasks: list[Task], *, dry_run: bool = False,
+               wait: bool = False) -> Submission:
+        sub = Submission(backend=self.name, tasks=[t.task_id for t in tasks])
+        if not tasks:
+            return sub
+        held = self.view(paths)
+        element_of = {t: v["job"] for t, v in held.items() if v["state"] in ("queued", "running")}
+        batch = len(records.load(paths, self.name))
+        for stage in STAGES:
+            todo = [t for t in tasks if t.stage == stage]
+            if not todo:
+                continue
+            for n, chunk in enumerate(records.chunks(todo, self._chunk_size(grid, paths, len(todo)))):
+                after = sorted({element_of[d] for t in chunk for d in t.depends_on if d in element_of})
+                list_file = paths.backend_dir(self.name) / "lists" / f"{batch:03d}-{stage}-{n}.txt"
+                ids = [t.task_id for t in chunk]
+                records.write_task_list(list_file, ids)  # a dry run writes what it would submit
+                rec = self._submit_job(paths, grid, stage, ids, list_file, after, dry_run)
+                sub.commands.append(rec.pop("command"))
+                sub.scripts.append(rec["script"])
+                if dry_run:  # later chunks show what they would wait for
+                    element_of.update((t, f"<{stage}-{n}[{i}]>") for i, t in enumerate(ids))
+                    continue
+                rec.update(stage=stage, tasks=ids, list_file=str(list_file), after=after)
+                records.append(paths, self.name, rec)
+                sub.job_ids.append(rec["job_id"])
+                element_of.update(zip(ids, rec["elements"]))
+        return sub
+
+    def view(self, paths: StudyPaths) -> dict[str, dict]:
+        """task id -> what the scheduler says of the job that last ran it: {"state":
+        queued|running|failed|stopped (cancelled), "job", "scheduler_state", "detail", "log"}. Tasks whose last
+        job the scheduler has forgotten (finished long ago) are left out."""
+        latest = records.latest_by_task(paths, self.name)
+        if not latest:
+            return {}
+        active = self._active(paths, {rec["job_id"] for rec, _ in latest.values()})
+        out = {}
+        for task_id, (rec, i) in latest.items():
+            element = rec["elements"][i]
+            if element not in active:
+                continue
+            state, reason = active[element]
+            if state in ACTIVE:
+                kind = "running" if state in RUNNING else "queued"
+                detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")
+            elif state in KILLED:
+                kind = "stopped" if state == "CANCELLED" else "failed"
+                detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")
+            else:
+                continue
+            out[task_id] = {"state": kind, "job": element, "scheduler_state": state, "detail": detail,
+                            "log": self.log_of(rec, i)}
+        return out
+
+    def log_of(self, rec: dict, index: int) -> str:
+        return rec["log"].replace("%a", str(index))
+
+    def held(self, paths: StudyPaths) -> set[str]:
+        return {t for t, v in self.view(paths).items() if v["state"] in ("queued", "running")}
+
+    def cancel(self, paths: StudyPaths) -> list[str]:
+        view = self.view(paths)
+        elements = sorted({v["job"] for v in view.values() if v["state"] in ("queued", "running")})
+        if elements:
+            self._cancel(elements)
+        return elements

@@ -1,0 +1,163 @@
+"""SLURM through submitit: one array per stage and chunk, fine-tuning after its
+pre-training (`afterok`), arrays split to the cluster's MaxArraySize and renumbered from 0.
+
+Each array element runs `ArrayTask`: it reads its task id from the chunk's task list and
+runs the worker as a child process (`hpcxfer run-task`), so the job starts from the task
+directory rather than from pickled training state. submitit runs it under `srun` and asks
+for USR2 `signal_delay` seconds before the time limit; the signal reaches every process
+of the step, so the worker checkpoints while submitit's handler waits for it
+(`ArrayTask.checkpoint`) and then requeues the element.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import submitit
+from submitit.slurm.slurm import _make_sbatch_string
+
+from hpcxfer.backends.base import worker_command
+from hpcxfer.backends.resources import Resources
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
+from hpcxfer.grid.schema import Grid
+from hpcxfer.layout import StudyPaths
+
+log = logging.getLogger(__name__)
+
+EXIT_RESUME = 75
+#: How long the USR2 handler waits for the worker to write its checkpoint and exit.
+CHECKPOINT_WAIT_S = 60
+
+
+class TaskFailed(RuntimeError):
+    """The worker exited for a real error: the element ends FAILED and is not requeued."""
+
+
+class ArrayTask(submitit.helpers.Checkpointable):
+    """Element `index` of a chunk: runs the task on line index+1 of `list_file`."""
+
+    def __init__(self, study_dir: str, list_file: str, index: int, max_requeues: int):
+        self.study_dir, self.list_file, self.index, self.max_requeues = study_dir, list_file, index, max_requeues
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _proc=None)
+
+    def task_id(self) -> str:
+        return Path(self.list_file).read_text().splitlines()[self.index].strip()
+
+    def __call__(self) -> str:
+        task_id = self.task_id()
+        study = StudyPaths(Path(self.study_dir))
+        env = submitit.JobEnvironment()
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        child_env = {**os.environ, "HPCXFER_JOB_ID": f"slurm:{env.job_id}", "HPCXFER_THREADS": cpus,
+                     "OMP_NUM_THREADS": cpus}
+        self._proc = subprocess.Popen(worker_command(study, task_id),
+                                      env=child_env, stdin=subprocess.DEVNULL)
+        code = self._proc.wait()
+        if code == 0:
+            return task_id
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
+        if code == EXIT_RESUME and restarts < self.max_requeues:
+            # Checkpointed on a signal submitit does not requeue for (SIGTERM of a requeue
+            # or a preemption, USR1 from a user): put the element back in the queue. When
+            # SLURM is requeuing it already this is refused harmlessly ("Job is pending
+            # execution"; checked on the test cluster).
+            subprocess.run(["scontrol", "requeue", env.job_id], check=False)
+            return f"{task_id} requeued"
+        raise TaskFailed(f"{task_id}: worker exited {code} (restarts {restarts}); see {study.task(task_id).log}")
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # USR2 reached the worker too (same srun step): let it finish its checkpoint
+        # before submitit requeues this element and exits.
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=CHECKPOINT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("worker did not exit %d s after the signal", CHECKPOINT_WAIT_S)
+        return super().checkpoint(*args, **kwargs)
+
+
+def max_array_size() -> int:
+    """MaxArraySize of the cluster (array indices go 0..MaxArraySize-1)."""
+    out = run(["scontrol", "show", "config"], "reading MaxArraySize")
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    return int(m.group(1)) if m else 1001
+
+
+class SlurmBackend(SchedulerBackend):
+    name = "slurm"
+
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
+        return max_array_size()
+
+    def executor(self, paths: StudyPaths, grid: Grid, after: list[str]) -> submitit.SlurmExecutor:
+        res, spec = Resources.of(grid), grid.slurm
+        ex = submitit.SlurmExecutor(folder=paths.backend_dir(self.name) / "submitit" / "%j", max_num_timeout=spec.max_requeues)
+        params = {"job_name": f"hpcxfer-{paths.name}", "time": res.minutes, "cpus_per_task": res.cpus,
+                  "mem": f"{res.mem_mb}M", "signal_delay_s": spec.signal_delay,
+                  "additional_parameters": {"kill_on_invalid_dep": "yes"}}
+        if res.gpus:
+            params["gpus_per_task"] = res.gpus
+        if spec.array_parallelism:
+            params["array_parallelism"] = spec.array_parallelism
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(spec, key):
+                params[key] = getattr(spec, key)
+        if after:
+            params["dependency"] = "afterok:" + ":".join(after)
+        ex.update_parameters(**params)
+        return ex
+
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
+        ex = self.executor(paths, grid, after)
+        if dry_run:
+            params = dict(ex.parameters)
+            if len(task_ids) > 1:
+                params["map_count"] = len(task_ids)
+            script = list_file.with_suffix(".sbatch")
+            script.write_text(_make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params))
+            return {"command": f"sbatch {shlex.quote(str(script))}", "script": str(script)}
+        fns = [ArrayTask(str(paths.dir), str(list_file), i, grid.slurm.max_requeues) for i in range(len(task_ids))]
+        try:
+            jobs = ex.submit_array(fns)
+        except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as e:
+            raise SchedulerError(f"sbatch refused the {stage} array of {len(task_ids)} tasks: {e}") from e
+        first = jobs[0]
+        job_id = first.job_id.split("_")[0]
+        script = str(first.paths.submission_file)
+        return {"job_id": job_id, "elements": [j.job_id for j in jobs], "script": script,
+                "logs": [str(j.paths.stderr) for j in jobs], "log": str(first.paths.stderr),
+                "command": f"sbatch {script}"}
+
+    def log_of(self, rec: dict, index: int) -> str:
+        return rec["logs"][index]
+
+    def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
+        # All jobs at once (no -j): squeue fails on the whole list if one id has expired.
+        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%r|%i"], "asking squeue")
+        active = {}
+        for line in out.splitlines():
+            array_id, task, state, reason, _ = (line.split("|") + [""] * 5)[:5]
+            if array_id not in job_ids:
+                continue
+            element = array_id if task in ("N/A", "") else f"{array_id}_{task}"
+            active[element] = (state, "" if reason == "None" else reason)
+        return active
+
+    def _cancel(self, job_ids: list[str]) -> None:
+        run(["scancel", *job_ids], "cancelling")
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m hpcxfer.backends.slurm` prints MaxArraySize
+    print(max_array_size(), file=sys.stdout)

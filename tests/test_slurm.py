@@ -1,0 +1,218 @@
+"""The SLURM backend against the real one-node cluster .ci/slurm-up.sh starts: real
+arrays split to MaxArraySize, afterok between stages, a requeue mid-training that resumes
+from the checkpoint to the same result, a real failure that is not requeued, and a second
+submit that submits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/sbatch") and not any(
+        os.access(os.path.join(p, "sbatch"), os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep)),
+    reason="SLURM is not installed (CI installs slurm-wlm and starts a cluster with .ci/slurm-up.sh)")
+
+#: One short pre-training job, then a fine-tuning array of 2 (two seeds), one CPU each;
+#: 4 epochs of 500 images with one evaluation at the end, so a requeue lands mid-training.
+GRID = {
+    "study": "sl",
+    "data": {"dataset": "fashion-mnist"},
+    "pretrain": {"epochs": 1, "batch_size": 50, "examples_per_class": 20},
+    "finetune": {"split": [0], "seed": [0, 1], "examples_per_class": [100], "epochs": 4, "batch_size": 20},
+    "experiments": [{"name": "common", "protocol": ["common"]}],
+    "runtime": {"threads": 1, "eval_every": 4},
+    "resources": {"cpus": 1, "mem_gb": 1, "time": "20"},
+    "slurm": {"partition": "debug", "array_parallelism": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def cluster() -> int:
+    """The cluster is up (started here if not); returns its MaxArraySize."""
+    if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        up = subprocess.run(["bash", str(ROOT / ".ci" / "slurm-up.sh")], capture_output=True, text=True)
+        if up.returncode != 0:
+            pytest.fail(f".ci/slurm-up.sh failed:\n{up.stdout}\n{up.stderr}")
+    from hpcxfer.backends.slurm import max_array_size
+
+    return max_array_size()
+
+
+def squeue(*job_ids: str) -> dict[str, tuple[str, str]]:
+    """element -> (state, dependency) for the given array/job ids, finished ones included."""
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%E"], capture_output=True,
+                         text=True, check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        array_id, task, state, dep = line.split("|")
+        if array_id in job_ids:
+            rows[array_id if task == "N/A" else f"{array_id}_{task}"] = (state, dep)
+    return rows
+
+
+def restarts(element: str) -> int:
+    out = subprocess.run(["scontrol", "show", "job", "-o", element], capture_output=True, text=True).stdout
+    return int(out.split("Restarts=")[1].split()[0])
+
+
+def records(study: Path) -> list[dict]:
+    f = study / "backends" / "slurm" / "submissions.jsonl"
+    return list(iter_jsonl(f)) if f.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 1.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def cleanup():
+    """scancel whatever a test leaves in the queue."""
+    job_ids: list[str] = []
+    yield job_ids
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True)
+
+
+def test_split_to_max_array_size_with_afterok_and_second_submit_submits_nothing(
+        cluster, write_grid, cli, tmp_path, cleanup):
+    n = cluster + 1  # one more fine-tuning task than an array may hold
+    # A long pre-training keeps the fine-tuning arrays waiting: this test is about the queue.
+    grid = write_grid({"pretrain": {"epochs": 50}, "finetune": {"seed": list(range(n))}}, base=GRID)
+    first = cli("submit", grid, "--backend", "slurm")
+    assert first.returncode == 0, first.stderr
+    study = tmp_path / "runs" / "sl"
+    recs = records(study)
+    cleanup.extend(r["job_id"] for r in recs)
+    assert [r["stage"] for r in recs] == ["pretrain", "finetune", "finetune"]
+    pre, big, small = recs
+    assert (len(big["tasks"]), len(small["tasks"])) == (cluster, 1)
+    # Each chunk is renumbered from 0 and its task list maps index -> task id.
+    assert big["elements"] == [f"{big['job_id']}_{i}" for i in range(cluster)]
+    assert Path(big["list_file"]).read_text().split() == big["tasks"]
+    index = [json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()]
+    assert sorted(big["tasks"] + small["tasks"]) == sorted(t for t in index if t.startswith("ft-"))
+    # Fine-tuning waits for its pre-training (afterok), as the scheduler sees it.
+    queue = squeue(pre["job_id"], big["job_id"], small["job_id"])
+    deps = {e: dep for e, (state, dep) in queue.items() if e != pre["job_id"]}
+    assert len(deps) == n and all(f"afterok:{pre['job_id']}" in d for d in deps.values()), queue
+
+    second = cli("submit", grid, "--backend", "slurm")
+    assert second.returncode == 0, second.stderr
+    assert "submitting 0 to slurm" in second.stdout
+    assert len(records(study)) == 3
+
+    status = json.loads(cli("status", study, "--json").stdout)
+    assert status["counts"]["queued"] + status["counts"]["running"] == n + 1
+    assert cli("cancel", study).returncode == 0
+    wait_for(lambda: all(s not in ("PENDING", "RUNNING") for s, _ in
+                         squeue(pre["job_id"], big["job_id"], small["job_id"]).values()), 30, "the cancel")
+    after = json.loads(cli("status", study, "--json").stdout)
+    assert after["counts"]["queued"] == after["counts"]["running"] == 0
+
+
+def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, write_grid, cli, tmp_path, cleanup):
+    # A root no shell should ever expand: the scripts must quote it.
+    root = tmp_path / "r$(touch${IFS}pwned)"
+    grid = write_grid({"root": str(root)}, base=GRID)
+    sub = cli("submit", grid, "--backend", "slurm", cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    study = root / "sl"
+    recs = records(study)
+    cleanup.extend(r["job_id"] for r in recs)
+    pre, fine = recs
+    assert fine["stage"] == "finetune" and len(fine["elements"]) == 2 and fine["after"] == pre["elements"]
+    task, element = fine["tasks"][0], fine["elements"][0]
+
+    tp = study / "tasks" / task
+    wait_for(lambda: (tp / "checkpoint.pt").exists(), 180, "the first epoch's checkpoint", poll=0.2)
+    assert not (tp / "result.json").exists(), "finished before it could be requeued: make it longer"
+    req = subprocess.run(["scontrol", "requeue", element], capture_output=True, text=True)
+    assert req.returncode == 0, req.stderr
+
+    # Meanwhile the same task uninterrupted, in a study of its own with the same source model.
+    ref_grid = write_grid({"root": str(tmp_path / "ref")}, name="ref.yaml", base=GRID)
+    assert cli("submit", ref_grid, "--backend", "slurm", "--dry-run").returncode == 0
+    ref_study = tmp_path / "ref" / "sl"
+    for name in ("model.pt", "result.json"):
+        shutil.copy(study / "tasks" / pre["tasks"][0] / name, ref_study / "tasks" / pre["tasks"][0] / name)
+    ref = subprocess.run([sys.executable, "-m", "hpcxfer", "run-task", str(ref_study), task],
+                         env={**os.environ, "HPCXFER_THREADS": "1"}, capture_output=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+
+    wait_for(lambda: all((study / "tasks" / t / "result.json").exists() for r in recs for t in r["tasks"]),
+             240, "every task of the study")
+    got, want = read_json(tp / "result.json"), read_json(ref_study / "tasks" / task / "result.json")
+    assert got["restarts"] >= 1 and restarts(element) >= 1
+    assert (got["val_acc"], got["val_loss"]) == (want["val_acc"], want["val_loss"])
+    epochs = [r["epoch"] for r in iter_jsonl(tp / "metrics.jsonl")]
+    assert epochs == sorted(set(epochs)), "a resumed task wrote two records for one epoch"
+    assert not list(tmp_path.rglob("pwned"))
+
+    again = cli("submit", grid, "--backend", "slurm")
+    assert "submitting 0 to slurm" in again.stdout and len(records(study)) == len(recs)
+    table = cli("collect", study, "--format", "csv")
+    assert table.returncode == 0 and "common" in table.stdout
+
+
+def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_grid, cli, tmp_path, cleanup):
+    grid = write_grid({"finetune": {"seed": 0, "epochs": 1}}, base=GRID)
+    study = tmp_path / "runs" / "sl"
+    assert cli("submit", grid, "--backend", "slurm", "--dry-run").returncode == 0
+    # The pre-training "finished" without its model: the fine-tuning task fails for real.
+    pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
+               if line.startswith('{') and '"pretrain"' in line)
+    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+
+    assert cli("submit", grid, "--backend", "slurm").returncode == 0
+    (rec,) = records(study)
+    cleanup.append(rec["job_id"])
+    element = rec["elements"][0]
+    wait_for(lambda: squeue(rec["job_id"]).get(element, ("",))[0] == "FAILED", 90, "the task to fail")
+    time.sleep(3)  # ArrayTask requeues before it exits, so a requeue would show by now
+    assert squeue(rec["job_id"])[element][0] == "FAILED" and restarts(element) == 0
+    status = json.loads(cli("status", study, "--json").stdout)
+    (task,) = [t for t in status["tasks"] if t["task_id"] == rec["tasks"][0]]
+    assert task["state"] == "failed" and Path(task["log"]).is_file()
+    assert "pre-trained model" in task["detail"]
+
+
+def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
+    from hpcxfer.backends.slurm import SlurmBackend
+    from hpcxfer.grid import expand
+    from hpcxfer.grid.schema import Grid
+    from hpcxfer.layout import StudyPaths
+    from hpcxfer.study import write_study
+
+    grid = Grid.model_validate({**GRID, "root": str(tmp_path), "finetune": {**GRID["finetune"],
+                                                                            "seed": list(range(cluster + 1))}})
+    tasks = expand(grid)
+    paths = StudyPaths.of(tmp_path, "sl")
+    write_study(paths, grid, tasks)
+    sub = SlurmBackend().submit(paths, grid, tasks, dry_run=True)
+    assert sub.commands == [f"sbatch {s}" for s in sub.scripts] and not sub.job_ids and not records(paths.dir)
+    pre, big, small = (Path(s).read_text() for s in sub.scripts)
+    assert "#SBATCH --array" not in pre and f"#SBATCH --array=0-{cluster - 1}%2" in big
+    assert "#SBATCH --array" not in small  # the one task left over is a plain job
+    for text in (big, small):
+        assert "#SBATCH --dependency=afterok:<pretrain-0[0]>" in text.replace("'", "")
+    for flag in ("--partition=debug", "--signal=USR2@90", "--kill-on-invalid-dep=yes", "--cpus-per-task=1",
+                 "--mem=1024M", "--time=20", "--open-mode=append"):
+        assert f"#SBATCH {flag}" in pre
