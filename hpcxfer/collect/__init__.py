@@ -1,6 +1,11 @@
-"""Records -> summary tables (and the paper's tables and figures)."""
+"""Records -> the paper's tables and figures.
+
+read.py (forgiving reader) -> aggregate.py (cells, mean ± std) and metrics.py (learning
+curves) -> reports.py (named views) -> render.py (table/csv/markdown/json),
+figures.py (PNG/SVG) and html.py (the one-file report).
+"""
 
 from hpcxfer.collect.aggregate import summarize
-from hpcxfer.collect.read import read_results
+from hpcxfer.collect.read import StudyRecords, read_study
 
-__all__ = ["read_results", "summarize"]
+__all__ = ["StudyRecords", "read_study", "summarize"]
