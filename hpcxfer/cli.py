@@ -157,11 +157,13 @@ def _collect(args: argparse.Namespace):
     from hpcxfer.collect.build import collect
     from hpcxfer.layout import StudyPaths
 
-    by = parse_by(args.by)
-    collected = collect(StudyPaths.existing(args.study_dir), by)
+    return collect(StudyPaths.existing(args.study_dir), parse_by(args.by))
+
+
+def _print_summary(collected) -> None:
+    """What was read and what was skipped, after every view has read what it needs."""
     for line in collected.summary():
         err_console.print(line, highlight=False, markup=False, soft_wrap=True)
-    return collected
 
 
 def _write_out(out: str, data: bytes) -> None:
@@ -188,11 +190,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
             err_console.print(f"wrote {path}", highlight=False)
         for line in left_out:
             err_console.print(line, highlight=False, markup=False)
+    _print_summary(collected)
     if args.format == "table" and not args.out:
         for view in views:
             console.print(render.rich_table(view))
         return 0
-    summary = {"lines": collected.summary(), **collected.records.skipped.to_dict()}
+    summary = {"notes": collected.summary(), "skipped": collected.records.skipped.to_dict()}
     text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_markdown,
             "json": lambda v: render.to_json(v, summary)}[args.format](views)
     if args.out:
@@ -211,6 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     views = build_views(collected, ALL, explicit=False)
     figures, left_out = paper_figures(collected.protocol_cells)
     paths = collected.records.paths
+    _print_summary(collected)
     html = report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures, left_out)
     _write_out(args.out or str(paths.dir / "report.html"), html.encode())
     return 0

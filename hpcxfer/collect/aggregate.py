@@ -61,14 +61,17 @@ def size_key(size) -> float:
     return math.inf if size == "full" else float(size)
 
 
+def value_key(value) -> tuple:
+    """Orders a column of values: numbers by value (5 < 30), then words."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
 def sort_key(cell: dict, by: Sequence[str]) -> tuple:
     """Size first (10 < 25 < full), then the other axes; numbers before words."""
     order = (["examples_per_class"] if "examples_per_class" in by else []) + [a for a in by if a != "examples_per_class"]
-    key = []
-    for a in order:
-        v = cell.get(a)
-        key.append((0, size_key(v), "") if a == "examples_per_class" else
-                   (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)))
+    key = [(0, size_key(cell.get(a)), "") if a == "examples_per_class" else value_key(cell.get(a)) for a in order]
     return (*key, cell.get("protocol", ""))
 
 

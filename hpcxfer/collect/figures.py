@@ -16,7 +16,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hpcxfer.collect.aggregate import size_key, varying
+from hpcxfer.collect.aggregate import size_key, value_key, varying
 from hpcxfer.collect.reports import NAMES, SETTINGS, _named
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, table2_row
@@ -85,7 +85,7 @@ def line_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
     others = varying(sel, [a for a in (*PROTOCOL_FIELDS, *SETTINGS) if a != spec.x])
     groups: dict[tuple, list[dict]] = {}
     for c in sel:
-        groups.setdefault((size_key(c["examples_per_class"]), *(str(c[a]) for a in others)), []).append(c)
+        groups.setdefault((size_key(c["examples_per_class"]), *(value_key(c[a]) for a in others)), []).append(c)
     series = []
     for k in sorted(groups):
         pts = sorted(groups[k], key=lambda c: c[spec.x])

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from hpcxfer.collect import paper
-from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, size_key, varying
+from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, size_key, value_key, varying
 from hpcxfer.collect.read import StudyRecords
 from hpcxfer.collect.views import Column, View, key, num, pm, signed
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
@@ -66,7 +66,7 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
     sizes, extra = _sizes(sel), varying(sel, SETTINGS)
     groups: dict[tuple, dict] = {}
     for c in sel:
-        row = groups.setdefault((c["transfer_layers"], *(c[a] for a in extra)),
+        row = groups.setdefault((c["transfer_layers"], *(value_key(c[a]) for a in extra)),
                                 {"transfer_layers": c["transfer_layers"], **{a: c[a] for a in extra}, "missing": 0})
         s = c["examples_per_class"]
         row.update({f"train_loss_{s}": c["train_loss_mean"], f"train_loss_std_{s}": c["train_loss_std"],
@@ -155,7 +155,7 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
     extra, with_paper = varying(cells, SETTINGS), paper.applies(dataset)
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((size_key(c["examples_per_class"]), *(str(c[a]) for a in extra)), []).append(c)
+        groups.setdefault((size_key(c["examples_per_class"]), *(value_key(c[a]) for a in extra)), []).append(c)
     rows = []
     for k in sorted(groups):
         at = groups[k]
