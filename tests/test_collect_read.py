@@ -156,3 +156,20 @@ def test_the_cli_reports_what_it_skipped(two, cli):
     assert "skipped 1 line truncated" in out.stderr and str(m) in out.stderr
     rows = json.loads(out.stdout)
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["n"] for r in rows] == [2, 2, 2]
+
+
+def test_records_without_a_usable_epoch_or_value(two):
+    paths, a, b = two
+    m = paths.task(a.task_id).metrics
+    recs = lines(m)
+    bad = [dict(recs[0], epoch="4"), dict(recs[0], epoch=4.5), dict(recs[0], epoch=True)]
+    recs[2]["val_acc"] = None  # a metric left empty at epoch 3
+    m.write_text("".join(json.dumps(r) + "\n" for r in [*recs, *bad]))
+    rec = read_study(paths)
+    (curve,) = merge_metrics(rec, jobs=1)
+    rows = list(curve.rows())
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    other = lines(paths.task(b.task_id).metrics)[2]["val_acc"]
+    assert rows[2]["val_acc_mean"] == pytest.approx(other) and rows[2]["n"] == 2  # a still counts for the others
+    assert rows[2]["train_loss_mean"] == pytest.approx(recs[2]["train_loss"])
+    assert rec.skipped.lines == {"without an epoch (a non-negative integer)": 3}

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hpcxfer.collect.aggregate import size_key, value_key, varying
-from hpcxfer.collect.reports import NAMES, SETTINGS, _named
+from hpcxfer.collect.reports import NAMES, SETTINGS, is_named
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, table2_row
 
@@ -100,7 +100,7 @@ def line_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
 def bar_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
     series = []
     for name in NAMES:
-        pts = sorted((c for c in cells if c["val_acc_mean"] is not None and _named(c, name)),
+        pts = sorted((c for c in cells if c["val_acc_mean"] is not None and is_named(c, name)),
                      key=lambda c: size_key(c["examples_per_class"]))
         if pts:
             series.append(Series(name, [c["examples_per_class"] for c in pts], [c["val_acc_mean"] * 100 for c in pts],

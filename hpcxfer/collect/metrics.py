@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from hpcxfer.layout import StudyPaths
 
 #: What a learning curve averages at each epoch.
 CURVE_METRICS = (*METRICS, "lr_high", "lr_low", "images_per_s")
+_EPOCH = itemgetter("epoch")
 #: Below this many tasks a process pool costs more than it saves.
 PARALLEL_FROM = 500
 
@@ -64,10 +66,13 @@ def curve_matrix(records: list[dict], metrics: Sequence[str], where, skipped: Sk
     if not records:
         return None
     try:
-        epochs = np.array([r["epoch"] for r in records], dtype=np.int64)
-        values = np.array([[r[m] for m in metrics] for r in records], dtype=float)
-        if epochs[0] >= 0 and (len(epochs) == 1 or (np.diff(epochs) > 0).all()) and values.ndim == 2:
-            return epochs, values
+        listed = list(map(_EPOCH, records))
+        if set(map(type, listed)) == {int}:
+            epochs = np.array(listed, dtype=np.int64)
+            # null reads as a missing value (nan); a list or an object raises and takes the slow path
+            values = np.array(list(map(itemgetter(*metrics), records)), dtype=float).reshape(len(records), -1)
+            if epochs[0] >= 0 and (np.diff(epochs) > 0).all():
+                return epochs, values
     except (KeyError, TypeError, ValueError):
         pass
     curve = task_curve(records, where, skipped)

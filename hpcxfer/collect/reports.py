@@ -36,7 +36,7 @@ def label(cell: dict, axes: Sequence[str] = ()) -> str:
     return f"{cell['protocol']} [{extra}]" if extra else cell["protocol"]
 
 
-def _named(cell: dict, name: str) -> bool:
+def is_named(cell: dict, name: str) -> bool:
     return name in names_of({**cell, "stage": "finetune"})
 
 
@@ -161,7 +161,7 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
         at = groups[k]
         row: dict = {"examples_per_class": at[0]["examples_per_class"], **{a: at[0][a] for a in extra}}
         for name in NAMES:
-            cell = next((c for c in at if _named(c, name)), None)
+            cell = next((c for c in at if is_named(c, name)), None)
             row[f"{name}_mean"] = cell["val_acc_mean"] if cell else None
             row[f"{name}_std"] = cell["val_acc_std"] if cell else None
         tied, _ = _best(at)
@@ -220,7 +220,7 @@ def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
             add(f"Table 1: n = {n}, {s}/class, training loss", tr, cell and cell["train_loss_mean"])
             add(f"Table 1: n = {n}, {s}/class, validation loss", va, cell and cell["val_loss_mean"])
     common = _find(cells, 10, **dict(zip(PROTOCOL_FIELDS, (7, 8, 30, 0))))
-    optimal = next((c for c in cells if c["examples_per_class"] == 10 and _named(c, "optimal")
+    optimal = next((c for c in cells if c["examples_per_class"] == 10 and is_named(c, "optimal")
                     and c["val_acc_mean"] is not None), None)
     add("common protocol at 10/class (%)", paper.COMMON_AT_10, _pct(common and common["val_acc_mean"]))
     n5 = _find(cells, 10, transfer_layers=5, **SWEEP_N)
@@ -248,6 +248,8 @@ def incomplete(records: StudyRecords) -> View:
     counts = Counter(r["state"] for r in rows)
     columns = [key("task_id", "task"), key("state"), key("epoch", numeric=True), key("detail"), key("log")]
     notes = [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))] if rows else ["every task has its result"]
+    if counts.get("pending"):
+        notes.append("pending: not started, or queued (`hpcxfer status` asks the scheduler)")
     return View("incomplete", "Tasks without a result", columns, rows, notes)
 
 
