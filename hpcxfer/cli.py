@@ -157,7 +157,7 @@ def _collect(args: argparse.Namespace):
     from hpcxfer.collect.build import collect
     from hpcxfer.layout import StudyPaths
 
-    return collect(StudyPaths.existing(args.study_dir), parse_by(args.by))
+    return collect(StudyPaths.existing(args.study_dir), parse_by(getattr(args, "by", None)))
 
 
 def _print_summary(collected) -> None:
@@ -181,7 +181,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     if args.format == "csv" and len(names) != 1:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
     collected = _collect(args)
-    views = build_views(collected, names, explicit=not any("all" in v for v in args.view or []), jobs=args.jobs)
+    asked = {n.strip() for v in args.view or [] for n in v.split(",")}
+    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs)
     if args.plots:
         from hpcxfer.collect.figures import paper_figures, write_figures
 
@@ -282,7 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML file with every table and figure")
     p.add_argument("study_dir")
     p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
-    p.add_argument("--by", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run-task", help="run one task (what an array task runs)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 
@@ -173,3 +174,27 @@ def test_records_without_a_usable_epoch_or_value(two):
     assert rows[2]["val_acc_mean"] == pytest.approx(other) and rows[2]["n"] == 2  # a still counts for the others
     assert rows[2]["train_loss_mean"] == pytest.approx(recs[2]["train_loss"])
     assert rec.skipped.lines == {"without an epoch (a non-negative integer)": 3}
+
+
+def test_nan_in_a_result_is_read_and_written_as_null(two, cli):
+    paths, a, b = two
+    paths.task(a.task_id).result.write_text('{"val_acc": 0.25, "val_loss": NaN, "train_loss": 1.0, "train_acc": 0.5}')
+    rec = read_study(paths)
+    assert math.isnan(rec.results[a.task_id]["val_loss"]) and not rec.skipped
+    out = cli("collect", paths.dir, "--format", "json")
+    (cell,) = json.loads(out.stdout)  # strict JSON: NaN would not parse in most readers
+    assert cell["val_loss_mean"] is None and cell["val_acc_mean"] == pytest.approx(0.475)
+
+
+def test_the_standard_json_module_reads_the_same(two, monkeypatch):
+    import hpcxfer.collect.read as read
+
+    paths, a, b = two
+    m = paths.task(a.task_id).metrics
+    m.write_bytes(m.read_bytes() + b"garbage\n" + b'{"epoch": 9')
+    fast = read_study(paths)
+    fast_curves = [list(c.rows()) for c in merge_metrics(fast, jobs=1)]
+    monkeypatch.setattr(read, "_loads", json.loads)
+    slow = read_study(paths)
+    assert [list(c.rows()) for c in merge_metrics(slow, jobs=1)] == fast_curves
+    assert slow.skipped.lines == fast.skipped.lines and sum(fast.skipped.lines.values()) == 2

@@ -97,12 +97,19 @@ class Sums:
             self.count, self.total, self.squares = (np.pad(a, pad) for a in (self.count, self.total, self.squares))
 
     def add(self, epochs: np.ndarray, values: np.ndarray) -> None:
-        self.grow(int(epochs.max()) + 1)
-        seen = ~np.isnan(values)
-        v = np.where(seen, values, 0.0)
-        self.count[epochs] += seen  # epochs are unique within a task: plain fancy-index adds
-        self.total[epochs] += v
-        self.squares[epochs] += v * v
+        """One task's curve; its epochs are unique and increasing."""
+        first, last = int(epochs[0]), int(epochs[-1])
+        self.grow(last + 1)
+        # the common case, epochs first..last with none left out, adds into a slice (no gather/scatter)
+        at = slice(first, last + 1) if last - first + 1 == len(epochs) else epochs
+        missing = np.isnan(values)
+        if missing.any():
+            self.count[at] += ~missing
+            values = np.where(missing, 0.0, values)
+        else:
+            self.count[at] += 1.0
+        self.total[at] += values
+        self.squares[at] += values * values
 
     def merge(self, other: "Sums") -> None:
         self.grow(len(other.count))
