@@ -1,8 +1,10 @@
 """Records -> the paper's tables and figures.
 
-read.py (forgiving reader) -> aggregate.py (cells, mean ± std) and metrics.py (learning
-curves) -> reports.py (named views) -> render.py (table/csv/markdown/json),
-figures.py (PNG/SVG) and html.py (the one-file report).
+read.py (the forgiving reader) -> aggregate.py (cells: mean ± std over replicates) and
+metrics.py (every metrics record merged into learning curves) -> reports.py (the paper's
+views, with paper.py's published numbers) -> render.py (table/csv/markdown/json),
+figures.py (Figs. 1-6 as PNG/SVG) and html.py (the one-file report). build.py is what the
+`collect` and `report` commands run; synthetic.py writes made-up studies for benchmarks.
 """
 
 from hpcxfer.collect.aggregate import summarize
