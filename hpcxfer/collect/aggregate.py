@@ -21,8 +21,6 @@ REPLICATE_FIELDS = ("split", "seed")
 AXES = tuple(f for f in Task.__dataclass_fields__ if f not in ("task_id", "depends_on", "stage"))
 #: The default cell: one protocol at one size, with every other setting it ran with.
 DEFAULT_BY = tuple(a for a in AXES if a not in REPLICATE_FIELDS)
-#: Fields of a cell that are not shown as "the protocol" (they have their own columns).
-NOT_PROTOCOL = ("arch", "dataset", "examples_per_class")
 #: Two means closer than this are a tie (floating-point noise, not a difference).
 TIE = 1e-9
 
