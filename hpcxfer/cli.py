@@ -187,33 +187,73 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- collect
-def cmd_collect(args: argparse.Namespace) -> int:
-    from hpcxfer.collect import read_results, summarize
-    from hpcxfer.collect import render
+# ---------------------------------------------------------------- collect, report
+def _collect(args: argparse.Namespace):
+    from hpcxfer.collect.aggregate import parse_by
+    from hpcxfer.collect.build import collect
     from hpcxfer.layout import StudyPaths
 
-    paths = StudyPaths.existing(args.study_dir)
-    records = read_results(paths)
-    summaries = summarize(records.rows, records.missing)
-    title = f"{paths.name}: final validation accuracy, mean ± std over splits"
-    for problem in records.problems:
-        err_console.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
-    if args.format == "table" and not args.out:
-        console.print(render.rich_table(summaries, title))
-        missing = sum(1 for t in records.missing if t.stage == "finetune")
-        if missing:
-            console.print(f"{missing} fine-tuning tasks have no result yet (hpcxfer status {args.study_dir})")
-        return 0
-    text = {"csv": render.to_csv, "markdown": render.to_markdown, "json": render.to_json,
-            "table": render.to_markdown}[args.format](summaries)
-    if args.out:
-        from hpcxfer.fileio import atomic_write_bytes
+    return collect(StudyPaths.existing(args.study_dir), parse_by(getattr(args, "by", None)))
 
-        atomic_write_bytes(Path(args.out), text.encode())
-        console.print(f"wrote {args.out}")
+
+def _print_summary(collected) -> None:
+    """What was read and what was skipped, after every view has read what it needs."""
+    for line in collected.summary():
+        err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _write_out(out: str, data: bytes) -> None:
+    from hpcxfer.fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(out), data)
+    err_console.print(f"wrote {out}", highlight=False)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from hpcxfer.collect import render
+    from hpcxfer.collect.build import build_views, parse_views
+
+    names = parse_views(args.view)
+    if args.format == "csv" and len(names) != 1:
+        raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
+    collected = _collect(args)
+    asked = {n.strip() for v in args.view or [] for n in v.split(",")}
+    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs)
+    if args.plots:
+        from hpcxfer.collect.figures import paper_figures, write_figures
+
+        figures, left_out = paper_figures(collected.protocol_cells)
+        for path in write_figures(figures, Path(args.plots)):
+            err_console.print(f"wrote {path}", highlight=False)
+        for line in left_out:
+            err_console.print(line, highlight=False, markup=False)
+    _print_summary(collected)
+    if args.format == "table" and not args.out:
+        for view in views:
+            console.print(render.rich_table(view))
+        return 0
+    summary = {"notes": collected.summary(), "skipped": collected.records.skipped.to_dict()}
+    text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_markdown,
+            "json": lambda v: render.to_json(v, summary)}[args.format](views)
+    if args.out:
+        _write_out(args.out, text.encode())
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpcxfer.collect.build import ALL, build_views
+    from hpcxfer.collect.figures import paper_figures
+    from hpcxfer.collect.html import report_html
+
+    collected = _collect(args)
+    views = build_views(collected, ALL, explicit=False)
+    figures, left_out = paper_figures(collected.protocol_cells)
+    paths = collected.records.paths
+    _print_summary(collected)
+    html = report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures, left_out)
+    _write_out(args.out or str(paths.dir / "report.html"), html.encode())
     return 0
 
 
@@ -264,11 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("collect", help="summary tables of the results")
+    p = sub.add_parser("collect", help="the study's tables (and the paper's figures with --plots)")
     p.add_argument("study_dir")
+    p.add_argument("--view", action="append", metavar="NAME",
+                   help="cells (default), table1, table2, compare, paper, incomplete, curves (reads every "
+                        "metrics record), or all; repeat or comma-separate for several")
+    p.add_argument("--by", metavar="AXES", help="comma-separated task fields that make a cell (default: the "
+                   "protocol and every setting except split and seed); the rest are averaged over")
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", help="write to this file instead of the terminal")
+    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as PNG and SVG into DIR")
+    p.add_argument("--jobs", type=int, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", help="one self-contained HTML file with every table and figure")
+    p.add_argument("study_dir")
+    p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run-task", help="run one task (what an array task runs)")
     p.add_argument("study_dir")

@@ -1,6 +1,13 @@
-"""Records -> summary tables (and the paper's tables and figures)."""
+"""Records -> the paper's tables and figures.
+
+read.py (the forgiving reader) -> aggregate.py (cells: mean ± std over replicates) and
+metrics.py (every metrics record merged into learning curves) -> reports.py (the paper's
+views, with paper.py's published numbers) -> render.py (table/csv/markdown/json),
+figures.py (Figs. 1-6 as PNG/SVG) and html.py (the one-file report). build.py is what the
+`collect` and `report` commands run; synthetic.py writes made-up studies for benchmarks.
+"""
 
 from hpcxfer.collect.aggregate import summarize
-from hpcxfer.collect.read import read_results
+from hpcxfer.collect.read import StudyRecords, read_study
 
-__all__ = ["read_results", "summarize"]
+__all__ = ["StudyRecords", "read_study", "summarize"]

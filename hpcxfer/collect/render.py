@@ -1,56 +1,78 @@
-"""Summaries -> rich table, CSV, Markdown or JSON."""
+"""Views -> a rich table, CSV, Markdown or JSON.
+
+JSON of one view is its list of rows (the cells view's rows are what `collect --format json`
+has always printed); JSON of several views is an object keyed by view name.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
+from collections.abc import Sequence
 
 from rich.table import Table
 
+from hpcxfer.collect.views import View
+from hpcxfer.errors import ConfigError
+
 FORMATS = ("table", "csv", "markdown", "json")
-COLUMNS = ("examples_per_class", "protocol", "n", "missing", "val_acc_mean", "val_acc_std",
-           "val_loss_mean", "val_loss_std", "train_loss_mean", "train_acc_mean")
 
 
-def _pm(mean, std, scale=1.0, digits=1) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def _display_rows(summaries: list[dict]) -> list[list[str]]:
-    return [[str(s["examples_per_class"]), s["protocol"], str(s["n"]), str(s["missing"]),
-             _pm(s["val_acc_mean"], s["val_acc_std"], 100), _pm(s["val_loss_mean"], s["val_loss_std"], 1, 3)]
-            for s in summaries]
-
-
-HEADERS = ["per class", "protocol", "n", "missing", "val acc %", "val loss"]
-
-
-def rich_table(summaries: list[dict], title: str) -> Table:
-    table = Table(title=title)
-    for h in HEADERS:
-        table.add_column(h, justify="left" if h == "protocol" else "right")
-    for row in _display_rows(summaries):
+def rich_table(view: View) -> Table:
+    table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left")
+    for c in view.columns:
+        table.add_column(c.header, justify="right" if c.numeric else "left")
+    for row in view.cells():
         table.add_row(*row)
     return table
 
 
-def to_csv(summaries: list[dict]) -> str:
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN (a diverged loss) is not JSON
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def to_csv(views: Sequence[View]) -> str:
+    if len(views) != 1:
+        raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
+    rows = views[0].rows
     buf = io.StringIO()
-    keys = list(dict.fromkeys(k for s in summaries for k in s)) or list(COLUMNS)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()
-    w.writerows(summaries)
+    for r in rows:
+        w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
     return buf.getvalue()
 
 
-def to_markdown(summaries: list[dict]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in _display_rows(summaries)]
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(view: View) -> str:
+    lines = [f"### {view.title}", "", "| " + " | ".join(_md_escape(c.header) for c in view.columns) + " |",
+             "|" + "".join("---:|" if c.numeric else "---|" for c in view.columns)]
+    lines += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in view.cells()]
+    lines += [""] + [f"_{_md_escape(n)}_  " for n in view.notes]
     return "\n".join(lines) + "\n"
 
 
-def to_json(summaries: list[dict]) -> str:
-    return json.dumps(summaries, indent=2) + "\n"
+def to_markdown(views: Sequence[View]) -> str:
+    return "\n".join(markdown(v) for v in views)
+
+
+def to_json(views: Sequence[View], summary: dict | None = None) -> str:
+    if len(views) == 1:
+        data = _plain(views[0].rows)
+    else:
+        data = {v.name: _plain(v.to_json()) for v in views}
+        if summary is not None:
+            data["summary"] = _plain(summary)
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,50 @@
+"""A view: a titled table whose rows are flat dicts of raw values (what CSV and JSON get)
+and whose columns say how a reader sees them (what the terminal, Markdown and HTML get)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Column:
+    header: str
+    show: Callable[[dict], str]
+    numeric: bool = True
+
+
+@dataclass
+class View:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[list[str]]:
+        return [[c.show(r) for c in self.columns] for r in self.rows]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"view": self.name, "title": self.title, "rows": self.rows, "notes": self.notes}
+
+
+def num(value, scale: float = 1.0, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def pm(mean, std, scale: float = 1.0, digits: int = 1) -> str:
+    """`45.2 ± 1.3`, or `-` when there is no value."""
+    if mean is None:
+        return "-"
+    return f"{mean * scale:.{digits}f} ± {(std or 0.0) * scale:.{digits}f}"
+
+
+def signed(value, digits: int = 1, unit: str = " %") -> str:
+    return "-" if value is None else f"{value:+.{digits}f}{unit}"
+
+
+def key(name: str, header: str | None = None, numeric: bool = False) -> Column:
+    """A column showing one raw field as it is."""
+    return Column(header or name, lambda r: "-" if r.get(name) is None else str(r[name]), numeric)
