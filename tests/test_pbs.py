@@ -93,7 +93,7 @@ def test_arrays_run_to_completion_under_pbs_environment(write_grid, cli, tmp_pat
     for t in status["tasks"]:
         result = json.loads(Path(t["dir"], "result.json").read_text())
         assert 0 <= result["val_acc"] <= 1
-    assert not list(tmp_path.rglob("pwned")) and not (tmp_path / "pwned").exists()
+    assert not list(tmp_path.rglob("pwned")) and not (Path.cwd() / "pwned").exists()
     assert "submitting 0 to pbs" in cli("submit", grid, "--backend", "pbs", env=env).stdout
     table = cli("collect", study, "--format", "csv")
     assert table.returncode == 0 and "common" in table.stdout

@@ -68,13 +68,15 @@ class ArrayTask(submitit.helpers.Checkpointable):
         if code == 0:
             return task_id
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
-        if code == EXIT_RESUME and restarts < self.max_requeues:
-            # Checkpointed on a signal submitit does not requeue for (SIGTERM of a requeue
-            # or a preemption, USR1 from a user): put the element back in the queue. When
-            # SLURM is requeuing it already this is refused harmlessly ("Job is pending
-            # execution"; checked on the test cluster).
-            subprocess.run(["scontrol", "requeue", env.job_id], check=False)
-            return f"{task_id} requeued"
+        if code == EXIT_RESUME:
+            # Checkpointed on a signal submitit does not requeue for. USR1 from a user
+            # (the job still RUNNING): put the element back in the queue. scancel, or a
+            # preemption or requeue SLURM is carrying out (the job no longer RUNNING): leave
+            # it to SLURM, so that a cancel is never undone; the next submit resumes it.
+            if restarts < self.max_requeues and job_state(env.job_id) == "RUNNING":
+                subprocess.run(["scontrol", "requeue", env.job_id], check=False)
+                return f"{task_id} requeued"
+            return f"{task_id} checkpointed"
         raise TaskFailed(f"{task_id}: worker exited {code} (restarts {restarts}); see {study.task(task_id).log}")
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
@@ -86,6 +88,13 @@ class ArrayTask(submitit.helpers.Checkpointable):
             except subprocess.TimeoutExpired:
                 log.warning("worker did not exit %d s after the signal", CHECKPOINT_WAIT_S)
         return super().checkpoint(*args, **kwargs)
+
+
+def job_state(job_id: str) -> str:
+    """JobState of one job or array element as slurmctld sees it ("" when unknown)."""
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"\bJobState=(\S+)", out)
+    return m.group(1) if m else ""
 
 
 def max_array_size() -> int:

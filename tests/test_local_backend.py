@@ -1,0 +1,54 @@
+"""The local backend detached: submit returns at once, a second submit finds everything
+held, cancel stops the runner, and the next submit finishes what is left."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from hpcxfer.grid import expand, load_grid
+
+
+def _status(cli, study) -> dict:
+    out = cli("status", study, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_detached_submit_held_cancel_and_resume(write_grid, cli, tmp_path):
+    # A pre-training long enough to be caught running.
+    grid_path = write_grid({"pretrain": {"epochs": 30}, "local": {"max_parallel": 1}, "runtime": {"eval_every": 30}})
+    tasks = expand(load_grid(grid_path))
+    study = tmp_path / "runs" / "tiny"
+
+    first = cli("submit", grid_path, "--backend", "local")
+    assert first.returncode == 0, first.stderr
+    assert f"submitting {len(tasks)} to local" in first.stdout
+
+    status = _wait_for(lambda: (s := _status(cli, study))["counts"]["running"] == 1 and s)
+    assert status["counts"]["queued"] == len(tasks) - 1
+    running = [t for t in status["tasks"] if t["state"] == "running"]
+    assert running[0]["task_id"] == tasks[0].task_id  # pre-training first
+
+    second = cli("submit", grid_path, "--backend", "local")
+    assert "submitting 0 to local" in second.stdout, second.stdout
+
+    assert "cancelled local:" in cli("cancel", study).stdout
+    status = _wait_for(lambda: (s := _status(cli, study))["counts"]["running"] == 0
+                       and s["counts"]["queued"] == 0 and s)
+    assert status["counts"]["done"] == 0
+    assert status["counts"]["pending"] == len(tasks)
+
+    third = cli("submit", grid_path, "--backend", "local", "--wait")
+    assert third.returncode == 0, third.stderr
+    assert _status(cli, study)["counts"]["done"] == len(tasks)
