@@ -48,6 +48,7 @@ class GadiQueue:
     """One of Gadi's GPU queues (SPEC section 4): CPUs and memory that come with each GPU."""
 
     name: str
+    device: str  # the cost model's device name (hpcxfer/grid/cost.py DEVICES)
     gpus_per_node: int
     cpus_per_gpu: int
     mem_gb_per_gpu: int
@@ -63,7 +64,7 @@ class GadiQueue:
 
 
 GADI_QUEUES: dict[str, GadiQueue] = {
-    "gpuvolta": GadiQueue("gpuvolta", 4, 12, 95, 3.0),
-    "dgxa100": GadiQueue("dgxa100", 8, 16, 125, 4.5),
-    "gpuhopper": GadiQueue("gpuhopper", 4, 12, 240, 7.5),
+    "gpuvolta": GadiQueue("gpuvolta", "v100", 4, 12, 95, 3.0),
+    "dgxa100": GadiQueue("dgxa100", "a100", 8, 16, 125, 4.5),
+    "gpuhopper": GadiQueue("gpuhopper", "h200", 4, 12, 240, 7.5),
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from hpcxfer.backends.resources import GADI_QUEUES
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
@@ -58,11 +59,10 @@ DEVICES: dict[str, Device] = {
                    "images: 120 of 141 GB"),
 }
 
-#: NCI Gadi (SPEC section 4): the device, CPUs that come with each GPU, SU per CPU-hour.
+#: NCI Gadi (SPEC section 4): the device, CPUs that come with each GPU, SU per CPU-hour;
+#: from the one table of Gadi's queues that the Gadi backend requests them by.
 QUEUES: dict[str, Queue] = {
-    "gpuvolta": Queue("v100", 12, 3.0),
-    "dgxa100": Queue("a100", 16, 4.5),
-    "gpuhopper": Queue("h200", 12, 7.5),
+    name: Queue(q.device, q.cpus_per_gpu, q.su_per_cpu_hour) for name, q in GADI_QUEUES.items()
 }
 
 #: Training speed relative to AlexNet's at 224 px. VGG-11: measured on the H200 (fp32
