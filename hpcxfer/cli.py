@@ -22,7 +22,7 @@ err_console = Console(stderr=True)
 # ---------------------------------------------------------------- plan
 def cmd_plan(args: argparse.Namespace) -> int:
     from hpcxfer.grid import expand, load_grid
-    from hpcxfer.grid.expand import expand_by_block
+    from hpcxfer.grid.expansion import expand_by_block
 
     grid = load_grid(args.grid)
     tasks = expand(grid)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonlines
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename in `path` durable: without it a crash can forget the new name."""
@@ -90,18 +92,11 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def iter_jsonl(path: Path) -> Iterator[dict]:
-    """Records of a JSONL file, skipping lines that are not whole JSON objects."""
+    """Records of a JSONL file, skipping lines that are not whole JSON objects (a torn
+    last line from a write that never finished, garbage from a full disk)."""
     try:
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    return  # a truncated last line: the write that made it never finished
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict):
-                    yield rec
+        with jsonlines.open(path) as reader:
+            yield from reader.iter(type=dict, skip_invalid=True, skip_empty=True)
     except FileNotFoundError:
         return
 

@@ -13,13 +13,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hpcxfer
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json, rewrite_jsonl
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
+
+if TYPE_CHECKING:
+    from hpcxfer.grid.schema import Grid
 
 STATES = ("pending", "queued", "running", "done", "failed")
 

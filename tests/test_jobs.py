@@ -12,7 +12,7 @@ import yaml
 from hpcxfer.data import class_split
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import expand, load_grid
-from hpcxfer.grid.expand import expand_by_block
+from hpcxfer.grid.expansion import expand_by_block
 from hpcxfer.grid.protocols import SIZES, TABLE2
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs" / "plested2019"

@@ -198,7 +198,7 @@ def price(tasks: list[Task], m: Model) -> Cost:
 
 def price_study(grid: Grid, counts: tuple[int, int, int] | None = None) -> list[tuple[str, Cost]]:
     """(row name, cost) for pre-training, each sub-grid, and the whole study (each task once)."""
-    from hpcxfer.grid.expand import expand, expand_by_block
+    from hpcxfer.grid.expansion import expand, expand_by_block
 
     m = model_for(grid, counts)
     tasks = expand(grid)
