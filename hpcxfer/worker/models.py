@@ -62,24 +62,19 @@ class NarrowAlexNet(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _alexnet(num_classes: int, in_channels: int) -> nn.Module:
-    from torchvision.models import alexnet
+def _torchvision(name: str) -> Callable[[int, int], nn.Module]:
+    """A builder of torchvision's `name` (untrained), with conv1 taking `in_channels`."""
 
-    model = alexnet(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        old = model.features[0]
-        model.features[0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
-    return model
+    def build(num_classes: int, in_channels: int) -> nn.Module:
+        import torchvision.models
 
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            old = model.features[0]
+            model.features[0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+        return model
 
-def _vgg11(num_classes: int, in_channels: int) -> nn.Module:
-    from torchvision.models import vgg11
-
-    model = vgg11(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        old = model.features[0]
-        model.features[0] = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
-    return model
+    return build
 
 
 #: A layer: one module's attribute path, or several that act as one layer.
@@ -90,10 +85,10 @@ ARCHS: dict[str, tuple[Callable[[int, int], nn.Module], tuple[Layer, ...]]] = {
     "alexnet-narrow": (lambda k, c: NarrowAlexNet(k, c), (
         "features.0", "features.3", "features.6", "features.8", "features.10",
         "classifier.1", "classifier.4", "classifier.6")),
-    "alexnet": (_alexnet, (
+    "alexnet": (_torchvision("alexnet"), (
         "features.0", "features.3", "features.6", "features.8", "features.10",
         "classifier.1", "classifier.4", "classifier.6")),
-    "vgg11": (_vgg11, (
+    "vgg11": (_torchvision("vgg11"), (
         "features.0", "features.3", ("features.6", "features.8"), ("features.11", "features.13"),
         ("features.16", "features.18"), "classifier.0", "classifier.3", "classifier.6")),
 }
