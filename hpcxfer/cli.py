@@ -122,12 +122,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if sub.job_ids:
         console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}")
     if args.wait:
+        if backend.name != "local":
+            _wait_for_scheduler(paths, wanted)
         states = study_states(paths, _held(paths))
         bad = [s for s in states if s.task_id in wanted and s.state != "done"]
         for s in bad:
             console.print(f"[red]{s.task_id}[/red] {s.state}: {s.detail} {s.log or ''}", highlight=False)
         return 1 if bad else 0
     return 0
+
+
+def _wait_for_scheduler(paths, wanted: set[str], poll_s: float = 10.0) -> None:
+    """Until the scheduler holds none of the study's tasks, with a line of counts."""
+    import time
+
+    from hpcxfer.study import study_states
+
+    with console.status("waiting for the scheduler") as line:
+        while True:
+            counts = Counter(s.state for s in study_states(paths, _held(paths)) if s.task_id in wanted)
+            line.update("waiting for the scheduler: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+            if not counts.get("queued") and not counts.get("running"):
+                return
+            time.sleep(poll_s)
 
 
 def _submit_local_with_progress(backend, paths, grid, todo):

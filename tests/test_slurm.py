@@ -216,3 +216,14 @@ def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
     for flag in ("--partition=debug", "--signal=USR2@90", "--kill-on-invalid-dep=yes", "--cpus-per-task=1",
                  "--mem=1024M", "--time=20", "--open-mode=append"):
         assert f"#SBATCH {flag}" in pre
+
+
+def test_submit_wait_stays_until_the_scheduler_is_done(cluster, write_grid, cli, tmp_path, cleanup):
+    grid = write_grid({"root": str(tmp_path / "runs"), "finetune": {"seed": [0], "epochs": 1,
+                                                                    "examples_per_class": [10]}}, base=GRID)
+    out = cli("submit", grid, "--backend", "slurm", "--wait", cwd=tmp_path)
+    study = tmp_path / "runs" / "sl"
+    cleanup.extend(r["job_id"] for r in records(study))
+    assert out.returncode == 0, out.stdout + out.stderr
+    status = json.loads(cli("status", study, "--json").stdout)
+    assert status["counts"]["done"] == 2 and sum(status["counts"].values()) == 2
