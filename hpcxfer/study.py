@@ -101,7 +101,8 @@ class TaskState:
         return {**d, **extra}
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid exists (signal 0 checks, sends nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -119,7 +120,7 @@ def running_here(tp: TaskPaths) -> bool | None:
         return False
     if info.get("host") != socket.gethostname():
         return None
-    return _alive(int(info.get("pid", -1)))
+    return pid_alive(int(info.get("pid", -1)))
 
 
 def last_epoch(tp: TaskPaths) -> int | None:

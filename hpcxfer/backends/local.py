@@ -25,7 +25,7 @@ from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import _alive, load_tasks
+from hpcxfer.study import pid_alive, load_tasks
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def live_runs(paths: StudyPaths) -> list[dict]:
             run = read_json(f)
         except (OSError, ValueError):
             continue
-        if run.get("host") == socket.gethostname() and _alive(int(run.get("pid", -1))):
+        if run.get("host") == socket.gethostname() and pid_alive(int(run.get("pid", -1))):
             out.append(run)
     return out
 
