@@ -52,7 +52,9 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     for task in tasks:
         tp = paths.task(task.task_id)
         if not tp.result.exists():
-            atomic_write_json(tp.config, task_config(task, grid))
+            config = task_config(task, grid)
+            if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
+                atomic_write_json(tp.config, config)
     info = read_json(paths.study_json) if paths.study_json.exists() else {
         "study": grid.study, "created": time.time(), "grids": []}
     source = str(Path(grid._source).absolute())
@@ -60,6 +62,13 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})
     atomic_write_json(paths.study_json, info)
+
+
+def _read_or_none(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
 
 
 def load_index(paths: StudyPaths) -> list[dict]:
