@@ -19,10 +19,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcxfer.errors import StudyError
+
+
+def cache_root() -> Path:
+    """hpcxfer's cache folder: $HPCXFER_CACHE, else $XDG_CACHE_HOME/hpcxfer, else
+    ~/.cache/hpcxfer (decoded data sets, file indexes of folder data sets)."""
+    base = os.environ.get("HPCXFER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcxfer")
+    return Path(base)
 
 
 @dataclass(frozen=True)

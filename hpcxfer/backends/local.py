@@ -26,10 +26,10 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import pid_alive, load_tasks
+from hpcxfer.worker import EXIT_RESUME
 
 log = logging.getLogger(__name__)
 
-EXIT_RESUME = 75
 POLL_S = 0.05
 
 

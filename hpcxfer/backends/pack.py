@@ -23,10 +23,10 @@ from pathlib import Path
 from hpcxfer.backends.base import worker_command
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import load_tasks
+from hpcxfer.worker import EXIT_RESUME
 
 log = logging.getLogger("hpcxfer.pack")
 
-EXIT_RESUME = 75
 POLL_S = 0.2
 
 

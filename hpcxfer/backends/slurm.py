@@ -27,10 +27,10 @@ from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
+from hpcxfer.worker import EXIT_RESUME
 
 log = logging.getLogger(__name__)
 
-EXIT_RESUME = 75
 #: How long the USR2 handler waits for the worker to write its checkpoint and exit.
 CHECKPOINT_WAIT_S = 60
 

@@ -13,6 +13,7 @@ import torch
 
 from hpcxfer.data.base import Dataset, ImageSet
 from hpcxfer.errors import DataError
+from hpcxfer.layout import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,7 @@ FILES = {
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("HPCXFER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcxfer")
-    return Path(base) / "fashion-mnist"
+    return cache_root() / "fashion-mnist"
 
 
 def _find(folder: Path, stem: str) -> Path | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hpcxfer.errors import DataError
 from hpcxfer.fileio import atomic_write_bytes
+from hpcxfer.layout import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 
 def default_cache() -> Path:
-    base = os.environ.get("HPCXFER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hpcxfer")
-    return Path(base) / "index"
+    return cache_root() / "index"
 
 
 def is_image(name: str) -> bool:

@@ -1,1 +1,8 @@
-"""What one array task runs: `hpcxfer run-task STUDY_DIR TASK` -> `main.run_task`."""
+"""What one array task runs: `hpcxfer run-task STUDY_DIR TASK` -> `main.run_task`.
+
+Its exit statuses (README, "Exit statuses"), here so that backends can read them
+without importing torch: 0 done, 1 failed for a real error, 2 bad input, 75 checkpointed
+on request, resume me (EX_TEMPFAIL).
+"""
+
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_RESUME = 0, 1, 2, 75

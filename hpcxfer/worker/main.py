@@ -22,9 +22,9 @@ from hpcxfer.errors import HpcxferError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.study import resolve_task
+from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE
 from hpcxfer.worker.signals import Interrupted, StopFlag
 
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_RESUME = 0, 1, 2, 75
 
 log = logging.getLogger("hpcxfer.worker")
 
