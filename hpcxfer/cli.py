@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
 
@@ -39,7 +41,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     blocks = expand_by_block(grid)
     if len(blocks) > 1:
         for name, block in blocks:
-            counts.add_row(f"  finetune: {name}", str(len({t.task_id for t in block})))
+            counts.add_row(Text(f"  finetune: {name}"), str(len({t.task_id for t in block})))
     console.print(counts)
     _cost_table(grid)
     return 0
@@ -51,7 +53,7 @@ def _cost_table(grid) -> None:
     try:
         rows = cost.price_study(grid)
     except cost.UnknownSize as e:
-        console.print(f"no cost estimate: {e}", highlight=False)
+        console.print(f"no cost estimate: {e}", highlight=False, markup=False)
         return
     queues = list(rows[-1][1].su)
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
@@ -59,7 +61,7 @@ def _cost_table(grid) -> None:
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
         table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
-        table.add_row(name, str(c.tasks), cost.fmt_images(c.images),
+        table.add_row(Text(name), str(c.tasks), cost.fmt_images(c.images),
                       *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
     console.print(table)
     for line in cost.assumptions(grid):
@@ -96,7 +98,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except cost.UnknownSize as e:
         estimate = f"no cost estimate: {e}"
     check_data(grid._source, grid.data, tasks)
-    console.print(estimate, highlight=False)
+    console.print(estimate, highlight=False, markup=False)
     paths = study_paths(grid, args.root)
     write_study(paths, grid, tasks)
 
@@ -106,7 +108,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
     by_state = Counter(s.state for s in states.values())
     console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
-        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}")
+        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}",
+        markup=False, highlight=False)
 
     if args.wait and backend.name == "local" and todo:
         sub = _submit_local_with_progress(backend, paths, grid, todo)
@@ -120,14 +123,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted")
         return 0
     if sub.job_ids:
-        console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}")
+        console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}", markup=False)
     if args.wait:
         if backend.name != "local":
             _wait_for_scheduler(paths, wanted)
         states = study_states(paths, _held(paths))
         bad = [s for s in states if s.task_id in wanted and s.state != "done"]
         for s in bad:
-            console.print(f"[red]{s.task_id}[/red] {s.state}: {s.detail} {s.log or ''}", highlight=False)
+            console.print(Text(s.task_id, style="red") + Text(f" {s.state}: {s.detail} {s.log or ''}"))
         return 1 if bad else 0
     return 0
 
@@ -182,24 +185,28 @@ def _held(paths) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
+    from hpcxfer.grid.task import Task
     from hpcxfer.layout import StudyPaths
-    from hpcxfer.study import STATES, study_states
+    from hpcxfer.study import STATES, read_index, study_states
 
     paths = StudyPaths.existing(args.study_dir)
-    states = study_states(paths, _held(paths))
+    index, problems = read_index(paths)
+    states = study_states(paths, _held(paths), [Task.from_dict(d) for d in index])
+    for line in problems:  # a damaged line is said, and the rest of the study still shown
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
     if args.json:
         sys.stdout.write(json.dumps({"counts": counts, "tasks": [s.to_dict() for s in states]}) + "\n")
         return 0
-    table = Table(title=f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    table = Table(title=Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
     for col in ("task_id", "stage", "state", "epoch", "detail"):
         table.add_column(col)
     colour = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
     for s in states:
         detail = s.detail + (f" (log: {s.log})" if s.state == "failed" else "")
-        table.add_row(s.task_id, s.stage, f"[{colour.get(s.state, 'white')}]{s.state}[/]",
-                      "" if s.epoch is None else str(s.epoch), detail)
+        table.add_row(Text(s.task_id), s.stage, Text(s.state, style=colour.get(s.state, "white")),
+                      "" if s.epoch is None else str(s.epoch), Text(detail))
     console.print(table)
     return 0
 
@@ -219,11 +226,30 @@ def _print_summary(collected) -> None:
         err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+def _check_target(value: str | None, option: str, folder: bool = False) -> None:
+    """Refuse an --out that is a folder, or a --plots folder that is a file, before any work."""
+    if value is None:
+        return
+    path = Path(value)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(None, option, f"{value} is a file; name a folder for the figures")
+    if not folder and path.is_dir():
+        raise ConfigError(None, option, f"{value} is a folder; name a file")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(None, option, f"cannot write {value}: {parent} is not a folder you can write to")
+
+
 def _write_out(out: str, data: bytes) -> None:
     from hpcxfer.fileio import atomic_write_bytes
 
-    atomic_write_bytes(Path(out), data)
-    err_console.print(f"wrote {out}", highlight=False)
+    try:
+        atomic_write_bytes(Path(out), data)
+    except OSError as e:
+        raise ConfigError(None, "--out", f"cannot write {out}: {e.strerror or e}") from None
+    err_console.print(f"wrote {out}", highlight=False, markup=False)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -233,6 +259,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     names = parse_views(args.view)
     if args.format == "csv" and len(names) != 1:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
+    _check_target(args.out, "--out")
+    _check_target(args.plots, "--plots", folder=True)
     collected = _collect(args)
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
     views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs)
@@ -240,8 +268,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         from hpcxfer.collect.figures import paper_figures, write_figures
 
         figures, left_out = paper_figures(collected.protocol_cells)
-        for path in write_figures(figures, Path(args.plots)):
-            err_console.print(f"wrote {path}", highlight=False)
+        try:
+            written = write_figures(figures, Path(args.plots))
+        except OSError as e:
+            raise ConfigError(None, "--plots", f"cannot write into {args.plots}: {e.strerror or e}") from None
+        for path in written:
+            err_console.print(f"wrote {path}", highlight=False, markup=False)
         for line in left_out:
             err_console.print(line, highlight=False, markup=False)
     _print_summary(collected)
@@ -264,6 +296,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from hpcxfer.collect.figures import paper_figures
     from hpcxfer.collect.html import report_html
 
+    _check_target(args.out, "--out")
     collected = _collect(args)
     views = build_views(collected, ALL, explicit=False)
     figures, left_out = paper_figures(collected.protocol_cells)
@@ -288,16 +321,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     paths = StudyPaths.existing(args.study_dir)
     cancelled = [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir()
                  for j in cls().cancel(paths)]
-    console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel")
+    console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel", markup=False)
     return 0
 
 
 # ---------------------------------------------------------------- parser
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a positive whole number")
+    return int(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block), exit status 2 as before."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hpcxfer import __version__
     from hpcxfer.collect.render import FORMATS
 
-    parser = argparse.ArgumentParser(prog="hpcxfer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hpcxfer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hpcxfer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="expand and validate a grid; table of tasks and counts")
     p.add_argument("grid")
     p.add_argument("--json", action="store_true", help="one JSON object per task per line")
-    p.add_argument("--limit", type=int, default=40, help="task rows to show (default 40)")
+    p.add_argument("--limit", type=_positive, default=40, help="task rows to show (default 40)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("submit", help="submit every task not done and not queued")
@@ -331,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", help="write to this file instead of the terminal")
     p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as PNG and SVG into DIR")
-    p.add_argument("--jobs", type=int, help="processes that read metrics records (default: one per core)")
+    p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("report", help="one self-contained HTML file with every table and figure")
@@ -360,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     except HpcxferError as e:
         if args.debug:
             raise
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        # User strings (paths, keys, a failed task's error) are text, never rich markup.
+        err_console.print(Text("error:", style="red") + Text(f" {e}"), highlight=False, soft_wrap=True)
         return e.exit_status
     except KeyboardInterrupt:
         return 130

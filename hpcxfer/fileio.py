@@ -101,5 +101,25 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
         return
 
 
+def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) for each line of a JSONL file that parses, and (line
+    number, None, why) for each that does not: for readers that must say where a file is
+    damaged rather than skip it quietly."""
+    with open(path, "rb") as f:
+        reader = jsonlines.Reader(f)
+        lineno = 0
+        while True:
+            try:
+                value = reader.read(allow_none=True)
+            except EOFError:
+                return
+            except jsonlines.InvalidLineError as e:
+                lineno = e.lineno
+                yield lineno, None, str(e).split(" (line ")[0]
+                continue
+            lineno += 1
+            yield lineno, value, None
+
+
 def rewrite_jsonl(path: Path, records: list[dict]) -> None:
     atomic_write_bytes(path, "".join(dumps(r) + "\n" for r in records).encode())

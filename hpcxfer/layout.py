@@ -8,7 +8,8 @@
         tasks/<task_id>/
             task.json         the resolved task, its data location and runtime settings
             metrics.jsonl     one record per evaluation
-            result.json       written last, once the task is finished
+            result.json       written last, once the task is finished (a damaged one is
+                              moved to result.damaged.json when the task trains again)
             failed.json       written when the task failed for a real error
             running.json      host, pid and start time of the process running it
             checkpoint.pt     the newest checkpoint (checkpoint.prev.pt: the one before)
@@ -53,6 +54,11 @@ class TaskPaths:
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def result_damaged(self) -> Path:
+        """Where a result.json that failed validation is moved when the task trains again."""
+        return self.dir / "result.damaged.json"
 
     @property
     def failed(self) -> Path:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import hpcxfer
 from hpcxfer.errors import StudyError
-from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json, rewrite_jsonl
+from hpcxfer import results
+from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 
@@ -43,37 +44,70 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
     (re)written, so a changed runtime section applies to work not yet done."""
-    paths.tasks_dir.mkdir(parents=True, exist_ok=True)
+    # Both records are checked before anything is written: a damaged one is an error.
+    info = _read_or_none(paths.study_json) if paths.study_json.exists() else {
+        "study": grid.study, "created": time.time(), "grids": []}
+    if not isinstance(info, dict) or not all(isinstance(g, str) for g in info.get("grids") or []):
+        raise StudyError(f"{paths.study_json}: damaged (not a study record); restore it or move it aside")
     index = load_index(paths) if paths.tasks_index.exists() else []
+    paths.tasks_dir.mkdir(parents=True, exist_ok=True)
     known = {t["task_id"] for t in index}
     added = [t.to_dict() for t in tasks if t.task_id not in known]
     if added:
         rewrite_jsonl(paths.tasks_index, index + added)
     for task in tasks:
         tp = paths.task(task.task_id)
-        if not tp.result.exists():
+        if not is_done(tp):
             config = task_config(task, grid)
             if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
                 atomic_write_json(tp.config, config)
-    info = read_json(paths.study_json) if paths.study_json.exists() else {
-        "study": grid.study, "created": time.time(), "grids": []}
     source = str(Path(grid._source).absolute())
-    info["grids"] = sorted(set(info.get("grids", [])) | {source})
+    info["grids"] = sorted(set(info.get("grids") or []) | {source})
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})
     atomic_write_json(paths.study_json, info)
 
 
-def _read_or_none(path: Path) -> dict | None:
+def _read_or_none(path: Path) -> object:
     try:
         return read_json(path)
     except (OSError, ValueError):
         return None
 
 
+def read_index(paths: StudyPaths) -> tuple[list[dict], list[str]]:
+    """Every task of the study in index order (the array index of each), each record
+    checked, and a line for each damaged one (`tasks.jsonl line 7: no 'split'`)."""
+    tasks, problems, seen = [], [], set()
+    try:
+        lines = list(iter_jsonl_lines(paths.tasks_index))
+    except OSError as e:
+        raise StudyError(f"{paths.tasks_index}: cannot read: {e.strerror or e}") from None
+    for lineno, value, why in lines:
+        if why is None:
+            try:
+                task = Task.from_record(value)
+            except ValueError as e:
+                why = str(e)
+            else:
+                if task.task_id in seen:
+                    why = f"task {task.task_id} listed twice"
+                else:
+                    seen.add(task.task_id)
+                    tasks.append(value)
+                    continue
+        problems.append(f"{paths.tasks_index} line {lineno}: {why}")
+    return tasks, problems
+
+
 def load_index(paths: StudyPaths) -> list[dict]:
-    """Every task of the study in index order (the array index of each)."""
-    return list(iter_jsonl(paths.tasks_index))
+    """Every task of the study in index order; a damaged tasks.jsonl is an error (submit
+    rewrites the index, and must not drop or renumber what it cannot read)."""
+    tasks, problems = read_index(paths)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StudyError(f"{problems[0]}{more}; repair or remove the damaged lines")
+    return tasks
 
 
 def load_tasks(paths: StudyPaths) -> list[Task]:
@@ -83,14 +117,20 @@ def load_tasks(paths: StudyPaths) -> list[Task]:
 def resolve_task(paths: StudyPaths, spec: str) -> str:
     """A task given as its index in tasks.jsonl or as its id -> its id."""
     index = load_index(paths)
-    if spec.isdigit():
-        i = int(spec)
+    if spec.isascii() and spec.isdigit():
+        i = int(spec[-20:]) if len(spec) <= 20 else len(index)  # no 4,300-digit int() for a typo
         if i >= len(index):
-            raise StudyError(f"{paths.tasks_index}: no task with index {i} (the study has {len(index)})")
+            raise StudyError(f"{paths.tasks_index}: no task with index {spec[:24]} (the study has {len(index)})")
         return index[i]["task_id"]
     if any(t["task_id"] == spec for t in index):
         return spec
-    raise StudyError(f"{paths.tasks_index}: no task {spec!r} in this study")
+    raise StudyError(f"{paths.tasks_index}: no task {spec[:80]!r} in this study; give its id or its index "
+                     f"0..{len(index) - 1}")
+
+
+def is_done(tp: TaskPaths) -> bool:
+    """Whether the task has a valid result (see hpcxfer/results.py)."""
+    return results.is_done(tp.result, tp.task_id)
 
 
 @dataclass
@@ -143,7 +183,8 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     queued|running|failed, "detail", "log", "job", ...})."""
     tp = paths.task(task.task_id)
     st = TaskState(task.task_id, "pending", str(tp.dir), stage=task.stage)
-    if tp.result.is_file():
+    result, damaged = results.load(tp.result, task.task_id)
+    if result is not None:
         st.state = "done"
         return st
     st.epoch = last_epoch(tp)
@@ -161,13 +202,13 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         if st.epoch is not None or tp.checkpoint.exists():
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
-    if tp.failed.is_file():
-        try:
-            failed = read_json(tp.failed)
-        except ValueError:
-            failed = {}
+    if damaged:
         st.state, st.log = "failed", str(tp.log)
-        st.detail = str(failed.get("error", "failed"))
+        st.detail = f"damaged {tp.result.name}: {damaged}; trained again at the next submit"
+        return st
+    if tp.failed.is_file():
+        st.state, st.log = "failed", str(tp.log)
+        st.detail = failure_reason(tp)
         return st
     if view and view["state"] in ("failed", "stopped"):
         # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
@@ -182,7 +223,20 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     return st
 
 
-def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset()) -> list[TaskState]:
+def failure_reason(tp: TaskPaths) -> str:
+    """failed.json's error, or what is wrong with failed.json itself."""
+    try:
+        failed = read_json(tp.failed)
+    except (OSError, ValueError):
+        return f"failed (unreadable {tp.failed.name})"
+    if not isinstance(failed, dict) or not isinstance(failed.get("error"), str):
+        return f"failed (damaged {tp.failed.name})"
+    return failed["error"][:2000]
+
+
+def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset(),
+                 tasks: list[Task] | None = None) -> list[TaskState]:
+    """The state of every task (of `tasks`, default: the whole index)."""
     if not paths.tasks_index.exists():
         raise StudyError(f"{paths.dir}: no tasks.jsonl; not a submitted study")
-    return [task_state(paths, t, queued) for t in load_tasks(paths)]
+    return [task_state(paths, t, queued) for t in (load_tasks(paths) if tasks is None else tasks)]

@@ -85,7 +85,7 @@ def test_unreadable_or_foreign_result_is_a_skipped_task(two, tmp_path):
     paths.task(b.task_id).result.write_text(json.dumps({"task_id": "ft-someone-else", "val_acc": 0.9}))
     rec = read_study(paths)
     assert sorted(rec.skipped.tasks.values()) == [1, 1]
-    assert {r["state"] for r in rec.incomplete} == {"unreadable"}
+    assert {r["state"] for r in rec.incomplete} == {"damaged"}
     (cell,) = summarize(rec.rows, rec.missing)
     assert cell["n"] == 0 and cell["missing"] == 2
 
@@ -178,7 +178,8 @@ def test_records_without_a_usable_epoch_or_value(two):
 
 def test_nan_in_a_result_is_read_and_written_as_null(two, cli):
     paths, a, b = two
-    paths.task(a.task_id).result.write_text('{"val_acc": 0.25, "val_loss": NaN, "train_loss": 1.0, "train_acc": 0.5}')
+    paths.task(a.task_id).result.write_text(
+        f'{{"task_id": "{a.task_id}", "val_acc": 0.25, "val_loss": NaN, "train_loss": 1.0, "train_acc": 0.5}}')
     rec = read_study(paths)
     assert math.isnan(rec.results[a.task_id]["val_loss"]) and not rec.skipped
     out = cli("collect", paths.dir, "--format", "json")

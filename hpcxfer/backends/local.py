@@ -25,7 +25,7 @@ from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import pid_alive, load_tasks
+from hpcxfer.study import is_done, load_tasks, pid_alive
 from hpcxfer.worker import EXIT_RESUME
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Runner:
     def _ready(self, task_id: str) -> bool | None:
         """True: start it; False: wait; None: never (a dependency cannot finish)."""
         for dep in self.tasks[task_id].depends_on:
-            if self.paths.task(dep).result.is_file():
+            if is_done(self.paths.task(dep)):
                 continue
             if dep in self.procs or dep in self.todo:
                 return False

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hpcxfer.backends.base import worker_command
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import load_tasks
+from hpcxfer.study import is_done, load_tasks
 from hpcxfer.worker import EXIT_RESUME
 
 log = logging.getLogger("hpcxfer.pack")
@@ -45,7 +45,7 @@ class Pack:
         self.stopping = True
 
     def _done(self, task_id: str) -> bool:
-        return self.paths.task(task_id).result.is_file()
+        return is_done(self.paths.task(task_id))
 
     def _next(self):
         """The next task ready to start: its dependencies done; None if none is ready now."""

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcxfer import results
 from hpcxfer.errors import StudyError
 
 try:
@@ -27,10 +28,8 @@ except ImportError:  # orjson is a dependency; without it everything still reads
     _loads = json.loads
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
+from hpcxfer.results import METRICS
 from hpcxfer.study import task_state
-
-#: Metrics a result carries and collect aggregates.
-METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
 
 #: Task fields an older tasks.jsonl may lack, and the value they had before they existed.
 TASK_DEFAULTS = {"frozen_layers": 0, "seed": 0, "lr_gamma": 0.1, "decay_every": 30,
@@ -146,6 +145,11 @@ def normalize_task(raw: dict, where: Path, skipped: Skipped) -> dict | None:
         if name not in task:
             task[name] = value
             skipped.adapt(f"of an older format (task without {name!r}, read as {value!r})", where)
+    try:
+        Task.from_record(task)
+    except ValueError as e:
+        skipped.task(f"in tasks.jsonl that are damaged ({e})", where)
+        return None
     return task
 
 
@@ -196,41 +200,28 @@ def _state(paths: StudyPaths, task: dict) -> dict:
     state, detail, log = st.state, st.detail, st.log
     if state == "pending" and log:
         state = "cut"
-    elif state == "done":  # result.json is there but was skipped as unreadable
-        tp = paths.task(st.task_id)
-        state, detail, log = "unreadable", f"unreadable {tp.result}", str(tp.log)
+    elif state == "failed" and paths.task(st.task_id).result.exists():
+        state = "damaged"  # a result.json that did not validate (counted in `skipped`)
     return {"task_id": st.task_id, "stage": st.stage, "state": state, "epoch": st.epoch,
             "detail": detail, "log": log}
 
 
 def _read_result(paths: StudyPaths, task: dict, skipped: Skipped) -> dict | None:
     tp = paths.task(task["task_id"])
-    try:
-        with open(tp.result, "rb") as f:
-            data = f.read()
-        try:
-            result = _loads(data)
-        except ValueError:
-            result = json.loads(data)  # NaN (a diverged loss): valid to Python's json only
-    except FileNotFoundError:
+    result, damaged = results.load(tp.result, task["task_id"])
+    if damaged:
+        skipped.task(f"with a damaged result.json ({damaged})", tp.result)
         return None
-    except (OSError, ValueError) as e:
-        skipped.task(f"with an unreadable result.json ({type(e).__name__})", tp.result)
+    if result is None:
         return None
-    if not isinstance(result, dict):
-        skipped.task("with a result.json that is not a JSON object", tp.result)
-        return None
-    if result.get("task_id", task["task_id"]) != task["task_id"]:
-        skipped.task("with another task's result.json", tp.result)
-        return None
-    lacking = [m for m in METRICS if not isinstance(result.get(m), (int, float))]
+    lacking = [m for m in METRICS if m not in result]
     if lacking:
         last = {}
         for rec in read_jsonl(tp.metrics, skipped):
             if isinstance(rec.get("epoch"), int) and rec["epoch"] >= last.get("epoch", -1):
                 last = rec
         for m in lacking:
-            if isinstance(last.get(m), (int, float)):
+            if last.get(m) is not None and results.metric_problem(m, last[m]) is None:
                 result[m] = last[m]
                 skipped.adapt(f"of an older format (result.json without {m!r}, taken from metrics.jsonl)", tp.result)
             else:

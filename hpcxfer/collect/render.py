@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 from rich.table import Table
+from rich.text import Text
 
 from hpcxfer.collect.views import View
 from hpcxfer.errors import ConfigError
@@ -21,11 +22,13 @@ FORMATS = ("table", "csv", "markdown", "json")
 
 
 def rich_table(view: View) -> Table:
-    table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left")
+    # Cells hold what users wrote (experiment names, a failed task's error): text, not markup.
+    table = Table(title=Text(view.title), caption=Text("\n".join(view.notes)) if view.notes else None,
+                  caption_justify="left")
     for c in view.columns:
-        table.add_column(c.header, justify="right" if c.numeric else "left")
+        table.add_column(Text(c.header), justify="right" if c.numeric else "left")
     for row in view.cells():
-        table.add_row(*row)
+        table.add_row(*map(Text, row))
     return table
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 STAGES = ("pretrain", "finetune")
+#: What a task id looks like: a readable prefix and a hash (`ft-s0-x10-n7h8d30f0-1a2b3c4d5e`).
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,55 @@ class Task:
         return d
 
     @classmethod
+    def from_record(cls, d: object) -> "Task":
+        """A task read from disk (tasks.jsonl), every field checked: ValueError names the
+        first field that is missing or of the wrong kind."""
+        if not isinstance(d, dict):
+            raise ValueError(f"not a JSON object ({type(d).__name__})")
+        for name, kind in _KINDS.items():
+            if name not in d:
+                if name == "depends_on":
+                    continue
+                raise ValueError(f"no {name!r}")
+            if not _KIND_CHECK[kind](d[name]):
+                raise ValueError(f"{name} is {json.dumps(d[name])[:40]}, not {kind}")
+        if not TASK_ID.fullmatch(d["task_id"]):
+            raise ValueError(f"task_id {d['task_id'][:40]!r} is not a task id")
+        if d["stage"] not in STAGES:
+            raise ValueError(f"stage {d['stage'][:40]!r} is not one of {', '.join(STAGES)}")
+        if any(not TASK_ID.fullmatch(dep) for dep in d.get("depends_on") or ()):
+            raise ValueError("depends_on names something that is not a task id")
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Task":
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["depends_on"] = tuple(kw.get("depends_on") or ())
         return cls(**kw)
+
+
+def _int(v: object) -> bool:
+    return type(v) is int
+
+
+def _float(v: object) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+_KIND_CHECK = {
+    "a string": lambda v: type(v) is str,
+    "an integer": _int,
+    "a number": _float,
+    "an integer or 'full'": lambda v: _int(v) or v == "full",
+    "a list of task ids": lambda v: type(v) is list and all(type(x) is str for x in v),
+}
+#: The kind of every field of a task record.
+_KINDS = {
+    "task_id": "a string", "stage": "a string", "arch": "a string", "dataset": "a string",
+    "split": "an integer", "examples_per_class": "an integer or 'full'", "transfer_layers": "an integer",
+    "high_lr_layers": "an integer", "lr_high": "a number", "lr_low": "a number",
+    "initial_decay_epochs": "an integer", "frozen_layers": "an integer", "lr_gamma": "a number",
+    "decay_every": "an integer", "epochs": "an integer", "batch_size": "an integer", "momentum": "a number",
+    "weight_decay": "a number", "seed": "an integer", "depends_on": "a list of task ids",
+}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 
 import torch
 
-from hpcxfer.errors import HpcxferError
+from hpcxfer import results
+from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.study import resolve_task
@@ -49,9 +51,10 @@ def run_task(study_dir: str, task: str) -> int:
 
     study = StudyPaths.existing(study_dir)
     paths = study.task(resolve_task(study, task))
-    if paths.result.is_file():
+    _, damaged = results.load(paths.result, paths.task_id)
+    if paths.result.is_file() and not damaged:
         return EXIT_DONE  # finished already: a re-run array task does nothing
-    config = read_json(paths.config)
+    config = _read_config(paths)
     handler = _log_to(paths)
     threads = _threads(config.get("runtime", {}))
     if threads:
@@ -59,6 +62,11 @@ def run_task(study_dir: str, task: str) -> int:
     atomic_write_json(paths.running, {"host": socket.gethostname(), "pid": os.getpid(),
                                       "started": time.time(), "job_id": os.environ.get("HPCXFER_JOB_ID")})
     paths.failed.unlink(missing_ok=True)
+    if damaged:
+        # Kept for whoever wants to see it, out of the way of status and collect.
+        os.replace(paths.result, paths.result_damaged)
+        log.warning("%s: its result.json was damaged (%s), moved to %s; training again",
+                    paths.task_id, damaged, paths.result_damaged.name)
     try:
         with StopFlag() as stop:
             result = run(study, paths, stop)
@@ -68,6 +76,7 @@ def run_task(study_dir: str, task: str) -> int:
         log.info("%s %s: checkpointed; exit %d asks to be resumed", paths.task_id, e, EXIT_RESUME)
         return EXIT_RESUME
     except HpcxferError as e:
+        log.error("%s: %s", paths.task_id, e)
         _fail(paths, str(e), EXIT_USAGE)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - recorded whole in failed.json and the log
@@ -75,12 +84,36 @@ def run_task(study_dir: str, task: str) -> int:
         _fail(paths, f"{type(e).__name__}: {e}", EXIT_FAILED, traceback.format_exc())
         return EXIT_FAILED
     finally:
-        paths.running.unlink(missing_ok=True)
+        try:
+            paths.running.unlink(missing_ok=True)
+        except OSError as e:  # a task folder gone read-only: the marker names a dead process
+            log.warning("could not remove %s: %s", paths.running, e.strerror or e)
         logging.getLogger("hpcxfer").removeHandler(handler)
         handler.close()
 
 
+def _read_config(paths: TaskPaths) -> dict:
+    try:
+        config = read_json(paths.config)
+    except FileNotFoundError:
+        raise StudyError(f"{paths.config}: missing; run `hpcxfer submit` again to write it") from None
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{paths.config}: unreadable ({e}); run `hpcxfer submit` again to rewrite it") from None
+    if not isinstance(config, dict):
+        raise StudyError(f"{paths.config}: damaged (not a JSON object); run `hpcxfer submit` again to rewrite it")
+    return config
+
+
 def _fail(paths: TaskPaths, error: str, status: int, tb: str = "") -> None:
-    atomic_write_json(paths.failed, {"error": error, "exit_status": status, "log": str(paths.log),
-                                     "host": socket.gethostname(), "time": time.time(),
-                                     "traceback": tb[-4000:]})
+    """Record the failure in failed.json and say it in one line on stderr (the terminal of
+    whoever ran the task, or the task's log under a backend). A task folder that cannot
+    take failed.json (read-only, full) is said too, never a second traceback."""
+    print(f"error: {paths.task_id}: {error.splitlines()[0] if error else 'failed'} (log: {paths.log})",
+          file=sys.stderr)
+    try:
+        atomic_write_json(paths.failed, {"error": error, "exit_status": status, "log": str(paths.log),
+                                         "host": socket.gethostname(), "time": time.time(),
+                                         "traceback": tb[-4000:]})
+    except OSError as e:
+        log.error("could not write %s: %s", paths.failed, e.strerror or e)
+        print(f"error: could not record the failure in {paths.failed}: {e.strerror or e}", file=sys.stderr)

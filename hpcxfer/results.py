@@ -1,0 +1,100 @@
+"""A task's result.json, validated where it is read: a record that parses is not yet a result.
+
+A task is done only when its result.json is a JSON object that names the task itself and
+holds numbers that can be results: accuracies finite and within 0..1, losses not negative.
+A loss may be NaN or +Infinity (the worker writes what a diverged run measured: rerunning
+it would diverge again), an accuracy never (it is a count over a count). Anything else is
+a damaged result: `status` reports the task as failed with the reason, `collect` counts it
+among the skipped tasks, and the next `submit` trains the task again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+try:
+    from orjson import loads as _fast_loads
+except ImportError:  # a declared dependency; without it results still read, more slowly
+    _fast_loads = json.loads
+
+#: Metrics a result carries and collect aggregates.
+METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
+ACCURACIES = ("val_acc", "train_acc")
+LOSSES = ("val_loss", "train_loss")
+#: A result.json is a few hundred bytes; a larger file is not one.
+MAX_BYTES = 1 << 20
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float)  # bool is an int to isinstance, never a metric
+
+
+def metric_problem(name: str, v: Any) -> str | None:
+    """Why `v` cannot be the value of metric `name`, or None."""
+    if not _is_number(v):
+        return f"{name} is {json.dumps(v)[:40]}, not a number"
+    if name in ACCURACIES and not (math.isfinite(v) and 0 <= v <= 1):
+        hint = " (a percentage?)" if math.isfinite(v) and 1 < v <= 100 else ""
+        return f"{name} {v!r} is not an accuracy within 0..1{hint}"
+    if name in LOSSES and not (math.isnan(v) or v >= 0):
+        return f"{name} {v!r} is negative"
+    return None
+
+
+def problem(result: Any, task_id: str) -> str | None:
+    """Why `result` is not a usable result of task `task_id`, or None.
+
+    Metrics other than val_acc may be missing (collect fills them from metrics.jsonl, as
+    the oldest records need); those present must be valid.
+    """
+    if not isinstance(result, dict):
+        return f"not a JSON object ({type(result).__name__})"
+    own = result.get("task_id")
+    if own != task_id:
+        return "without its task_id" if own is None else f"the result of another task ({json.dumps(own)[:60]})"
+    if "val_acc" not in result:
+        return "without val_acc"
+    for name in METRICS:
+        if name in result:
+            why = metric_problem(name, result[name])
+            if why:
+                return why
+    for name in ("epochs", "restarts"):
+        v = result.get(name)
+        if v is not None and (type(v) is not int or v < 0):
+            return f"{name} is {json.dumps(v)[:40]}, not a count"
+    wall = result.get("wall_s")
+    if wall is not None and not (_is_number(wall) and math.isfinite(wall) and wall >= 0):
+        return f"wall_s is {json.dumps(wall)[:40]}, not a duration"
+    return None
+
+
+def load(path: Path, task_id: str) -> tuple[dict | None, str | None]:
+    """(result, None) for a valid result.json; (None, why) for a damaged one; (None, None)
+    when there is none."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or type(e).__name__})"
+    if len(data) > MAX_BYTES:
+        return None, f"larger than {MAX_BYTES} bytes"
+    try:
+        result = _fast_loads(data)
+    except ValueError:
+        try:
+            result = json.loads(data)  # NaN and Infinity (a diverged loss) are Python's json only
+        except ValueError:
+            return None, "empty" if not data.strip() else "not JSON"
+    why = problem(result, task_id)
+    return (None, why) if why else (result, None)
+
+
+def is_done(path: Path, task_id: str) -> bool:
+    """Whether `path` holds a valid result of the task."""
+    return load(path, task_id)[0] is not None
