@@ -16,6 +16,7 @@
             model.pt          a pre-training task's final weights, which fine-tuning loads
             log.txt           the worker's log
             tb/               TensorBoard scalars
+        groups/<group_id>/    a protocol group: group.json (its members), its checkpoint, its log
 """
 
 from __future__ import annotations
@@ -94,6 +95,36 @@ class TaskPaths:
 
 
 @dataclass(frozen=True)
+class GroupPaths:
+    """A protocol group's own files (hpcxfer/grid/groups.py); its members write their
+    records in their own task folders."""
+
+    dir: Path
+
+    @property
+    def group_id(self) -> str:
+        return self.dir.name
+
+    @property
+    def config(self) -> Path:
+        """group.json: {"group_id", "members": [task ids]}, written by submit."""
+        return self.dir / "group.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """One checkpoint of every member and the shared position."""
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def checkpoint_prev(self) -> Path:
+        return self.dir / "checkpoint.prev.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.txt"
+
+
+@dataclass(frozen=True)
 class StudyPaths:
     dir: Path
 
@@ -127,6 +158,15 @@ class StudyPaths:
 
     def backend_dir(self, backend: str) -> Path:
         return self.dir / "backends" / backend
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.dir / "groups"
+
+    def group(self, group_id: str) -> GroupPaths:
+        if not group_id or "/" in group_id or group_id.startswith("."):
+            raise StudyError(f"{group_id!r} is not a group id")
+        return GroupPaths(self.groups_dir / group_id)
 
     def task(self, task_id: str) -> TaskPaths:
         if not task_id or "/" in task_id or task_id.startswith("."):

@@ -227,6 +227,11 @@ class RuntimeSpec(Strict):
     loader_workers: int = Field(4, ge=0, description="decoding processes of the streaming path")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
     profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
+    group_max: int = Field(0, ge=0, le=4096, description="fine-tuning tasks that differ only in their protocol "
+                           "train together in one worker, at most this many: 0 = automatic, 1 = every task alone")
+    group_mode: Literal["auto", "looped", "fused"] = Field(
+        "auto", description="how a group steps its members: looped (one after another on each batch, each "
+        "bit-identical to its solo run), fused (one batched computation, for GPUs), auto (fused on GPUs)")
 
 
 class LocalSpec(Strict):

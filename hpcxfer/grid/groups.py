@@ -1,0 +1,82 @@
+"""Protocol groups: fine-tuning tasks that differ only in their protocol, trained by one
+worker on one stream of batches.
+
+The protocols of one (split, size) cell read the same images in the same order, with the
+same augmentation and the same dropout masks; only the weights they train differ. A group
+is such a set of tasks: everything but the protocol fields (`GROUP_FREE`) is equal, so one
+process decodes the data once, draws one random stream and steps every member on each
+batch (hpcxfer/worker/group.py). Every member still writes its own records in its own task
+folder, as its solo run would.
+
+Grouping is a pure function of the tasks to run (`make_groups`), done at submit time over
+the tasks that are not done: a group's id is a hash of its sorted member ids, so the same
+unfinished set always forms the same group (and resumes the same group checkpoint), while
+a grid that later adds protocols to a cell forms a new group of what is left to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from hpcxfer.grid.task import Task
+
+#: The fields in which members of one group may differ.
+GROUP_FREE = ("transfer_layers", "high_lr_layers", "initial_decay_epochs", "frozen_layers", "lr_high", "lr_low")
+#: Prefix of a group id (a task id never starts with it: tasks are `pt-` or `ft-`).
+PREFIX = "g-"
+#: Members of a group when `runtime.group_max` is 0 (automatic) and the device does not
+#: say otherwise: the 42 protocols of a cell of the paper's study fit in one group.
+AUTO_MAX = 64
+
+
+def group_key(task: Task) -> tuple:
+    """What members of one group share: every identity field except the protocol's."""
+    identity = task.identity()
+    return tuple((k, repr(v)) for k, v in sorted(identity.items()) if k not in GROUP_FREE)
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: str
+    members: tuple[str, ...]  # task ids, in the order the tasks were given
+
+    def to_dict(self) -> dict:
+        return {"group_id": self.group_id, "members": list(self.members)}
+
+
+def group_id(tasks: list[Task]) -> str:
+    """`g-s0-x10-<hash of the sorted member ids>`: readable split and size, exact members."""
+    first = tasks[0]
+    digest = hashlib.sha256("\n".join(sorted(t.task_id for t in tasks)).encode()).hexdigest()[:10]
+    return f"{PREFIX}s{first.split}-x{first.examples_per_class}-{digest}"
+
+
+def is_group_id(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def make_groups(tasks: list[Task], group_max: int) -> list[Task | Group]:
+    """The units to run, in the order of `tasks`: a Group for every set of two or more
+    fine-tuning tasks with one `group_key` (split into groups of at most `group_max`), the
+    task itself otherwise. group_max 1 runs every task alone; 0 means AUTO_MAX."""
+    limit = AUTO_MAX if group_max == 0 else group_max
+    by_key: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        if t.stage == "finetune" and limit > 1:
+            by_key.setdefault(group_key(t), []).append(t)
+    first_of: dict[str, Task | Group] = {}
+    for members in by_key.values():
+        for i in range(0, len(members), limit):
+            chunk = members[i:i + limit]
+            if len(chunk) > 1:
+                group = Group(group_id(chunk), tuple(t.task_id for t in chunk))
+                first_of[chunk[0].task_id] = group
+                for t in chunk[1:]:
+                    first_of[t.task_id] = None  # type: ignore[assignment] # held by the group
+    units: list[Task | Group] = []
+    for t in tasks:
+        unit = first_of.get(t.task_id, t)
+        if unit is not None:
+            units.append(unit)
+    return units
