@@ -4,13 +4,15 @@
         study.json            what the study is: name, grid sources, runtime, data
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
+        .submit.lock          held by the `submit` deciding what to submit (hpcxfer.locks)
         backends/<name>/      scripts, submission records and scheduler logs of a backend
         tasks/<task_id>/
             task.json         the resolved task, its data location and runtime settings
             metrics.jsonl     one record per evaluation
             result.json       written last, once the task is finished
             failed.json       written when the task failed for a real error
-            running.json      host, pid and start time of the process running it
+            running.json      the task's lock: host, pid and start time of the process
+                              running it, touched as a heartbeat (hpcxfer.locks)
             checkpoint.pt     the newest checkpoint (checkpoint.prev.pt: the one before)
             model.pt          a pre-training task's final weights, which fine-tuning loads
             log.txt           the worker's log
@@ -118,6 +120,10 @@ class StudyPaths:
     @property
     def tasks_dir(self) -> Path:
         return self.dir / "tasks"
+
+    @property
+    def submit_lock(self) -> Path:
+        return self.dir / ".submit.lock"
 
     def backend_dir(self, backend: str) -> Path:
         return self.dir / "backends" / backend
