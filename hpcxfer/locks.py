@@ -32,6 +32,7 @@ from pathlib import Path
 
 from hpcxfer.errors import HpcxferError
 from hpcxfer.fileio import fsync_dir
+from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ HEARTBEAT_S = 30.0
 #: taken for dead: a node failure, the OOM killer). Much longer than HEARTBEAT_S, so that a
 #: slow file system or a little clock skew between nodes never breaks a live lock.
 STALE_S = 600.0
+#: Seconds a `submit` waits for another submit of the same study to finish deciding and
+#: recording what it submits, before it gives up (exit status 2).
+SUBMIT_WAIT_S = 5.0
 #: Seconds a lock file that names no owner (being written without link(2), or damaged) is
 #: left alone.
 DAMAGED_GRACE_S = 5.0
@@ -260,7 +264,21 @@ class Lock:
                 pass
 
     def __enter__(self) -> Lock:
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def submit_lock(paths: StudyPaths, wait_s: float = SUBMIT_WAIT_S) -> Lock:
+    """Take a study's submit lock (`StudyPaths.submit_lock`), waiting up to `wait_s` for
+    another submit of the study; LockHeld names it if it does not finish in time."""
+    study_dir, path = paths.dir, paths.submit_lock
+    study_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Lock(path).acquire(wait_s=wait_s)
+    except LockHeld as e:
+        raise LockHeld(path, e.holder, (
+            f"{study_dir}: another submit of this study is under way ({describe(e.holder)}), still after "
+            f"{wait_s:.0f} s; try again once it is done (a lock of a process that is gone is taken over: "
+            f"on its host at once, from another after {STALE_S / 60:.0f} min; the lock is {path})")) from None
