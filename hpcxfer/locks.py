@@ -12,10 +12,12 @@ held, a thread touches the file every `HEARTBEAT_S` seconds (its mtime is the he
 A lock is stale, and is taken over, when its owner is gone:
   - owner on this host: its process (that pid with that start time) is not alive;
   - owner on another host: its heartbeat is older than `STALE_S` seconds;
-  - the file does not name an owner (damaged) and is older than `DAMAGED_GRACE_S`.
-Taking over renames the stale file to a name of one's own, checks it is still the file
-judged stale (else puts it back), removes it, and tries the link again; so two processes
-that find one stale lock at once do not both end up holding it.
+  - the file names no owner: JSON without a usable host and pid, or (maybe being written
+    where link(2) is not supported) not JSON and older than `DAMAGED_GRACE_S`.
+Taking over happens under a guard file (O_CREAT|O_EXCL) that one process holds at a time:
+it judges the lock again, renames it to a name of its own, checks it is still the file
+judged stale (else puts it back), removes it, and tries the link again; so processes that
+find one stale lock at once do not both end up holding it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ STALE_S = 600.0
 #: Seconds a `submit` waits for another submit of the same study to finish deciding and
 #: recording what it submits, before it gives up (exit status 2).
 SUBMIT_WAIT_S = 5.0
-#: Seconds a lock file that names no owner (being written without link(2), or damaged) is
-#: left alone.
+#: Seconds a lock file that is not JSON (being written where link(2) is not supported, or
+#: damaged) is left alone.
 DAMAGED_GRACE_S = 5.0
+#: Seconds after which a take-over guard (held for milliseconds) is taken for a crash's.
+GUARD_STALE_S = 30.0
 
 
 class LockHeld(HpcxferError):
@@ -98,12 +102,14 @@ def inspect(path: Path, stale_s: float = STALE_S) -> Holder | None:
         return Holder(None, None, 0.0, True, f"unreadable ({e.strerror})")
     age = max(0.0, time.time() - st.st_mtime)
     try:
-        record = json.loads(raw)
+        record, raw_bad = json.loads(raw), False
     except ValueError:
-        record = None
+        record, raw_bad = None, True
     owner = ProcessId.from_dict(record)
     if owner is None:
-        live = age < DAMAGED_GRACE_S
+        # Not JSON: maybe a lock being written with O_EXCL (no link(2)); give it a moment.
+        # JSON that names no process (pid -1, "abc", a list) is no lock of anyone alive.
+        live = raw_bad and age < DAMAGED_GRACE_S
         return Holder(record if isinstance(record, dict) else None, None, age, live, "names no process", st.st_ino)
     alive = owner.alive()
     if alive is None:
@@ -183,25 +189,42 @@ class Lock:
         fsync_dir(self.path.parent)
         return True
 
-    def _break(self, holder: Holder) -> None:
-        """Remove the stale lock file `holder` was read from, and only that file."""
-        grave = self.path.with_name(f".{self.path.name}.stale.{self.token}")
+    def _break(self, holder: Holder) -> bool:
+        """Remove the stale lock file `holder` was read from, and only that file, under a
+        guard (`.<name>.breaking`, O_EXCL) that one process at a time holds: the file is
+        judged again under the guard, renamed to a name of our own, checked to be the file
+        judged (else put back), and removed. False when another process holds the guard."""
+        guard = self.path.with_name(f".{self.path.name}.breaking")
         try:
-            os.rename(self.path, grave)
-        except FileNotFoundError:
-            return
+            os.close(os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            try:  # a guard is held for milliseconds: one this old was left by a crash
+                if time.time() - os.stat(guard).st_mtime > GUARD_STALE_S:
+                    os.unlink(guard)
+            except FileNotFoundError:
+                pass
+            return False
         try:
-            if holder.ino and os.stat(grave).st_ino != holder.ino:
-                # Another process took the lock over since we looked: give it back.
-                try:
+            now = inspect(self.path, self.stale_s)
+            if now is None or now.live or now.ino != holder.ino:
+                return True  # gone, or taken by a live process since: nothing to break
+            grave = self.path.with_name(f".{self.path.name}.stale.{self.token}")
+            try:
+                os.rename(self.path, grave)
+            except FileNotFoundError:
+                return True
+            if now.ino and os.stat(grave).st_ino != now.ino:
+                try:  # a new lock took its place between our look and the rename: put it back
                     os.link(grave, self.path)
                 except OSError:
-                    log.warning("%s: a lock taken over at the same moment by another process was lost", self.path)
-                return
-            log.warning("%s: took over a stale lock of %s (%s)", self.path, describe(holder), holder.why)
+                    log.error("%s: a lock of another process taken at the same moment was lost", self.path)
+            else:
+                log.warning("%s: took over a stale lock of %s (%s)", self.path, describe(holder), holder.why)
+            os.unlink(grave)
+            return True
         finally:
             try:
-                os.unlink(grave)
+                os.unlink(guard)
             except FileNotFoundError:
                 pass
 
@@ -216,10 +239,10 @@ class Lock:
                 self._start_heartbeat()
                 return self
             holder = inspect(self.path, self.stale_s)
-            if (holder is None or not holder.live) and breaks < 10:
+            if (holder is None or not holder.live) and breaks < 100:
                 breaks += 1
-                if holder is not None:
-                    self._break(holder)
+                if holder is not None and not self._break(holder):
+                    time.sleep(0.02)  # another process is breaking it
                 continue  # let go, or stale and removed: try again at once
             if time.monotonic() >= deadline:
                 raise LockHeld(self.path, holder)
