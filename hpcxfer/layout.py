@@ -1,4 +1,4 @@
-"""The one owner of the on-disk layout (SPEC section 3). Nothing else builds these paths.
+"""The one owner of the on-disk layout. Nothing else builds these paths.
 
     <root>/<study>/
         study.json            what the study is: name, grid sources, runtime, data

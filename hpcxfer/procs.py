@@ -58,7 +58,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
     when there is no such process."""
     try:
         raw = (PROC / str(pid) / "stat").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+    except OSError:
         return None
     # The command name (field 2) is in parentheses and may hold spaces and ')'.
     fields = raw[raw.rfind(b")") + 2:].split()
@@ -138,7 +138,11 @@ class ProcessId:
             return False
         if PROC.joinpath("self").exists():
             st = _stat(self.pid)
-            if st is None or st[0] in ("Z", "X"):  # a zombie has finished: nothing to signal
+            if st is None:
+                # Another user's process under /proc's hidepid: it exists but cannot be
+                # checked; taken as alive, so that its lock is never taken over.
+                return _exists(self.pid)
+            if st[0] in ("Z", "X"):  # a zombie has finished: nothing to signal
                 return False
             return self.start is None or st[1] == self.start
         return _exists(self.pid)

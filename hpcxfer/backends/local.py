@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcxfer.backends.base import Submission, worker_command
+from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
@@ -127,13 +128,21 @@ class LocalBackend:
             atomic_write_json(run_file, {**record, **ProcessId.of(proc.pid).to_dict(), "group": True})
             if recorded:
                 recorded()
-            proc.stdin.write(json.dumps(record).encode())
+            try:
+                proc.stdin.write(json.dumps(record).encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                raise BackendError(f"the local runner exited as it started; see {log_path}") from None
         except BaseException:
-            proc.kill()  # never a runner without a run file
+            if proc.poll() is None:
+                proc.kill()  # never a runner without a run file
             run_file.unlink(missing_ok=True)
             raise
         finally:
-            proc.stdin.close()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
         sub.job_ids = [f"local:{proc.pid}"]
         return sub
 
