@@ -88,6 +88,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
     from hpcxfer.data import check_data
     from hpcxfer.grid import cost, expand, load_grid
+    from hpcxfer.locks import submit_lock
     from hpcxfer.study import study_paths, study_states, write_study
 
     grid = load_grid(args.grid)
@@ -100,21 +101,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check_data(grid._source, grid.data, tasks)
     console.print(estimate, highlight=False, markup=False)
     paths = study_paths(grid, args.root)
-    write_study(paths, grid, tasks)
+    # One submit at a time decides and records what to submit (two would each submit all).
+    with submit_lock(paths) as lock:
+        write_study(paths, grid, tasks)
 
-    wanted = {t.task_id for t in tasks}
-    held = _held(paths)
-    states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
-    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    by_state = Counter(s.state for s in states.values())
-    console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
-        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}",
-        markup=False, highlight=False)
+        wanted = {t.task_id for t in tasks}
+        held = _held(paths)
+        states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
+        todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+        by_state = Counter(s.state for s in states.values())
+        console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
+            f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}",
+            markup=False, highlight=False)
 
-    if args.wait and backend.name == "local" and todo:
-        sub = _submit_local_with_progress(backend, paths, grid, todo)
-    else:
-        sub = backend.submit(paths, grid, todo, dry_run=args.dry_run)
+        if args.wait and backend.name == "local" and todo:
+            sub = _submit_local_with_progress(backend, paths, grid, todo, recorded=lock.release)
+        else:
+            sub = backend.submit(paths, grid, todo, dry_run=args.dry_run)
     if args.dry_run:
         for script in sub.scripts:
             console.print(f"# {script}\n{Path(script).read_text()}", markup=False, highlight=False, soft_wrap=True)
@@ -150,7 +153,7 @@ def _wait_for_scheduler(paths, wanted: set[str], poll_s: float = 10.0) -> None:
             time.sleep(poll_s)
 
 
-def _submit_local_with_progress(backend, paths, grid, todo):
+def _submit_local_with_progress(backend, paths, grid, todo, recorded=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -165,7 +168,7 @@ def _submit_local_with_progress(backend, paths, grid, todo):
                     detail += f", [red]{counts[k]} {k}[/red]"
             progress.update(bar, completed=finished, detail=detail)
 
-        return backend.submit(paths, grid, todo, wait=True, on_change=on_change)
+        return backend.submit(paths, grid, todo, wait=True, on_change=on_change, recorded=recorded)
 
 
 def _held(paths) -> dict[str, dict]:

@@ -1,9 +1,10 @@
-"""The one owner of the on-disk layout (SPEC section 3). Nothing else builds these paths.
+"""The one owner of the on-disk layout. Nothing else builds these paths.
 
     <root>/<study>/
         study.json            what the study is: name, grid sources, runtime, data
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
+        .submit.lock          held by the `submit` deciding what to submit (hpcxfer.locks)
         backends/<name>/      scripts, submission records and scheduler logs of a backend
         tasks/<task_id>/
             task.json         the resolved task, its data location and runtime settings
@@ -11,7 +12,8 @@
             result.json       written last, once the task is finished (a damaged one is
                               moved to result.damaged.json when the task trains again)
             failed.json       written when the task failed for a real error
-            running.json      host, pid and start time of the process running it
+            running.json      the task's lock: host, pid and start time of the process
+                              running it, touched as a heartbeat (hpcxfer.locks)
             checkpoint.pt     the newest checkpoint (checkpoint.prev.pt: the one before)
             model.pt          a pre-training task's final weights, which fine-tuning loads
             log.txt           the worker's log
@@ -155,6 +157,10 @@ class StudyPaths:
     @property
     def tasks_dir(self) -> Path:
         return self.dir / "tasks"
+
+    @property
+    def submit_lock(self) -> Path:
+        return self.dir / ".submit.lock"
 
     def backend_dir(self, backend: str) -> Path:
         return self.dir / "backends" / backend

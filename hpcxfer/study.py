@@ -7,8 +7,6 @@ is read off its files (and, for queued work, the backend's own record).
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,6 +19,7 @@ from hpcxfer import results
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
+from hpcxfer.locks import Holder, describe, inspect
 
 if TYPE_CHECKING:
     from hpcxfer.grid.schema import Grid
@@ -150,26 +149,17 @@ class TaskState:
         return {**d, **extra}
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host with that pid exists (signal 0 checks, sends nothing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def task_lock(tp: TaskPaths) -> Holder | None:
+    """Who holds the task's running.json and whether they are alive: on this host, while
+    that very process runs (pid and start time); on another host, while its heartbeat is
+    fresh (locks.STALE_S). None when there is no running.json."""
+    return inspect(tp.running)
 
 
-def running_here(tp: TaskPaths) -> bool | None:
-    """True/False when running.json names a process on this host; None when another host."""
-    try:
-        info = read_json(tp.running)
-    except (FileNotFoundError, ValueError):
-        return False
-    if info.get("host") != socket.gethostname():
-        return None
-    return pid_alive(int(info.get("pid", -1)))
+def task_running(tp: TaskPaths) -> bool:
+    """Whether a live worker holds the task now."""
+    holder = task_lock(tp)
+    return holder is not None and holder.live
 
 
 def last_epoch(tp: TaskPaths) -> int | None:
@@ -191,10 +181,12 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
     if view:
         st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
-    here = running_here(tp) if tp.running.exists() else False
-    if here or here is None or (view and view["state"] == "running"):
+    lock = task_lock(tp)
+    if (lock and lock.live) or (view and view["state"] == "running"):
         st.state, st.log = "running", str(tp.log)
         return st
+    # A running.json nobody alive holds (a worker killed by the OOM killer, a failed node)
+    # is not believed: the task is whatever the scheduler and its other files say.
     # Queued again after a failure: the new job's state is the one that matters.
     if view and view["state"] == "queued" or (not view and task.task_id in queued):
         st.state = "queued"
@@ -219,6 +211,11 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         return st
     if st.epoch is not None or tp.checkpoint.exists():
         st.detail = f"interrupted after epoch {st.epoch or 0}; resumes from its checkpoint"
+        st.log = str(tp.log)
+    if lock:
+        gone = f"its worker ({describe(lock)}) is gone: {lock.why}" if lock.owner else \
+            f"{tp.running.name} names no worker"
+        st.detail = "; ".join(filter(None, [st.detail, gone]))
         st.log = str(tp.log)
     return st
 

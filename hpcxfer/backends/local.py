@@ -5,10 +5,18 @@ pre-training is done, keeps `max_parallel` running, and re-runs a task that exit
 to be resumed. Without --wait the runner detaches and `submit` returns at once; its run
 file (backends/local/runs/<run>.json) is how `status`, `cancel` and the next `submit`
 know which tasks it still holds.
+
+A run file names its runner by `procs.ProcessId` (host, pid, start time): it is written
+only once the runner has started, with the runner's real pid, before `submit` returns
+(the detached runner reads its task list from a pipe that is closed only after that, so it
+never runs unrecorded). A run file whose process is gone, or whose pid now belongs to
+another process, holds nothing; one that is damaged is skipped with a warning. `cancel`
+signals only a live runner's own process group (a detached runner leads its session).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,12 +29,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcxfer.backends.base import Submission, worker_command
+from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import is_done, load_tasks, pid_alive
-from hpcxfer.worker import EXIT_RESUME
+from hpcxfer.procs import ProcessId
+from hpcxfer.study import is_done, load_tasks, task_running
+from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +55,35 @@ def parallelism(grid: Grid) -> tuple[int, int]:
     return parallel, threads
 
 
+_warned: set[str] = set()
+
+
+def _damaged(path: Path, why: str) -> None:
+    if str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("%s: skipped, %s", path, why)
+
+
 def live_runs(paths: StudyPaths) -> list[dict]:
-    """Run files whose runner process is alive on this host."""
+    """Run files whose runner process is alive on this host (its very process: same pid
+    and start time), each with its `ProcessId` under "process"."""
     out = []
     for f in sorted(_runs_dir(paths).glob("*.json")):
         try:
             run = read_json(f)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:
+            _damaged(f, f"unreadable ({type(e).__name__})")
             continue
-        if run.get("host") == socket.gethostname() and pid_alive(int(run.get("pid", -1))):
-            out.append(run)
+        proc = ProcessId.from_dict(run)
+        if proc is None:
+            _damaged(f, "names no runner process (a pid above 1 and a host)")
+            continue
+        tasks = run.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            _damaged(f, "its task list is not a list of task ids")
+            continue
+        if proc.alive():
+            out.append({**run, "process": proc})
     return out
 
 
@@ -62,7 +91,10 @@ class LocalBackend:
     name = "local"
 
     def submit(self, paths: StudyPaths, grid: Grid, tasks: list[Task], *, dry_run: bool = False,
-               wait: bool = False, on_change: Callable[[dict], None] | None = None) -> Submission:
+               wait: bool = False, on_change: Callable[[dict], None] | None = None,
+               recorded: Callable[[], None] | None = None) -> Submission:
+        """Start a runner for `tasks`. `recorded` is called once its run file is written
+        (the tasks are held from then on): `submit --wait` lets go of the study lock there."""
         parallel, threads = parallelism(grid)
         sub = Submission(backend=self.name, tasks=[t.task_id for t in tasks])
         sub.commands = [" ".join(worker_command(paths, t.task_id)) for t in tasks]
@@ -73,22 +105,44 @@ class LocalBackend:
         record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.tasks,
                   "max_parallel": parallel, "threads": threads, "started": time.time()}
         if wait:
-            atomic_write_json(run_file, {**record, "pid": os.getpid()})
+            # This process runs them; it is not a session leader, so a cancel signals it alone.
+            atomic_write_json(run_file, {**record, **ProcessId.current().to_dict(), "group": False})
             try:
+                if recorded:
+                    recorded()
                 Runner(paths, sub.tasks, parallel, threads).run(on_change)
             finally:
                 run_file.unlink(missing_ok=True)
             sub.job_ids = [f"local:{os.getpid()}"]
             return sub
-        # Detached: the runner writes its own pid into the run file before returning here,
-        # so the next submit never sees these tasks unheld.
-        atomic_write_json(run_file, {**record, "pid": -1})
+        # Detached: start the runner, record it under its real pid and start time, then
+        # hand it its tasks through a pipe. It waits for the pipe to close, so it never
+        # runs unrecorded; if this process dies first, it gets no tasks and exits.
         log_path = paths.backend_dir("local") / f"{run_id}.log"
+        run_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-P", "-m", "hpcxfer.backends.local", str(paths.dir), str(run_file)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        atomic_write_json(run_file, {**record, "pid": proc.pid})
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            atomic_write_json(run_file, {**record, **ProcessId.of(proc.pid).to_dict(), "group": True})
+            if recorded:
+                recorded()
+            try:
+                proc.stdin.write(json.dumps(record).encode())
+                proc.stdin.close()
+            except BrokenPipeError:
+                raise BackendError(f"the local runner exited as it started; see {log_path}") from None
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()  # never a runner without a run file
+            run_file.unlink(missing_ok=True)
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
         sub.job_ids = [f"local:{proc.pid}"]
         return sub
 
@@ -96,13 +150,13 @@ class LocalBackend:
         return {t for run in live_runs(paths) for t in run["tasks"]}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
+        """SIGTERM to each live runner of the study (its process group when it leads one):
+        it passes the signal on to its workers, which checkpoint and exit."""
         cancelled = []
         for run in live_runs(paths):
-            try:
-                os.kill(int(run["pid"]), signal.SIGTERM)
-                cancelled.append(f"local:{run['pid']}")
-            except ProcessLookupError:
-                pass
+            proc: ProcessId = run["process"]
+            if proc.signal_group() if run.get("group") is True else proc.signal():
+                cancelled.append(f"local:{proc.pid}")
         return cancelled
 
 
@@ -149,6 +203,8 @@ class Runner:
             changed = True
             if code == 0:
                 self.outcome[task_id] = "done"
+            elif code == EXIT_BUSY:
+                self.outcome[task_id] = "elsewhere"  # another worker holds it (its log says which)
             elif code == EXIT_RESUME and not self.stopping:
                 self.todo.insert(0, task_id)  # checkpointed on request: carry on
             else:
@@ -166,6 +222,8 @@ class Runner:
                 return None
             if any(dep in run["tasks"] for run in live_runs(self.paths)):
                 return False  # another runner of this study holds it
+            if task_running(self.paths.task(dep)):
+                return False  # a worker of another run or host trains it now
             return None
         return True
 
@@ -210,12 +268,16 @@ class Runner:
 
 
 def _main(argv: list[str]) -> int:
-    """The detached runner: python -m hpcxfer.backends.local STUDY_DIR RUN_FILE."""
+    """The detached runner: python -m hpcxfer.backends.local STUDY_DIR RUN_FILE, its run
+    (tasks, max_parallel, threads) as JSON on stdin once `submit` has written RUN_FILE."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     paths, run_file = StudyPaths(Path(argv[0])), Path(argv[1])
-    run = read_json(run_file)
-    atomic_write_json(run_file, {**run, "pid": os.getpid()})
     try:
+        try:
+            run = json.loads(sys.stdin.buffer.read())
+        except ValueError:
+            log.error("no run on stdin (the submit that started this runner stopped first): nothing to do")
+            return 2
         outcome = Runner(paths, run["tasks"], run["max_parallel"], run["threads"]).run()
     finally:
         run_file.unlink(missing_ok=True)

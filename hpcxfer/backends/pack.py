@@ -3,8 +3,9 @@
 slot, taking the next unfinished task of the job's own list whose pre-training is done,
 until the list or the walltime runs out.
 
-No file locks: the list is this job's alone (submit gives each task to one job), so two
-packed jobs never run the same task. At walltime PBS sends SIGTERM to every process of
+The list is this job's alone (submit gives each task to one job), so two packed jobs
+never run the same task; should a task be run by someone else all the same, its lock
+(running.json) makes the worker exit 73 at once, which is not a failure here. At walltime PBS sends SIGTERM to every process of
 the job; the workers checkpoint within kill_delay and the next `hpcxfer submit` resumes
 them. Exit status: 0 all done, 1 a task failed, 75 stopped with tasks left.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from hpcxfer.backends.base import worker_command
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import is_done, load_tasks
-from hpcxfer.worker import EXIT_RESUME
+from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger("hpcxfer.pack")
 
@@ -71,7 +72,7 @@ class Pack:
             task_id, code = held[0], held[1].returncode
             self.slots[slot] = None
             log.info("slot %d: %s exited %d", slot, task_id, code)
-            if code not in (0, EXIT_RESUME) and not self.stopping:
+            if code not in (0, EXIT_RESUME, EXIT_BUSY) and not self.stopping:
                 self.failed.append(task_id)
 
     def run(self) -> int:

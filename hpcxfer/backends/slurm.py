@@ -27,7 +27,7 @@ from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
-from hpcxfer.worker import EXIT_RESUME
+from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class ArrayTask(submitit.helpers.Checkpointable):
         code = self._proc.wait()
         if code == 0:
             return task_id
+        if code == EXIT_BUSY:  # another live worker holds the task: not this element's failure
+            return f"{task_id} run by another worker"
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
         if code == EXIT_RESUME:
             # Checkpointed on a signal submitit does not requeue for. USR1 from a user

@@ -1,8 +1,9 @@
 """What one array task runs: `hpcxfer run-task STUDY_DIR TASK` -> `main.run_task`.
 
 Its exit statuses (README, "Exit statuses"), here so that backends can read them
-without importing torch: 0 done, 1 failed for a real error, 2 bad input, 75 checkpointed
-on request, resume me (EX_TEMPFAIL).
+without importing torch: 0 done, 1 failed for a real error, 2 bad input, 73 another live
+worker holds the task (its running.json; nothing was touched), 75 checkpointed on
+request, resume me (EX_TEMPFAIL).
 """
 
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_RESUME = 0, 1, 2, 75
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_RESUME = 0, 1, 2, 73, 75

@@ -1,11 +1,19 @@
-"""Entry of one task process: logging, the running marker, and an exit status that says
-what happened. Exit statuses (documented in the README):
+"""Entry of one task process: the task's lock, logging, and an exit status that says what
+happened. Exit statuses (documented in the README):
 
     0   done: result.json is written
     1   failed for a real error: failed.json says why; do not retry blindly
     2   bad input (missing study, unknown task, unusable checkpoint): nothing was trained
+    73  another live worker holds the task (its running.json): this one exits at once,
+        one line on stderr naming the holder, and touches none of the task's files
     75  interrupted on request (SIGUSR1, SIGUSR2 or SIGTERM): checkpointed at the next
         step, resume me (EX_TEMPFAIL)
+
+The lock is running.json, created with link(2) (hpcxfer.locks) before anything of the task
+is written, holding this process's identity (host, pid, start time) and job id; its mtime
+is refreshed every locks.HEARTBEAT_S seconds and it is removed at exit. One left by a dead
+worker is taken over: at once on the same host, after locks.STALE_S without a heartbeat
+from another host.
 """
 
 from __future__ import annotations
@@ -17,14 +25,13 @@ import sys
 import time
 import traceback
 
-import torch
-
 from hpcxfer import results
 from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.layout import StudyPaths, TaskPaths
+from hpcxfer.locks import Lock, LockHeld, describe
 from hpcxfer.study import resolve_task
-from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE
+from hpcxfer.worker import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE
 from hpcxfer.worker.signals import Interrupted, StopFlag
 
 
@@ -47,20 +54,37 @@ def _threads(runtime: dict) -> int:
 
 def run_task(study_dir: str, task: str) -> int:
     """Run one task of a study to completion (or to a checkpoint on request)."""
-    from hpcxfer.worker.train import run
-
     study = StudyPaths.existing(study_dir)
     paths = study.task(resolve_task(study, task))
     _, damaged = results.load(paths.result, paths.task_id)
     if paths.result.is_file() and not damaged:
         return EXIT_DONE  # finished already: a re-run array task does nothing
     config = _read_config(paths)
+    lock = Lock(paths.running, {"job_id": os.environ.get("HPCXFER_JOB_ID")})
+    try:
+        lock.acquire()
+    except LockHeld as e:
+        sys.stderr.write(f"hpcxfer run-task: {paths.task_id} is being run by {describe(e.holder)}; "
+                         f"exit {EXIT_BUSY}, nothing touched\n")
+        return EXIT_BUSY
+    try:
+        _, damaged = results.load(paths.result, paths.task_id)
+        if paths.result.is_file() and not damaged:
+            return EXIT_DONE  # the worker that held it finished it
+        return _run_locked(study, paths, config, damaged)
+    finally:
+        lock.release()
+
+
+def _run_locked(study: StudyPaths, paths: TaskPaths, config: dict, damaged: str | None) -> int:
+    import torch  # here, not at the top: a worker refused the lock exits without the wait
+
+    from hpcxfer.worker.train import run
+
     handler = _log_to(paths)
     threads = _threads(config.get("runtime", {}))
     if threads:
         torch.set_num_threads(threads)
-    atomic_write_json(paths.running, {"host": socket.gethostname(), "pid": os.getpid(),
-                                      "started": time.time(), "job_id": os.environ.get("HPCXFER_JOB_ID")})
     paths.failed.unlink(missing_ok=True)
     if damaged:
         # Kept for whoever wants to see it, out of the way of status and collect.
@@ -84,10 +108,6 @@ def run_task(study_dir: str, task: str) -> int:
         _fail(paths, f"{type(e).__name__}: {e}", EXIT_FAILED, traceback.format_exc())
         return EXIT_FAILED
     finally:
-        try:
-            paths.running.unlink(missing_ok=True)
-        except OSError as e:  # a task folder gone read-only: the marker names a dead process
-            log.warning("could not remove %s: %s", paths.running, e.strerror or e)
         logging.getLogger("hpcxfer").removeHandler(handler)
         handler.close()
 

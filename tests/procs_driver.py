@@ -1,0 +1,123 @@
+"""Runs inside its own pid namespace (`unshare -fp --mount-proc`, as pid 1) the scenarios of
+tests/test_processes.py that send signals, so that a wrong signal can reach nothing outside;
+when it exits the kernel kills whatever it leaves in the namespace. Prints one JSON object.
+
+    procs_driver.py cancel STUDY_DIR    innocent sleepers, bad run files, `hpcxfer cancel`
+    procs_driver.py submits GRID        two `hpcxfer submit --backend local` at once
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpcxfer.procs import ProcessId
+
+HOST = socket.gethostname()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpcxfer", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+
+
+def processes() -> dict[int, str]:
+    """pid -> command line of every process in this namespace (what `ps -e` shows)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                pass
+    return out
+
+
+def living(sleepers: dict[str, subprocess.Popen]) -> dict[str, bool]:
+    return {name: p.poll() is None for name, p in sleepers.items()}
+
+
+def run_file(runs: Path, name: str, content) -> None:
+    data = content if isinstance(content, bytes) else json.dumps(content).encode()
+    (runs / f"{name}.json").write_bytes(data)
+
+
+def cancel(study: Path) -> dict:
+    """Sleepers that no run file may reach; run files naming pid -1, then every other bad
+    pid, then one naming a real runner; `hpcxfer cancel` after each."""
+    runs = study / "backends" / "local" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    tasks = [json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()]
+    sleep = ["sleep", "600"]
+    sleepers = {
+        "same group": subprocess.Popen(sleep),  # in this process's group (and cancel's)
+        "own session": subprocess.Popen(sleep, start_new_session=True),
+        "reused pid": subprocess.Popen(sleep, start_new_session=True),
+        "other host": subprocess.Popen(sleep, start_new_session=True),
+    }
+    while any(not processes().get(p.pid, "").startswith("sleep") for p in sleepers.values()):
+        time.sleep(0.01)  # each has exec'd sleep
+    record = {"run_id": "x", "host": HOST, "tasks": tasks, "max_parallel": 1, "threads": 1, "started": time.time()}
+    report: dict = {"driver_pid": os.getpid(), "before": processes(), "stages": {}}
+
+    def stage(name: str) -> None:
+        out = cli("cancel", str(study))
+        report["stages"][name] = {"rc": out.returncode, "stdout": out.stdout, "stderr": out.stderr,
+                                  "alive": living(sleepers), "processes": processes()}
+
+    # The bug as it was: a run file written before its runner started, pid -1.
+    run_file(runs, "minus-one", {**record, "pid": -1})
+    stage("pid -1")
+
+    leader = sleepers["own session"].pid
+    reused = ProcessId.of(sleepers["reused pid"].pid)
+    elsewhere = ProcessId.of(sleepers["other host"].pid)
+    for name, content in {
+        "zero": {**record, "pid": 0}, "one": {**record, "pid": 1},
+        "group": {**record, "pid": -leader}, "abc": {**record, "pid": "abc"},
+        "true": {**record, "pid": True}, "list-pid": {**record, "pid": [leader]},
+        "float": {**record, "pid": float(leader)}, "no-pid": record, "list": [record],
+        "bytes": os.urandom(64), "tasks-dict": {**record, "pid": leader, "tasks": {"a": 1}},
+        "reused": {**record, **reused.to_dict(), "start": (reused.start or 0) + 1, "group": True},
+        "other-host": {**record, **elsewhere.to_dict(), "host": HOST + "-elsewhere", "group": True},
+    }.items():
+        run_file(runs, name, content)
+    stage("bad run files")
+
+    real = ProcessId.of(leader)
+    run_file(runs, "real", {**record, **real.to_dict(), "group": True})
+    report["real_pid"] = leader
+    stage("a real runner")
+    time.sleep(0.2)
+    report["stages"]["a real runner"]["alive"] = living(sleepers)
+    report["sleeper_pids"] = {name: p.pid for name, p in sleepers.items()}
+    for p in sleepers.values():
+        p.kill()
+        p.wait()
+    return report
+
+
+def submits(grid: Path) -> dict:
+    """Two submits of one study started at the same moment; the run files they leave."""
+    procs = [subprocess.Popen([sys.executable, "-m", "hpcxfer", "submit", str(grid), "--backend", "local"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "COLUMNS": "200"}) for _ in range(2)]
+    outs = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    study = grid.parent / "runs" / "tiny"
+    runs = [json.loads(f.read_text()) for f in sorted((study / "backends/local/runs").glob("*.json"))]
+    return {"submits": [{"rc": rc, "stdout": out, "stderr": err} for rc, out, err in outs],
+            "run_files": runs, "lock_left": (study / ".submit.lock").exists()}
+
+
+if __name__ == "__main__":
+    assert os.getpid() == 1, "run me as pid 1 of a namespace of my own: unshare -fp --mount-proc"
+    # A process group of our own too: kill(0) or kill(-pgid) reaches a group's members in
+    # every namespace, so the group must not hold unshare or pytest.
+    os.setsid()
+    what, arg = sys.argv[1], Path(sys.argv[2])
+    print(json.dumps({"cancel": cancel, "submits": submits}[what](arg)))
