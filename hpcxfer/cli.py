@@ -89,7 +89,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.data import check_data
     from hpcxfer.grid import cost, expand, load_grid
     from hpcxfer.locks import submit_lock
-    from hpcxfer.study import study_paths, study_states, write_study
+    from hpcxfer.grid.groups import units
+    from hpcxfer.study import study_paths, study_states, write_groups, write_study
 
     grid = load_grid(args.grid)
     tasks = expand(grid)
@@ -109,15 +110,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         held = _held(paths)
         states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
         todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+        # Protocol groups are formed from what is left to run: a finished member is never rerun.
+        todo_units, groups = units(todo, grid.runtime.group_max)
+        write_groups(paths, groups)
         by_state = Counter(s.state for s in states.values())
+        grouped = f" ({len(todo_units)} workers, {len(groups)} of them protocol groups)" if groups else ""
         console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
-            f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}",
-            markup=False, highlight=False)
+            f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}"
+            + grouped, markup=False, highlight=False)
 
         if args.wait and backend.name == "local" and todo:
-            sub = _submit_local_with_progress(backend, paths, grid, todo, recorded=lock.release)
+            sub = _submit_local_with_progress(backend, paths, grid, todo_units, recorded=lock.release)
         else:
-            sub = backend.submit(paths, grid, todo, dry_run=args.dry_run)
+            sub = backend.submit(paths, grid, todo_units, dry_run=args.dry_run)
     if args.dry_run:
         for script in sub.scripts:
             console.print(f"# {script}\n{Path(script).read_text()}", markup=False, highlight=False, soft_wrap=True)
@@ -158,7 +163,7 @@ def _submit_local_with_progress(backend, paths, grid, todo, recorded=None):
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("tasks", total=len(todo), detail="")
+        bar = progress.add_task("workers", total=len(todo), detail="")
 
         def on_change(counts: dict) -> None:
             finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))

@@ -17,7 +17,8 @@ import hpcxfer
 from hpcxfer.errors import StudyError
 from hpcxfer import results
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.groups import Group, Unit, is_group_id
+from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Holder, describe, inspect
 
@@ -113,6 +114,67 @@ def load_tasks(paths: StudyPaths) -> list[Task]:
     return [Task.from_dict(d) for d in load_index(paths)]
 
 
+def write_groups(paths: StudyPaths, groups: list[Group]) -> None:
+    """groups/<id>/group.json for each group about to be submitted (an existing one names
+    the same members: its id is their hash)."""
+    for g in groups:
+        gp = paths.group(g.group_id)
+        if _read_or_none(gp.config) != g.to_dict():
+            atomic_write_json(gp.config, g.to_dict())
+
+
+def read_group(paths: StudyPaths, group_id: str) -> Group:
+    """A group's record, checked: its members are task ids of the study's index."""
+    gp = paths.group(group_id)
+    try:
+        data = read_json(gp.config)
+    except FileNotFoundError:
+        raise StudyError(f"{gp.config}: no such group in this study") from None
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{gp.config}: unreadable ({e})") from None
+    members = data.get("members") if isinstance(data, dict) else None
+    if (not isinstance(members, list) or not members or data.get("group_id") != group_id
+            or not all(isinstance(m, str) and TASK_ID.fullmatch(m) for m in members)):
+        raise StudyError(f"{gp.config}: damaged (not this group's id and a list of task ids)")
+    return Group(group_id, tuple(members))
+
+
+def load_units(paths: StudyPaths, unit_ids: list[str]) -> list[Unit]:
+    """What a backend's record or task list names (task ids and group ids) as units."""
+    tasks = {t.task_id: t for t in load_tasks(paths)}
+    out = []
+    for uid in unit_ids:
+        if is_group_id(uid):
+            group = read_group(paths, uid)
+            lacking = [m for m in group.members if m not in tasks]
+            if lacking:
+                raise StudyError(f"{paths.group(uid).config}: member {lacking[0]} is not a task of the study")
+            deps = tuple(sorted({d for m in group.members for d in tasks[m].depends_on}))
+            out.append(Unit(uid, "finetune", deps, group.members))
+        elif uid in tasks:
+            out.append(Unit.of_task(tasks[uid]))
+        else:
+            raise StudyError(f"{paths.tasks_index}: no task {uid[:80]!r} in this study")
+    return out
+
+
+def groups_of(paths: StudyPaths) -> dict[str, str]:
+    """task id -> the group that last held it (the newest group.json naming it)."""
+    out: dict[str, str] = {}
+    if not paths.groups_dir.is_dir():
+        return out
+    found = []
+    for f in paths.groups_dir.glob("*/group.json"):
+        try:
+            found.append((f.stat().st_mtime, read_group(paths, f.parent.name)))
+        except (OSError, StudyError):
+            continue  # a damaged group record names no member
+    for _, g in sorted(found, key=lambda x: x[0]):
+        for m in g.members:
+            out[m] = g.group_id
+    return out
+
+
 def resolve_task(paths: StudyPaths, spec: str) -> str:
     """A task given as its index in tasks.jsonl or as its id -> its id."""
     index = load_index(paths)
@@ -141,6 +203,7 @@ class TaskState:
     detail: str = ""
     log: str | None = None
     epoch: int | None = None
+    group: str | None = None  # the protocol group that last held the task
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -233,7 +296,11 @@ def failure_reason(tp: TaskPaths) -> str:
 
 def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset(),
                  tasks: list[Task] | None = None) -> list[TaskState]:
-    """The state of every task (of `tasks`, default: the whole index)."""
+    """The state of every task (of `tasks`, default: the whole index), with its group."""
     if not paths.tasks_index.exists():
         raise StudyError(f"{paths.dir}: no tasks.jsonl; not a submitted study")
-    return [task_state(paths, t, queued) for t in (load_tasks(paths) if tasks is None else tasks)]
+    group = groups_of(paths)
+    states = [task_state(paths, t, queued) for t in (load_tasks(paths) if tasks is None else tasks)]
+    for st in states:
+        st.group = group.get(st.task_id)
+    return states

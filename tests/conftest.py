@@ -22,7 +22,8 @@ TINY_GRID = {
         {"name": "named", "protocol": ["scratch", "common"]},
         {"name": "n", "transfer_layers": [3], "frozen_layers": [2], "high_lr_layers": 1},
     ],
-    "runtime": {"eval_every": 1},
+    # Every task its own worker, as before protocol groups: tests of groups set group_max 0.
+    "runtime": {"eval_every": 1, "group_max": 1},
     "local": {"max_parallel": 2},
 }
 

@@ -15,6 +15,7 @@ from hpcxfer.backends.gadi import GadiBackend
 from hpcxfer.backends.resources import GADI_QUEUES
 from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand
+from hpcxfer.grid.groups import Unit
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import write_study
@@ -26,7 +27,7 @@ GRID = {
     "pretrain": {"epochs": 1, "batch_size": 50, "examples_per_class": 20},
     "finetune": {"split": [0], "seed": [0, 1], "examples_per_class": [100], "epochs": 4, "batch_size": 20,
                  "protocol": "common"},
-    "runtime": {"eval_every": 4, "threads": 1},
+    "runtime": {"eval_every": 4, "threads": 1, "group_max": 1},
     "gadi": {"project": "ab12", "queue": "gpuvolta", "storage": "gdata/ab12+scratch/ab12", "jobfs_gb": 20,
              "gpus_per_job": 2, "walltime": "0:30:00", "max_jobs": 1},
 }
@@ -53,7 +54,7 @@ def test_packed_jobs_never_share_a_task(tmp_path):
     tasks = expand(grid)
     paths = StudyPaths.of(tmp_path, "gd")
     write_study(paths, grid, tasks)
-    sub = GadiBackend().submit(paths, grid, tasks, dry_run=True)
+    sub = GadiBackend().submit(paths, grid, [Unit.of_task(t) for t in tasks], dry_run=True)
     lists = [Path(s).with_suffix(".txt").read_text().split() for s in sub.scripts]
     finetune = [ids for ids in lists if ids[0].startswith("ft-")]
     assert len(finetune) == 2

@@ -30,7 +30,7 @@ GRID = {
     "pretrain": {"epochs": 1, "batch_size": 50, "examples_per_class": 20},
     "finetune": {"split": [0], "seed": [0, 1, 2], "examples_per_class": [10], "epochs": 1, "batch_size": 10,
                  "protocol": "common"},
-    "runtime": {"threads": 1},
+    "runtime": {"threads": 1, "group_max": 1},
     "resources": {"cpus": 2, "mem_gb": 3, "gpus": 1, "time": "1:30:00"},
     "pbs": {"queue": "gpu", "project": "ab12"},
 }

@@ -32,7 +32,7 @@ GRID = {
     "pretrain": {"epochs": 1, "batch_size": 50, "examples_per_class": 20},
     "finetune": {"split": [0], "seed": [0, 1], "examples_per_class": [100], "epochs": 4, "batch_size": 20},
     "experiments": [{"name": "common", "protocol": ["common"]}],
-    "runtime": {"threads": 1, "eval_every": 4},
+    "runtime": {"threads": 1, "eval_every": 4, "group_max": 1},
     "resources": {"cpus": 1, "mem_gb": 1, "time": "20"},
     "slurm": {"partition": "debug", "array_parallelism": 2},
 }
@@ -197,6 +197,7 @@ def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_gr
 def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
     from hpcxfer.backends.slurm import SlurmBackend
     from hpcxfer.grid import expand
+    from hpcxfer.grid.groups import Unit
     from hpcxfer.grid.schema import Grid
     from hpcxfer.layout import StudyPaths
     from hpcxfer.study import write_study
@@ -206,7 +207,7 @@ def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
     tasks = expand(grid)
     paths = StudyPaths.of(tmp_path, "sl")
     write_study(paths, grid, tasks)
-    sub = SlurmBackend().submit(paths, grid, tasks, dry_run=True)
+    sub = SlurmBackend().submit(paths, grid, [Unit.of_task(t) for t in tasks], dry_run=True)
     assert sub.commands == [f"sbatch {s}" for s in sub.scripts] and not sub.job_ids and not records(paths.dir)
     pre, big, small = (Path(s).read_text() for s in sub.scripts)
     assert "#SBATCH --array" not in pre and f"#SBATCH --array=0-{cluster - 1}%2" in big

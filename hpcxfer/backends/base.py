@@ -7,17 +7,19 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hpcxfer.grid.schema import Grid
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
 
 
 @dataclass
 class Submission:
-    """What a submit did: the tasks handed to the scheduler, its job ids, and the exact
-    commands (what --dry-run prints instead of running)."""
+    """What a submit did: the tasks handed to the scheduler (as units: tasks alone and
+    protocol groups), its job ids, and the exact commands (what --dry-run prints instead
+    of running)."""
 
     backend: str
     tasks: list[str] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
     job_ids: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     scripts: list[str] = field(default_factory=list)
@@ -26,15 +28,22 @@ class Submission:
 class Backend(Protocol):
     name: str
 
-    def submit(self, paths: StudyPaths, grid: Grid, tasks: list[Task], *, dry_run: bool = False,
+    def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
                wait: bool = False) -> Submission:
-        """Hand `tasks` (none done, none held already) to the scheduler."""
+        """Hand `units` (tasks alone or protocol groups; none done, none held already) to
+        the scheduler: one array element, packed slot or local process each."""
 
     def held(self, paths: StudyPaths) -> set[str]:
         """Ids of the study's tasks this backend has queued or running."""
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """Cancel what the study has queued; returns the job ids cancelled."""
+
+
+def members(units: list[Unit]) -> dict[str, list[str]]:
+    """group id -> its members, for the units that are groups (what a backend records so that
+    status can find the job of each task)."""
+    return {u.id: list(u.members) for u in units if u.is_group}
 
 
 def worker_command(paths: StudyPaths, task: str) -> list[str]:

@@ -1,7 +1,8 @@
-"""The embedded backend: each task as its own `hpcxfer run-task` process on this machine.
+"""The embedded backend: each unit (a task alone, or a protocol group) as its own
+`hpcxfer run-task` process on this machine.
 
-A runner process takes the submitted tasks in index order, starts each once its
-pre-training is done, keeps `max_parallel` running, and re-runs a task that exits asking
+A runner process takes the submitted units in index order, starts each once its
+pre-training is done, keeps `max_parallel` running, and re-runs one that exits asking
 to be resumed. Without --wait the runner detaches and `submit` returns at once; its run
 file (backends/local/runs/<run>.json) is how `status`, `cancel` and the next `submit`
 know which tasks it still holds.
@@ -28,14 +29,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcxfer.backends.base import Submission, worker_command
+from hpcxfer.backends.base import Submission, members, worker_command
 from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.groups import Unit, is_group_id
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
-from hpcxfer.study import is_done, load_tasks, task_running
+from hpcxfer.study import is_done, load_units, task_running
 from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger(__name__)
@@ -82,27 +83,33 @@ def live_runs(paths: StudyPaths) -> list[dict]:
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
             _damaged(f, "its task list is not a list of task ids")
             continue
+        grouped = run.get("members") or {}
+        if not (isinstance(grouped, dict) and all(isinstance(m, list) for m in grouped.values())):
+            _damaged(f, "its group members are not lists of task ids")
+            continue
         if proc.alive():
-            out.append({**run, "process": proc})
+            # "tasks" of a run are its units; what it holds is every member of each
+            out.append({**run, "process": proc,
+                        "held": [m for u in tasks for m in grouped.get(u, [u]) if isinstance(m, str)]})
     return out
 
 
 class LocalBackend:
     name = "local"
 
-    def submit(self, paths: StudyPaths, grid: Grid, tasks: list[Task], *, dry_run: bool = False,
+    def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
                wait: bool = False, on_change: Callable[[dict], None] | None = None,
                recorded: Callable[[], None] | None = None) -> Submission:
-        """Start a runner for `tasks`. `recorded` is called once its run file is written
+        """Start a runner for `units`. `recorded` is called once its run file is written
         (the tasks are held from then on): `submit --wait` lets go of the study lock there."""
         parallel, threads = parallelism(grid)
-        sub = Submission(backend=self.name, tasks=[t.task_id for t in tasks])
-        sub.commands = [" ".join(worker_command(paths, t.task_id)) for t in tasks]
-        if dry_run or not tasks:
+        sub = Submission(backend=self.name, tasks=[m for u in units for m in u.members], units=[u.id for u in units])
+        sub.commands = [" ".join(worker_command(paths, u.id)) for u in units]
+        if dry_run or not units:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         run_file = _runs_dir(paths) / f"{run_id}.json"
-        record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.tasks,
+        record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.units, "members": members(units),
                   "max_parallel": parallel, "threads": threads, "started": time.time()}
         if wait:
             # This process runs them; it is not a session leader, so a cancel signals it alone.
@@ -147,7 +154,7 @@ class LocalBackend:
         return sub
 
     def held(self, paths: StudyPaths) -> set[str]:
-        return {t for run in live_runs(paths) for t in run["tasks"]}
+        return {t for run in live_runs(paths) for t in run["held"]}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """SIGTERM to each live runner of the study (its process group when it leads one):
@@ -161,13 +168,12 @@ class LocalBackend:
 
 
 class Runner:
-    """Runs task processes in dependency order, `parallel` at once."""
+    """Runs unit processes (a task, or a protocol group) in dependency order, `parallel` at once."""
 
-    def __init__(self, paths: StudyPaths, task_ids: list[str], parallel: int, threads: int):
+    def __init__(self, paths: StudyPaths, unit_ids: list[str], parallel: int, threads: int):
         self.paths = paths
-        wanted = set(task_ids)
-        self.tasks = {t.task_id: t for t in load_tasks(paths) if t.task_id in wanted}
-        self.todo = [t for t in task_ids if t in self.tasks]
+        self.tasks = {u.id: u for u in load_units(paths, unit_ids)}
+        self.todo = [u for u in unit_ids if u in self.tasks]
         self.parallel = max(1, parallel)
         self.threads = threads
         self.procs: dict[str, subprocess.Popen] = {}
@@ -184,7 +190,7 @@ class Runner:
         return counts
 
     def _launch(self, task_id: str) -> None:
-        tp = self.paths.task(task_id)
+        tp = self.paths.group(task_id) if is_group_id(task_id) else self.paths.task(task_id)
         tp.dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "HPCXFER_THREADS": str(self.threads), "HPCXFER_JOB_ID": f"local:{os.getpid()}",
                "OMP_NUM_THREADS": str(self.threads)}
@@ -220,7 +226,7 @@ class Runner:
                 return False
             if self.outcome.get(dep) in ("failed", "skipped", "interrupted"):
                 return None
-            if any(dep in run["tasks"] for run in live_runs(self.paths)):
+            if any(dep in run["held"] for run in live_runs(self.paths)):
                 return False  # another runner of this study holds it
             if task_running(self.paths.task(dep)):
                 return False  # a worker of another run or host trains it now

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from hpcxfer.backends.base import worker_command
+from hpcxfer.errors import HpcxferError
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import is_done, load_tasks
+from hpcxfer.study import is_done, load_units
 from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger("hpcxfer.pack")
@@ -34,9 +35,9 @@ POLL_S = 0.2
 class Pack:
     def __init__(self, paths: StudyPaths, task_ids: list[str], slots: int, deadline: float, min_left_s: float):
         self.paths = paths
-        known = {t.task_id: t for t in load_tasks(paths)}
-        self.todo = [known[t] for t in task_ids if t in known]
-        self.task_ids = [t.task_id for t in self.todo]
+        self.todo = load_units(paths, task_ids)  # tasks alone and protocol groups
+        self.task_ids = [u.id for u in self.todo]
+        self.members = {u.id: u.members for u in self.todo}
         self.slots: dict[int, tuple[str, subprocess.Popen] | None] = {i: None for i in range(slots)}
         self.deadline, self.min_left_s = deadline, min_left_s
         self.failed: list[str] = []
@@ -45,14 +46,14 @@ class Pack:
     def _stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.stopping = True
 
-    def _done(self, task_id: str) -> bool:
-        return is_done(self.paths.task(task_id))
+    def _done(self, unit_id: str) -> bool:
+        return all(is_done(self.paths.task(m)) for m in self.members.get(unit_id, (unit_id,)))
 
     def _next(self):
         """The next task ready to start: its dependencies done; None if none is ready now."""
         running = {s[0] for s in self.slots.values() if s}
         for task in self.todo:
-            if task.task_id in running:
+            if task.id in running:
                 continue
             if all(self._done(d) for d in task.depends_on):
                 return task
@@ -61,9 +62,9 @@ class Pack:
     def _launch(self, slot: int, task) -> None:
         self.todo.remove(task)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(slot)}
-        log.info("slot %d (CUDA_VISIBLE_DEVICES=%d): %s", slot, slot, task.task_id)
-        proc = subprocess.Popen(worker_command(self.paths, task.task_id), env=env, stdin=subprocess.DEVNULL)
-        self.slots[slot] = (task.task_id, proc)
+        log.info("slot %d (CUDA_VISIBLE_DEVICES=%d): %s", slot, slot, task.id)
+        proc = subprocess.Popen(worker_command(self.paths, task.id), env=env, stdin=subprocess.DEVNULL)
+        self.slots[slot] = (task.id, proc)
 
     def _reap(self) -> None:
         for slot, held in self.slots.items():
@@ -78,7 +79,7 @@ class Pack:
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(s, self._stop)
-        self.todo = [t for t in self.todo if not self._done(t.task_id)]
+        self.todo = [t for t in self.todo if not self._done(t.id)]
         while True:
             self._reap()
             busy = [s for s in self.slots.values() if s]
@@ -120,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     paths = StudyPaths(Path(args.study_dir))
     task_ids = Path(args.list_file).read_text().split()
-    return Pack(paths, task_ids, args.slots, time.time() + args.walltime_s, args.min_left_s).run()
+    try:
+        pack = Pack(paths, task_ids, args.slots, time.time() + args.walltime_s, args.min_left_s)
+    except HpcxferError as e:  # a list naming what the study does not hold
+        log.error("%s", e)
+        return 2
+    return pack.run()
 
 
 if __name__ == "__main__":

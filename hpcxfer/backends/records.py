@@ -29,11 +29,14 @@ def load(paths: StudyPaths, backend: str) -> list[dict]:
 
 
 def latest_by_task(paths: StudyPaths, backend: str) -> dict[str, tuple[dict, int]]:
-    """task id -> (the newest record that submitted it, its index in that job)."""
+    """task id -> (the newest record that submitted it, its index in that job). Element i
+    runs `tasks[i]`: a task, or a protocol group whose members `members[group]` lists."""
     out: dict[str, tuple[dict, int]] = {}
     for rec in load(paths, backend):
-        for i, task_id in enumerate(rec["tasks"]):
-            out[task_id] = (rec, i)
+        members = rec.get("members") or {}
+        for i, unit in enumerate(rec["tasks"]):
+            for task_id in members.get(unit, [unit]):
+                out[task_id] = (rec, i)
     return out
 
 

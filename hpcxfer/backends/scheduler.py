@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 
 from hpcxfer.backends import records
-from hpcxfer.backends.base import Submission
+from hpcxfer.backends.base import Submission, members
 from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.schema import Grid
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
 
 log = logging.getLogger(__name__)
@@ -71,22 +71,23 @@ class SchedulerBackend:
         raise NotImplementedError
 
     # ------------------------------------------------------------ the interface
-    def submit(self, paths: StudyPaths, grid: Grid, tasks: list[Task], *, dry_run: bool = False,
+    def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
                wait: bool = False) -> Submission:
-        sub = Submission(backend=self.name, tasks=[t.task_id for t in tasks])
-        if not tasks:
+        sub = Submission(backend=self.name, tasks=[m for u in units for m in u.members], units=[u.id for u in units])
+        if not units:
             return sub
+        grouped = members(units)
         held = self.view(paths)
         element_of = {t: v["job"] for t, v in held.items() if v["state"] in ("queued", "running")}
         batch = len(records.load(paths, self.name))
         for stage in STAGES:
-            todo = [t for t in tasks if t.stage == stage]
+            todo = [u for u in units if u.stage == stage]
             if not todo:
                 continue
             for n, chunk in enumerate(records.chunks(todo, self._chunk_size(grid, paths, len(todo)))):
-                after = sorted({element_of[d] for t in chunk for d in t.depends_on if d in element_of})
+                after = sorted({element_of[d] for u in chunk for d in u.depends_on if d in element_of})
                 list_file = paths.backend_dir(self.name) / "lists" / f"{batch:03d}-{stage}-{n}.txt"
-                ids = [t.task_id for t in chunk]
+                ids = [u.id for u in chunk]
                 records.write_task_list(list_file, ids)  # a dry run writes what it would submit
                 rec = self._submit_job(paths, grid, stage, ids, list_file, after, dry_run)
                 sub.commands.append(rec.pop("command"))
@@ -95,9 +96,12 @@ class SchedulerBackend:
                     element_of.update((t, f"<{stage}-{n}[{i}]>") for i, t in enumerate(ids))
                     continue
                 rec.update(stage=stage, tasks=ids, list_file=str(list_file), after=after)
+                if any(u in grouped for u in ids):
+                    rec["members"] = {u: grouped[u] for u in ids if u in grouped}
                 records.append(paths, self.name, rec)
                 sub.job_ids.append(rec["job_id"])
-                element_of.update(zip(ids, rec["elements"]))
+                for u, element in zip(chunk, rec["elements"]):
+                    element_of.update((m, element) for m in u.members)
         return sub
 
     def view(self, paths: StudyPaths) -> dict[str, dict]:

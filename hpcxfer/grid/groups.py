@@ -45,6 +45,29 @@ class Group:
         return {"group_id": self.group_id, "members": list(self.members)}
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What one worker process runs: a task alone (`id` is the task's) or a protocol group
+    (`id` is the group's). Backends schedule units; status and collect still see tasks."""
+
+    id: str
+    stage: str
+    depends_on: tuple[str, ...]
+    members: tuple[str, ...]
+
+    @property
+    def is_group(self) -> bool:
+        return is_group_id(self.id)
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "stage": self.stage, "depends_on": list(self.depends_on),
+                "members": list(self.members)}
+
+    @classmethod
+    def of_task(cls, task: Task) -> "Unit":
+        return cls(task.task_id, task.stage, task.depends_on, (task.task_id,))
+
+
 def group_id(tasks: list[Task]) -> str:
     """`g-s0-x10-<hash of the sorted member ids>`: readable split and size, exact members."""
     first = tasks[0]
@@ -80,3 +103,17 @@ def make_groups(tasks: list[Task], group_max: int) -> list[Task | Group]:
         if unit is not None:
             units.append(unit)
     return units
+
+
+def units(tasks: list[Task], group_max: int) -> tuple[list[Unit], list[Group]]:
+    """`make_groups` as what backends schedule: (the units in order, the groups among them)."""
+    by_id = {t.task_id: t for t in tasks}
+    out, groups = [], []
+    for u in make_groups(tasks, group_max):
+        if isinstance(u, Group):
+            deps = tuple(sorted({d for m in u.members for d in by_id[m].depends_on}))
+            out.append(Unit(u.group_id, "finetune", deps, u.members))
+            groups.append(u)
+        else:
+            out.append(Unit.of_task(u))
+    return out, groups
