@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
 
@@ -39,7 +40,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     blocks = expand_by_block(grid)
     if len(blocks) > 1:
         for name, block in blocks:
-            counts.add_row(f"  finetune: {name}", str(len({t.task_id for t in block})))
+            counts.add_row(Text(f"  finetune: {name}"), str(len({t.task_id for t in block})))
     console.print(counts)
     _cost_table(grid)
     return 0
@@ -51,15 +52,15 @@ def _cost_table(grid) -> None:
     try:
         rows = cost.price_study(grid)
     except cost.UnknownSize as e:
-        console.print(f"no cost estimate: {e}", highlight=False)
+        console.print(f"no cost estimate: {e}", highlight=False, markup=False)
         return
     queues = list(rows[-1][1].su)
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
     table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
-        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
+        table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
-        table.add_row(name, str(c.tasks), cost.fmt_images(c.images),
+        table.add_row(Text(name), str(c.tasks), cost.fmt_images(c.images),
                       *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
     console.print(table)
     for line in cost.assumptions(grid):
@@ -86,18 +87,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
     from hpcxfer.data import check_data
     from hpcxfer.grid import cost, expand, load_grid
+    from hpcxfer.grid.load import checked_root
     from hpcxfer.study import study_paths, study_states, write_study
 
     grid = load_grid(args.grid)
-    tasks = expand(grid)
     backend = get_backend(args.backend)
+    root = checked_root(grid, args.root, backend.name)  # before anything is written
+    tasks = expand(grid)
     try:
         estimate = cost.summary_line(cost.price_study(grid)[-1][1])
     except cost.UnknownSize as e:
         estimate = f"no cost estimate: {e}"
     check_data(grid._source, grid.data, tasks)
     console.print(estimate, highlight=False)
-    paths = study_paths(grid, args.root)
+    paths = study_paths(grid, root)
     write_study(paths, grid, tasks)
 
     wanted = {t.task_id for t in tasks}

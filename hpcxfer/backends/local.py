@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -65,7 +66,7 @@ class LocalBackend:
                wait: bool = False, on_change: Callable[[dict], None] | None = None) -> Submission:
         parallel, threads = parallelism(grid)
         sub = Submission(backend=self.name, tasks=[t.task_id for t in tasks])
-        sub.commands = [" ".join(worker_command(paths, t.task_id)) for t in tasks]
+        sub.commands = [shlex.join(worker_command(paths, t.task_id)) for t in tasks]  # safe to paste
         if dry_run or not tasks:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
