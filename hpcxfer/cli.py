@@ -85,7 +85,6 @@ def _task_table(tasks, title: str, limit: int) -> None:
 # ---------------------------------------------------------------- submit
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
-    from hpcxfer.data import check_data
     from hpcxfer.grid import cost, expand, load_grid
     from hpcxfer.grid.load import checked_root
     from hpcxfer.study import study_paths, study_states, write_study
@@ -98,6 +97,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         estimate = cost.summary_line(cost.price_study(grid)[-1][1])
     except cost.UnknownSize as e:
         estimate = f"no cost estimate: {e}"
+    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+
     check_data(grid._source, grid.data, tasks)
     console.print(estimate, highlight=False)
     paths = study_paths(grid, root)
