@@ -392,3 +392,30 @@ def test_the_extreme_split_and_seed_run_through_the_code_that_uses_them():
         10, generator=torch.Generator().manual_seed(MAX_SEED)).tolist()
     torch.manual_seed(MAX_SEED + PRETRAIN_SEED_OFFSET)  # init_seed of a pre-training task
     assert MAX_SEED + PRETRAIN_SEED_OFFSET < 2**63
+
+
+@pytest.mark.parametrize("root, words", [
+    ("", "empty"),
+    ("/".join(["d" * 100] * 40), "at most 3800"),
+    ("r" * 256, "255 bytes"),
+    ("runs/\u2028x", "U+2028"),
+    ("runs/\udcff", "not UTF-8"),  # a byte that is not UTF-8, as Python passes it on from argv
+])
+def test_bad_root_options_are_refused_before_anything_is_written(root, words, run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid, _ = write_case("over", {}, tmp_path)
+    before = files_under(tmp_path)
+    code, err, _ = run("submit", grid, "--backend", "local", "--dry-run", f"--root={root}")
+    assert code == 2 and len(err) == 1 and "--root" in err[0] and words in err[0], err
+    assert files_under(tmp_path) == before
+
+
+def test_a_relative_root_under_a_folder_with_a_line_break_is_refused(run, tmp_path, monkeypatch):
+    """The current folder is part of the study directory's path, and so of the scripts."""
+    odd = tmp_path / "a\nb"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    grid, _ = write_case("over", {"root": "runs"}, tmp_path)
+    code, err, _ = run("submit", grid, "--backend", "local", "--dry-run")
+    assert code == 2 and len(err) == 1 and f"{grid}: root" in err[0] and "U+000A" in err[0], err
+    assert list(odd.iterdir()) == []

@@ -240,12 +240,13 @@ def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> 
     try:
         check_path(root, "the root folder")
         study_dir = str(Path(root).absolute() / grid.study)
+        size = len(study_dir.encode("utf-8", "surrogatepass"))
+        if size > MAX_STUDY_DIR:
+            raise ValueError(f"the study directory {short(study_dir)} is {size} bytes long; at most "
+                             f"{MAX_STUDY_DIR}, so that the paths inside it fit PATH_MAX")
         check_path(study_dir, "the study directory")
     except ValueError as e:
         raise refuse(str(e)) from None
-    if len(study_dir.encode("utf-8")) > MAX_STUDY_DIR:
-        raise refuse(f"the study directory {short(study_dir)} is {len(study_dir.encode())} bytes long; "
-                     f"at most {MAX_STUDY_DIR}, so that the paths inside it fit PATH_MAX")
     if backend == "slurm":
         tag = next((t for t in SUBMITIT_TAGS if t in study_dir), None)
         if tag:
