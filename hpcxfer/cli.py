@@ -59,7 +59,7 @@ def _cost_table(grid) -> None:
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
     table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
-        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
+        table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
         table.add_row(Text(name), str(c.tasks), cost.fmt_images(c.images),
                       *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
@@ -86,22 +86,25 @@ def _task_table(tasks, title: str, limit: int) -> None:
 # ---------------------------------------------------------------- submit
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
-    from hpcxfer.data import check_data
     from hpcxfer.grid import cost, expand, load_grid
-    from hpcxfer.locks import submit_lock
     from hpcxfer.grid.groups import units
+    from hpcxfer.grid.load import checked_root
+    from hpcxfer.locks import submit_lock
     from hpcxfer.study import study_paths, study_states, write_groups, write_study
 
     grid = load_grid(args.grid)
-    tasks = expand(grid)
     backend = get_backend(args.backend)
+    root = checked_root(grid, args.root, backend.name)  # before anything is written
+    tasks = expand(grid)
     try:
         estimate = cost.summary_line(cost.price_study(grid)[-1][1])
     except cost.UnknownSize as e:
         estimate = f"no cost estimate: {e}"
+    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+
     check_data(grid._source, grid.data, tasks)
     console.print(estimate, highlight=False, markup=False)
-    paths = study_paths(grid, args.root)
+    paths = study_paths(grid, root)
     # One submit at a time decides and records what to submit (two would each submit all).
     with submit_lock(paths) as lock:
         write_study(paths, grid, tasks)

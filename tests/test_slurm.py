@@ -228,3 +228,30 @@ def test_submit_wait_stays_until_the_scheduler_is_done(cluster, write_grid, cli,
     assert out.returncode == 0, out.stdout + out.stderr
     status = json.loads(cli("status", study, "--json").stdout)
     assert status["counts"]["done"] == 2 and sum(status["counts"].values()) == 2
+
+
+def test_a_root_with_percent_signs_keeps_the_logs_in_that_folder(cluster, write_grid, cli, tmp_path, cleanup):
+    """SLURM expands %x, %u, %b... in --output/--error: the root's own `%` are escaped, so
+    an array's logs land in the literal folder and nowhere else."""
+    root = tmp_path / "r 50%x %u %% %b %"
+    grid = write_grid({"root": str(root), "finetune": {"seed": [0, 1], "epochs": 1}}, base=GRID)
+    study = root / "sl"
+    assert cli("submit", grid, "--backend", "slurm", "--dry-run").returncode == 0
+    # The pre-training "finished" without its model: each fine-tuning task fails at once.
+    pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
+               if '"pretrain"' in line)
+    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+    sub = cli("submit", grid, "--backend", "slurm", cwd=tmp_path)
+    assert sub.returncode == 0, sub.stderr
+    (rec,) = records(study)
+    cleanup.append(rec["job_id"])
+    assert len(rec["elements"]) == 2  # an array: %A_%a in the patterns
+    wait_for(lambda: all(s[0] == "FAILED" for s in squeue(rec["job_id"]).values())
+             and len(squeue(rec["job_id"])) == 2, 120, "both elements to fail")
+    for element, log in zip(rec["elements"], rec["logs"]):
+        assert Path(log).parent.parent == study / "backends" / "slurm" / "submitit", log
+        text = wait_for(lambda: Path(log).is_file() and Path(log).read_text(), 30, f"{log}")
+        assert "worker exited" in text, text
+        assert Path(log).parent.name == element
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([root.name, "grid.yaml"])
+    assert sorted(p.name for p in root.iterdir()) == ["sl"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -104,7 +105,7 @@ class LocalBackend:
         (the tasks are held from then on): `submit --wait` lets go of the study lock there."""
         parallel, threads = parallelism(grid)
         sub = Submission(backend=self.name, tasks=[m for u in units for m in u.members], units=[u.id for u in units])
-        sub.commands = [" ".join(worker_command(paths, u.id)) for u in units]
+        sub.commands = [shlex.join(worker_command(paths, u.id)) for u in units]  # safe to paste
         if dry_run or not units:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]

@@ -1,5 +1,11 @@
 """Job scripts are template files (pbs_templates/), rendered with undefined variables as
-errors, with sorted directives and every value from the grid shell-quoted."""
+errors, with sorted directives and every value from the grid shell-quoted.
+
+Quoting protects a shell word, not a line: a line break inside a quoted value would end a
+`#PBS` directive or a `#` comment and start a command. So every value that reaches a
+script, quoted or not, is refused if it holds a control character (the grid and the
+command line refuse them first; this is the last line of defence).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,35 @@ from pathlib import Path
 
 import jinja2
 
+from hpcxfer.errors import HpcxferError
+from hpcxfer.grid.limits import control_char, short
+
 TEMPLATES = Path(__file__).resolve().parents[2] / "pbs_templates"
+
+
+class ScriptValueError(HpcxferError):
+    """A value that would break out of its line in a job script."""
+
+
+def script_safe(value: object) -> str:
+    """str(value), or ScriptValueError if it holds a control character."""
+    text = str(value)
+    bad = control_char(text)
+    if bad:
+        raise ScriptValueError(f"{short(text)} holds {bad} and cannot go into a job script")
+    return text
+
+
+def quote(value: object) -> str:
+    """A shell word for `value` (which may hold no control character)."""
+    return shlex.quote(script_safe(value))
 
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True,
-                             lstrip_blocks=True)
-    env.filters["q"] = lambda v: shlex.quote(str(v))
+                             lstrip_blocks=True, finalize=script_safe)
+    env.filters["q"] = quote
     return env
 
 
@@ -29,9 +56,9 @@ def directives(prefix: str, options: dict[str, object]) -> list[str]:
         if value is None or value is False:
             continue
         if value is True:
-            lines.append(f"{prefix} {flag}")
+            lines.append(f"{prefix} {script_safe(flag)}")
         else:
-            lines.append(f"{prefix} {flag}{'' if flag.endswith('=') else ' '}{shlex.quote(str(value))}")
+            lines.append(f"{prefix} {script_safe(flag)}{'' if flag.endswith('=') else ' '}{quote(value)}")
     return lines
 
 

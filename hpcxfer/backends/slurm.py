@@ -7,6 +7,14 @@ directory rather than from pickled training state. submitit runs it under `srun`
 for USR2 `signal_delay` seconds before the time limit; the signal reaches every process
 of the step, so the worker checkpoints while submitit's handler waits for it
 (`ArrayTask.checkpoint`) and then requeues the element.
+
+SLURM expands `%` patterns (`%j`, `%x`, `%u`...) in `--output`/`--error`, so in the
+`#SBATCH` lines the study directory's own `%` are doubled (`log_patterns`) while submitit's
+`%j` stays a pattern. srun's own handling of `%%` is not reliable (slurm 22.05 expands
+the path twice once it holds `%t`), so srun writes to the batch step's files (`--output
+all`: the same files submitit names, since each job runs one task). submitit itself
+replaces `%j %t %A %a` anywhere in its folder's path, so a study directory holding one of
+those is refused before anything is written (hpcxfer.grid.load.checked_root).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import submitit
 from submitit.slurm.slurm import _make_sbatch_string
 
 from hpcxfer.backends.base import worker_command
+from hpcxfer.backends.render import script_safe
 from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
@@ -106,18 +115,40 @@ def max_array_size() -> int:
     return int(m.group(1)) if m else 1001
 
 
+def slurm_escape(text: str) -> str:
+    """`text` as a literal in a SLURM filename pattern: `%%` is one `%`."""
+    return text.replace("%", "%%")
+
+
+def log_patterns(folder: Path, array: bool) -> dict[str, str]:
+    """sbatch's --output/--error for submitit's folder `folder`/%j, as submitit writes them
+    (task 0's log files) but with `folder`'s own `%` escaped: submitit leaves them as they
+    are, to be expanded."""
+    job = "%A_%a" if array else "%j"
+    base = f"{slurm_escape(str(folder))}/{job}/{job}_0_log"
+    return {"output": f"{base}.out", "error": f"{base}.err"}
+
+
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
 
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
         return max_array_size()
 
-    def executor(self, paths: StudyPaths, grid: Grid, after: list[str]) -> submitit.SlurmExecutor:
+    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False
+                 ) -> submitit.SlurmExecutor:
         res, spec = Resources.of(grid), grid.slurm
-        ex = submitit.SlurmExecutor(folder=paths.backend_dir(self.name) / "submitit" / "%j", max_num_timeout=spec.max_requeues)
+        folder = paths.backend_dir(self.name) / "submitit"
+        script_safe(folder)  # the study directory and the interpreter reach the script as text
+        script_safe(sys.executable)
+        ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=spec.max_requeues)
+        logs = log_patterns(folder, array)
+        # additional_parameters replace submitit's own #SBATCH --output/--error; srun takes
+        # the last of repeated options, so srun_args replace the patterns of its srun line.
         params = {"job_name": f"hpcxfer-{paths.name}", "time": res.minutes, "cpus_per_task": res.cpus,
                   "mem": f"{res.mem_mb}M", "signal_delay_s": spec.signal_delay,
-                  "additional_parameters": {"kill_on_invalid_dep": "yes"}}
+                  "additional_parameters": {"kill_on_invalid_dep": "yes", **logs},
+                  "srun_args": ["--output", "all", "--error", "all"]}
         if res.gpus:
             params["gpus_per_task"] = res.gpus
         if spec.array_parallelism:
@@ -127,11 +158,13 @@ class SlurmBackend(SchedulerBackend):
                 params[key] = getattr(spec, key)
         if after:
             params["dependency"] = "afterok:" + ":".join(after)
+        for value in [*params.values(), *params["additional_parameters"].values(), *params["srun_args"]]:
+            script_safe(value)
         ex.update_parameters(**params)
         return ex
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        ex = self.executor(paths, grid, after)
+        ex = self.executor(paths, grid, after, array=len(task_ids) > 1)
         if dry_run:
             params = dict(ex.parameters)
             if len(task_ids) > 1:

@@ -1,11 +1,17 @@
-"""Grid -> tasks. Pure and deterministic: the same grid always gives the same ids."""
+"""Grid -> tasks. Pure and deterministic: the same grid always gives the same ids.
+
+The number of tasks is counted from the axes' lengths before any task is built; a grid
+over MAX_TASKS is an error, not a machine out of memory.
+"""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
+from hpcxfer.grid.limits import MAX_TASKS
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS
 from hpcxfer.grid.schema import FINETUNE_DEFAULTS, Axes, Grid
 from hpcxfer.grid.task import Task
@@ -43,6 +49,28 @@ def blocks(grid: Grid) -> list[tuple[str, dict]]:
         merged.update(own)
         out.append((name, merged))
     return out
+
+
+def block_size(axes: dict) -> int:
+    """Fine-tuning tasks of one sub-grid before de-duplication: the product of its axes."""
+    axes = {**FINETUNE_DEFAULTS, **axes}
+    if "protocol" in axes:
+        choices = len(axes["protocol"])
+    else:
+        choices = math.prod(len(axes.get(f, [None])) for f in PROTOCOL_FIELDS)
+    return len(axes["split"]) * len(axes["examples_per_class"]) * choices * math.prod(len(axes[s]) for s in SETTINGS)
+
+
+def check_size(grid: Grid, named: list[tuple[str, dict]]) -> None:
+    """Refuse a grid of more than MAX_TASKS tasks, counted without building one."""
+    sizes = [block_size(axes) for _, axes in named]
+    splits = {s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])}
+    total = sum(sizes) + len(splits)
+    if total > MAX_TASKS:
+        biggest = max(range(len(named)), key=lambda i: sizes[i])
+        where = "finetune" if not grid.experiments else f"experiments[{biggest}]"
+        raise ConfigError(grid._source, where, f"expands to {total:,} tasks ({named[biggest][0]!s:.40}: "
+                          f"{sizes[biggest]:,}); at most {MAX_TASKS:,} in one study, split it into several")
 
 
 def _protocol_choices(axes: dict) -> list:
@@ -90,6 +118,7 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
 def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
     """Each sub-grid's fine-tuning tasks (before de-duplication across sub-grids)."""
     named = blocks(grid)
+    check_size(grid, named)
     splits = sorted({s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])})
     pretrain = {s: pretrain_task(grid, s) for s in splits}
     return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]

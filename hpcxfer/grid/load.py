@@ -5,30 +5,54 @@ file) merges the bases first, then the file itself. Mappings merge key by key, o
 values replace the base's, except `experiments`, whose lists are concatenated in order,
 so that several experiment files extending one base form one study. A file reached twice
 (a shared base) is read once; a cycle is an error.
+
+Whatever a file holds, the outcome is a Grid or one ConfigError naming the file and the
+field: a file is read only if it is a regular file of at most MAX_GRID_BYTES, the parsed
+YAML is checked for sizes, key types and control characters (hpcxfer/grid/limits.py)
+before the schema sees it, and nothing is written anywhere.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from hpcxfer.errors import ConfigError
+from hpcxfer.grid.limits import (MAX_GRID_BYTES, MAX_GRID_FILES, MAX_STUDY_DIR, check_path, control_char, short,
+                                  tree_problem)
 from hpcxfer.grid.schema import Grid
 
+#: libyaml when PyYAML has it: 5-10 times faster on a large file, and it refuses nesting
+#: deeper than 1000 levels itself (the pure-Python parser recurses until RecursionError).
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently)."""
+
+class _UniqueKeyLoader(_BaseLoader):
+    """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently) and a
+    key that is not a plain value (a list or a mapping as a key)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.tag == _MERGE:  # `<<: *base`: its keys may be overridden here
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(None, f"line {line}", "a list or a mapping as a key; keys are names")
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(None, str(key), f"key given twice (line {line})")
-            seen.add(key)
+            try:
+                if key in seen:
+                    name = key if isinstance(key, str) and not control_char(key) and len(key) <= 60 else short(key)
+                    raise ConfigError(None, name, f"key given twice (line {line})")
+                seen.add(key)
+            except TypeError:  # unhashable: a !!set or other tagged value as a key
+                raise ConfigError(None, f"line {line}", f"key {short(key)} is not a name") from None
         return super().construct_mapping(node, deep=deep)
 
 
@@ -42,22 +66,59 @@ def field_path(loc: tuple) -> str:
     return out
 
 
+def _tag(part: object) -> bool:
+    """pydantic's own names in an error's location: union members (`int`,
+    `literal['full']`), validator functions (`function-after[...]`)."""
+    return isinstance(part, str) and (part in ("int", "str", "float", "bool", "none", "[key]")
+                                      or re.match(r"^[a-z-]+\[", part) is not None)
+
+
 def validation_error(path: str | Path, err: ValidationError) -> ConfigError:
     first = err.errors()[0]
     msg = first["msg"].removeprefix("Value error, ")
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = tuple(p for p in first["loc"] if not _tag(p))
     if first["type"] == "missing":
         msg = "required field is missing"
+    elif not first["type"].startswith(("value_error", "extra_forbidden")):
+        # pydantic's own messages do not say what was given: "Input should be ..."
+        value = first.get("input")
+        if isinstance(value, (str, int, float, bool, type(None))):
+            msg = f"{msg}, got {short(value)}"
+        else:
+            msg = f"{msg}, got a {type(value).__name__}"
     return ConfigError(path, field_path(loc) or None, msg)
 
 
-def parse_yaml(path: Path) -> dict:
+def read_grid_text(path: Path) -> str:
+    """The text of a grid file: a regular file of at most MAX_GRID_BYTES, in UTF-8 (a
+    byte-order mark is dropped). Reads at most MAX_GRID_BYTES + 1 bytes of anything."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(path, None, "no such grid file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, None, f"cannot read: {e}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(path, None, f"cannot read: {e.__class__.__name__}: {e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(path, None, "a directory, not a grid file")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(path, None, "not a regular file (a device, pipe or socket); give a YAML grid file")
+    if st.st_size > MAX_GRID_BYTES:
+        raise ConfigError(path, None, f"{st.st_size} bytes; a grid file holds at most {MAX_GRID_BYTES}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_GRID_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read: {e.strerror or e}") from None
+    if len(raw) > MAX_GRID_BYTES:  # it grew since the stat
+        raise ConfigError(path, None, f"more than {MAX_GRID_BYTES} bytes; a grid file holds at most that")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"byte {e.start}", "not UTF-8 text") from None
+
+
+def parse_yaml(path: Path) -> dict:
+    text = read_grid_text(path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as e:
@@ -65,9 +126,15 @@ def parse_yaml(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else None
-        raise ConfigError(path, where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(path, where, f"not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(path, None, "not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(path, None, "a grid file must be a YAML mapping (study:, data:, finetune:, ...)")
+    problem = tree_problem(data)
+    if problem:
+        raise ConfigError(path, problem[0] or None, problem[1])
     return data
 
 
@@ -91,19 +158,26 @@ def _resolved(path: Path, seen: set[Path], stack: tuple[Path, ...]) -> tuple[dic
         bases = []
     elif isinstance(bases, str):
         bases = [bases]
-    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+    elif not (isinstance(bases, list) and bases and all(isinstance(b, str) and b for b in bases)):
         raise ConfigError(path, "extends", "give a grid file or a list of grid files")
     merged: dict = {}
     files: list[tuple[Path, dict]] = []
     for name in bases:
         base = (path.parent / name).resolve()
         if base in stack or base == path.resolve():
-            raise ConfigError(path, "extends", f"{name}: a grid cannot extend itself (cycle)")
+            raise ConfigError(path, "extends", f"{short(name)}: a grid cannot extend itself (cycle)")
         if base in seen:
             continue
         seen.add(base)
-        if not base.is_file():
-            raise ConfigError(path, "extends", f"{name}: no such grid file ({base})")
+        if len(seen) > MAX_GRID_FILES:
+            raise ConfigError(path, "extends", f"more than {MAX_GRID_FILES} grid files in one study")
+        try:
+            if not base.exists():
+                raise ConfigError(path, "extends", f"{short(name)}: no such grid file")
+            if not base.is_file():
+                raise ConfigError(path, "extends", f"{short(name)}: not a regular file")
+        except OSError as e:
+            raise ConfigError(path, "extends", f"{short(name)}: {e.strerror or e}") from None
         sub, subfiles = _resolved(base, seen, stack + (path.resolve(),))
         merged = _merge(merged, sub)
         files += subfiles
@@ -139,3 +213,46 @@ def load_grid(path: str | Path) -> Grid:
     grid._source = str(path)
     grid._sources = tuple(str(p) for p, _ in files)
     return grid
+
+
+#: What submitit replaces by job and task ids anywhere in its folder's path, the study
+#: directory included: such a study directory would have its files written elsewhere.
+SUBMITIT_TAGS = ("%j", "%t", "%A", "%a")
+
+
+def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> str:
+    """The parent folder of the study directory: `--root` if given, else the grid's `root`.
+
+    Refused (a ConfigError naming `--root`, or the grid file and `root`) before anything is
+    written when the study directory it gives would break a job script or a file system:
+    a control character anywhere in its absolute path (the current directory included), a
+    component over 255 bytes, a path too long for the files inside it, or on SLURM one of
+    submitit's `%j %t %A %a` tags or a backslash. The grid's own `root` was checked by the
+    schema already.
+    """
+    root = grid.root if option is None else option
+
+    def refuse(message: str) -> ConfigError:
+        if option is None:
+            return ConfigError(grid._source, "root", message)
+        return ConfigError(None, "--root", message)
+
+    try:
+        check_path(root, "the root folder")
+        study_dir = str(Path(root).absolute() / grid.study)
+        size = len(study_dir.encode("utf-8", "surrogatepass"))
+        if size > MAX_STUDY_DIR:
+            raise ValueError(f"the study directory {short(study_dir)} is {size} bytes long; at most "
+                             f"{MAX_STUDY_DIR}, so that the paths inside it fit PATH_MAX")
+        check_path(study_dir, "the study directory")
+    except ValueError as e:
+        raise refuse(str(e)) from None
+    if backend == "slurm":
+        tag = next((t for t in SUBMITIT_TAGS if t in study_dir), None)
+        if tag:
+            raise refuse(f"the study directory {short(study_dir)} holds {tag!r}, which submitit replaces by a "
+                         "job id in every path under it; choose a folder without it")
+        if "\\" in study_dir:
+            raise refuse(f"the study directory {short(study_dir)} holds a backslash, which turns off SLURM's "
+                         "%j in log paths (the job would fail to open its log); choose a folder without it")
+    return root

@@ -3,15 +3,19 @@
 A fine-tuning field given as a list is an axis of the grid; a scalar is fixed. The four
 protocol fields also take `optimal` (Table 2's value for each size), and the `protocol`
 axis takes the named protocols `common`, `scratch` and `optimal`, which set all four.
+
+Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size bounded
+(hpcxfer/grid/limits.py), and text that can reach a job script free of control characters.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
+from hpcxfer.grid import limits
+from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
 from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
 
 DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
@@ -22,25 +26,38 @@ ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
 class Strict(BaseModel):
     """Unknown keys are errors that list the valid ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted(str(k) for k in data if k not in cls.model_fields)
+            unknown = sorted((k for k in data if k not in cls.model_fields), key=repr)
             if unknown:
                 valid = ", ".join(cls.model_fields)
-                raise ValueError(f"unknown key {unknown[0]!r}; valid keys: {valid}")
+                raise ValueError(f"unknown key {short(unknown[0])}; valid keys: {valid}")
         elif data is not None and not isinstance(data, BaseModel):
-            raise ValueError(f"expected a mapping, got {type(data).__name__} {data!r}")
+            raise ValueError(f"expected a mapping, got {type(data).__name__} {short(data)}")
         return data
 
 
 def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{v!r} is not {what}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{short(v)} is not {what}")
+    problem = limits.number_problem(v)  # inf, nan, an integer too large for a float
+    if problem:
+        raise ValueError(problem)
     return v
+
+
+def _items(value: Any, what: str) -> list:
+    """A scalar as a list of one; a list checked for length."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError(f"an empty list; give at least one {what}")
+    if len(items) > MAX_LIST:
+        raise ValueError(f"a list of {len(items)} items; at most {MAX_LIST}")
+    return items
 
 
 def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tuple = ()):
@@ -51,9 +68,7 @@ def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tup
     rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
 
     def check(value: Any) -> list:
-        items = value if isinstance(value, list) else [value]
-        if not items:
-            raise ValueError("an empty list; give at least one value")
+        items = _items(value, "value")
         out = []
         for i, v in enumerate(items):
             at = f" (item {i} of the list)" if isinstance(value, list) else ""
@@ -62,44 +77,63 @@ def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tup
                 continue
             if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
                 choices = f" or one of {', '.join(names)}" if names else ""
-                raise ValueError(f"{v!r} is not an integer{choices}{at}")
+                raise ValueError(f"{short(v)} is not an integer{choices}{at}")
             v = _number(v, "a number")
             if (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise ValueError(f"{v!r} is out of range {rng}{at}")
+                raise ValueError(f"{short(v)} is out of range {rng}{at}")
             out.append(v)
         return out
 
     return BeforeValidator(check)
 
 
+#: Examples per class: at most this many (the largest data sets hold ~1,300 per class).
+MAX_SIZE = 10**9
+
+
+def _size(v: Any) -> int | str:
+    if v != "full" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIZE):
+        raise ValueError(f"{short(v)} is not a positive integer or 'full' (integers up to {MAX_SIZE})")
+    return v
+
+
 def _sizes(value: Any) -> list:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError("an empty list; give at least one size")
-    for v in items:
-        if v != "full" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{v!r} is not a positive integer or 'full'")
-    return items
+    return [_size(v) for v in _items(value, "size")]
 
 
 def _protocols(value: Any) -> list:
-    items = value if isinstance(value, list) else [value]
+    items = _items(value, "protocol")
     for v in items:
-        if v not in NAMED:
-            raise ValueError(f"{v!r} is not a named protocol; choose from {', '.join(NAMED)}")
+        if not isinstance(v, str) or v not in NAMED:
+            raise ValueError(f"{short(v)} is not a named protocol; choose from {', '.join(NAMED)}")
     return items
 
 
-IntAxis = list[int]
+def _path(value: str) -> str:
+    return limits.check_path(value, "a path")
+
+
+def _text(value: str) -> str:
+    return limits.check_text(value, "a name")
+
+
+#: A path that reaches task configs and job scripts; a name shown in tables and scripts.
+PathText = Annotated[str, Field(min_length=1, max_length=MAX_STRING), AfterValidator(_path)]
+NameText = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_text)]
+#: Counts with a bound far above any real use, so no value overflows what reads it.
+BIG = 10**6
+
+
 Layers = Annotated[list, axis("int", 0, 7, names=("optimal",))]
 HighLr = Annotated[list, axis("int", 1, 8, names=("optimal",))]
-DecayStart = Annotated[list, axis("int", 0, None, names=("optimal",))]
+DecayStart = Annotated[list, axis("int", 0, BIG, names=("optimal",))]
 Frozen = Annotated[list, axis("int", 0, 6, names=("optimal",))]
 Sizes = Annotated[list, BeforeValidator(_sizes)]
 Protocols = Annotated[list, BeforeValidator(_protocols)]
-PosInt = Annotated[list, axis("int", 1)]
-NonNegInt = Annotated[list, axis("int", 0)]
-Rate = Annotated[list, axis("float", 0)]
+PosInt = Annotated[list, axis("int", 1, BIG)]
+Split = Annotated[list, axis("int", 0, MAX_SPLIT)]
+Seed = Annotated[list, axis("int", 0, MAX_SEED)]
+Rate = Annotated[list, axis("float", 0, BIG)]
 Gamma = Annotated[list, axis("float", 0, 1)]
 Momentum = Annotated[list, axis("float", 0, 0.999999)]
 
@@ -109,20 +143,20 @@ class DataSpec(Strict):
     and `path`/`val_dir`; see hpcxfer/data/folders.py and imagenet.py for the layouts."""
 
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
-    path: str | None = Field(None, description="explicit data folder; searched before the defaults")
-    train_dir: str = Field("train", description="training images in class folders, relative to path")
-    val_dir: str = Field("val", description="validation images, relative to path")
+    path: PathText | None = Field(None, description="explicit data folder; searched before the defaults")
+    train_dir: PathText = Field("train", description="training images in class folders, relative to path")
+    val_dir: PathText = Field("val", description="validation images, relative to path")
     val_layout: Literal["auto", "folders", "devkit", "kaggle"] = Field(
         "auto", description="folders: val/<class>/*; devkit: flat + ground-truth file and class ids; "
         "kaggle: flat + LOC_val_solution.csv; auto: folders if val has subfolders, else by val_labels")
-    val_labels: str | None = Field(
+    val_labels: PathText | None = Field(
         None, description="ILSVRC2012_validation_ground_truth.txt or LOC_val_solution.csv (relative to path)")
-    class_ids: str | None = Field(
+    class_ids: PathText | None = Field(
         None, description="devkit layout: meta.mat, or a text file of 'ILSVRC2012_ID wnid' lines")
-    image_size: int = Field(256, ge=8, description="folder data sets: images are stored decoded at this "
-                            "size (short side resized, centre square cropped)")
-    crop: int = Field(224, ge=8, description="folder data sets: the model's input size")
-    index_cache: str | None = Field(
+    image_size: int = Field(256, ge=8, le=4096, description="folder data sets: images are stored decoded at "
+                            "this size (short side resized, centre square cropped)")
+    crop: int = Field(224, ge=8, le=4096, description="folder data sets: the model's input size")
+    index_cache: PathText | None = Field(
         None, description="folder for the file index of a folder data set (default: $HPCXFER_CACHE/index)")
     verify: Literal["none", "sample", "headers", "decode"] = Field(
         "sample", description="before submission, check image files the study reads: a sample of headers, "
@@ -136,31 +170,24 @@ class DataSpec(Strict):
 
 
 class PretrainSpec(Strict):
-    """Yosinski's solver by default (SPEC section 1); one pre-training task per split."""
+    """Yosinski's solver by default; one pre-training task per split."""
 
-    epochs: int = Field(90, ge=1)
-    batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.01, gt=0)
+    epochs: int = Field(90, ge=1, le=BIG)
+    batch_size: int = Field(256, ge=1, le=BIG)
+    lr: float = Field(0.01, gt=0, le=BIG)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=BIG)
     lr_gamma: float = Field(0.1, gt=0, le=1)
-    decay_every: int = Field(30, ge=1)
-    seed: int = Field(0, ge=0)
-    examples_per_class: int | Literal["full"] = Field(
+    decay_every: int = Field(30, ge=1, le=BIG)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    examples_per_class: Annotated[int | Literal["full"], BeforeValidator(_size)] = Field(
         "full", description="the first x training images of each source class (default: all)")
-
-    @model_validator(mode="after")
-    def _positive_size(self) -> "PretrainSpec":
-        size = self.examples_per_class
-        if size != "full" and (isinstance(size, bool) or size < 1):
-            raise ValueError(f"examples_per_class: {size!r} is not a positive integer or 'full'")
-        return self
 
 
 class Axes(Strict):
     """Fine-tuning axes; every field optional so that an experiment can override a few."""
 
-    split: NonNegInt | None = None
+    split: Split | None = None
     examples_per_class: Sizes | None = None
     protocol: Protocols | None = None
     transfer_layers: Layers | None = None
@@ -175,7 +202,7 @@ class Axes(Strict):
     batch_size: PosInt | None = None
     momentum: Momentum | None = None
     weight_decay: Rate | None = None
-    seed: NonNegInt | None = None
+    seed: Seed | None = None
 
     @model_validator(mode="after")
     def _protocol_or_fields(self) -> "Axes":
@@ -190,7 +217,7 @@ class Axes(Strict):
 
 
 class Experiment(Axes):
-    name: str | None = None
+    name: NameText | None = None
 
 
 #: What a fine-tuning field is when neither the grid nor a protocol sets it.
@@ -211,20 +238,20 @@ FINETUNE_DEFAULTS: dict[str, list] = {
 class RuntimeSpec(Strict):
     """How tasks run; not part of a task's identity (changing it reruns nothing)."""
 
-    eval_every: int = Field(1, ge=1, description="evaluate every k epochs and after the last")
-    checkpoint_minutes: float = Field(5.0, gt=0, description="checkpoint at the first step after this "
-                                      "many minutes since the last one (and at epoch ends when cheap)")
+    eval_every: int = Field(1, ge=1, le=BIG, description="evaluate every k epochs and after the last")
+    checkpoint_minutes: float = Field(5.0, gt=0, le=BIG, description="checkpoint at the first step after "
+                                      "this many minutes since the last one (and at epoch ends when cheap)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = cores / parallel tasks")
+    threads: int = Field(0, ge=0, le=4096, description="torch CPU threads per task; 0 = cores / parallel tasks")
     keep_checkpoints: bool = Field(False, description="keep checkpoints once a task is done")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a "
         "gradient scaler on those that do not (V100), fp32 on CPUs")
     channels_last: bool = Field(True, description="NHWC memory format on GPUs (ignored on CPUs)")
     compile: bool = Field(False, description="torch.compile the model (pays off on long tasks)")
-    data_memory_gb: float = Field(8.0, ge=0, description="decoded images up to this size are kept in "
-                                  "memory (on the GPU when there is one); larger sets are streamed")
-    loader_workers: int = Field(4, ge=0, description="decoding processes of the streaming path")
+    data_memory_gb: float = Field(8.0, ge=0, le=BIG, description="decoded images up to this size are kept "
+                                  "in memory (on the GPU when there is one); larger sets are streamed")
+    loader_workers: int = Field(4, ge=0, le=256, description="decoding processes of the streaming path")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
     profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
     group_max: int = Field(0, ge=0, le=4096, description="fine-tuning tasks that differ only in their protocol "
@@ -235,46 +262,49 @@ class RuntimeSpec(Strict):
 
 
 class LocalSpec(Strict):
-    max_parallel: int = Field(0, ge=0, description="tasks at once; 0 = one per CPU core")
+    max_parallel: int = Field(0, ge=0, le=4096, description="tasks at once; 0 = one per CPU core")
 
 
 class QueueCost(Strict):
-    device: str
-    cpus_per_gpu: int = Field(ge=1)
-    su_per_cpu_hour: float = Field(gt=0)
+    device: NameText
+    cpus_per_gpu: int = Field(ge=1, le=4096)
+    su_per_cpu_hour: float = Field(gt=0, le=BIG)
 
 
 class DeviceSpeed(Strict):
     """Images per second of one device (AlexNet, 224 px; other archs scale by their FLOPs)."""
 
-    train: float | None = Field(None, gt=0)
-    eval: float | None = Field(None, gt=0)
-    decode_per_cpu: float | None = Field(None, gt=0)
+    train: float | None = Field(None, gt=0, le=1e12)
+    eval: float | None = Field(None, gt=0, le=1e12)
+    decode_per_cpu: float | None = Field(None, gt=0, le=1e12)
 
 
 class CostSpec(Strict):
     """Overrides of the cost model's tables (hpcxfer/grid/cost.py); not part of task identity."""
 
-    devices: dict[str, DeviceSpeed] = {}
-    queues: dict[str, QueueCost] = {}
-    startup_s: float | None = Field(None, ge=0, description="per-task start-up: imports, data index, model")
-    memory_gb: float | None = Field(None, gt=0, description="decoded images a task keeps in memory per GPU")
-    classes: int | None = Field(None, ge=2, description="classes of the data set, when not a named one")
-    train_images: int | None = Field(None, ge=1, description="training images of the whole data set "
-                                     "(for 'full' sizes), when the data set's own count is not known")
-    val_images: int | None = Field(None, ge=1)
+    devices: Annotated[dict[NameText, DeviceSpeed], Field(max_length=100)] = {}
+    queues: Annotated[dict[NameText, QueueCost], Field(max_length=100)] = {}
+    startup_s: float | None = Field(None, ge=0, le=BIG, description="per-task start-up: imports, data "
+                                    "index, model")
+    memory_gb: float | None = Field(None, gt=0, le=BIG, description="decoded images a task keeps in memory "
+                                    "per GPU")
+    classes: int | None = Field(None, ge=2, le=BIG, description="classes of the data set, when not a named one")
+    train_images: int | None = Field(None, ge=1, le=10**12, description="training images of the whole data "
+                                     "set (for 'full' sizes), when the data set's own count is not known")
+    val_images: int | None = Field(None, ge=1, le=10**12)
 
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=:/@-]*$")]
-Walltime = Annotated[str, Field(pattern=r"^\d+(:[0-5]\d){0,2}$", description="H:MM:SS, MM:SS or minutes")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=:/@-]*$", max_length=MAX_NAME),
+                 AfterValidator(_text)]
+Walltime = Annotated[str, Field(pattern=r"^\d{1,6}(:[0-5]\d){0,2}$", description="H:MM:SS, MM:SS or minutes")]
 
 
 class ResourcesSpec(Strict):
     """What one task needs, translated by each scheduler backend into its own flags."""
 
-    gpus: int = Field(0, ge=0)
-    cpus: int = Field(1, ge=1)
-    mem_gb: float = Field(4, gt=0)
+    gpus: int = Field(0, ge=0, le=1024)
+    cpus: int = Field(1, ge=1, le=BIG)
+    mem_gb: float = Field(4, gt=0, le=BIG)
     time: Walltime = "1:00:00"
 
 
@@ -282,39 +312,40 @@ class SlurmSpec(Strict):
     partition: Name | None = None
     account: Name | None = None
     qos: Name | None = None
-    constraint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_&|\[\]*,()-]+$")] | None = None
-    array_parallelism: int = Field(0, ge=0, description="array tasks at once (%K); 0 = no throttle")
-    signal_delay: int = Field(90, ge=0, description="seconds before the time limit that USR2 comes")
-    max_requeues: int = Field(10, ge=0, description="requeues of one task after a checkpoint on request")
+    constraint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_&|\[\]*,()-]+$", max_length=MAX_NAME * 10)] | None = None
+    array_parallelism: int = Field(0, ge=0, le=BIG, description="array tasks at once (%K); 0 = no throttle")
+    signal_delay: int = Field(90, ge=0, le=65535, description="seconds before the time limit that USR2 comes")
+    max_requeues: int = Field(10, ge=0, le=BIG, description="requeues of one task after a checkpoint on request")
 
 
 class PbsSpec(Strict):
     queue: Name | None = None
     project: Name | None = None
-    max_array_size: int = Field(0, ge=0, description="0 = read it from `qstat -Bf`")
+    max_array_size: int = Field(0, ge=0, le=BIG, description="0 = read it from `qstat -Bf`")
 
 
 class GadiSpec(Strict):
     project: Name | None = None
     queue: Literal["gpuvolta", "dgxa100", "gpuhopper"] = "gpuvolta"
-    storage: Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9]+(\+[a-z]+/[a-z0-9]+)*$")] | None = None
-    jobfs_gb: int = Field(10, ge=1)
-    gpus_per_job: int = Field(1, ge=1)
+    storage: Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9]+(\+[a-z]+/[a-z0-9]+)*$",
+                                  max_length=MAX_STRING)] | None = None
+    jobfs_gb: int = Field(10, ge=1, le=BIG)
+    gpus_per_job: int = Field(1, ge=1, le=1024)
     walltime: Walltime = "2:00:00"
-    max_jobs: int = Field(8, ge=1, description="packed jobs per stage")
+    max_jobs: int = Field(8, ge=1, le=10_000, description="packed jobs per stage")
 
 
 class Grid(Strict):
     _source: str = PrivateAttr("grid.yaml")
     _sources: tuple = PrivateAttr(())
 
-    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    root: str = "runs"
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=MAX_NAME)
+    root: PathText = "runs"
     data: DataSpec
     arch: Literal[ARCHS] = "alexnet-narrow"  # type: ignore[valid-type]
     pretrain: PretrainSpec = PretrainSpec()
     finetune: Axes
-    experiments: list[Experiment] | None = None
+    experiments: Annotated[list[Experiment], Field(min_length=1, max_length=1000)] | None = None
     runtime: RuntimeSpec = RuntimeSpec()
     local: LocalSpec = LocalSpec()
     cost: CostSpec = CostSpec()
