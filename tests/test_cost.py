@@ -96,3 +96,34 @@ def test_a_new_device_and_queue_from_the_grid(write_grid):
     bad = load_grid(write_grid({**SMALL, "cost": {"devices": {"tpu": {"train": 5}}}}, name="bad.yaml"))
     with pytest.raises(ConfigError, match="cost.devices.tpu: a new device needs eval, decode_per_cpu"):
         price_study(bad)
+
+
+def test_protocol_groups_pay_start_up_and_decoding_once(write_grid):
+    """Two protocols per size form one group: start-up once, the arithmetic twice; a
+    streamed group decodes each pass once for both members."""
+    grid = load_grid(write_grid({**SMALL, "experiments": [{"transfer_layers": [3, 7], "high_lr_layers": 8}],
+                                 "runtime": {"eval_every": 3, "group_max": 0}}))
+    rows = dict(price_study(grid))
+    pre = 10 + 2 * 500 / 1000 + 1 * 5000 / 4000                       # 12.25 s, alone
+    x10 = 10 + 4 * 2 * 50 / 1000 + 2 * 2 * 5000 / 4000                 # one start-up, two members
+    full = 10 + 4 * 2 * 25000 / 1000 + 2 * 2 * 5000 / 4000
+    grouped, alone = rows["total (each task once)"], rows["total, every task alone"]
+    assert grouped.tasks == alone.tasks == 5 and grouped.workers == 3 and alone.workers == 5
+    assert grouped.gpu_hours["gpuvolta"] == pytest.approx((pre + x10 + full) / 3600)
+    assert alone.gpu_hours["gpuvolta"] - grouped.gpu_hours["gpuvolta"] == pytest.approx(2 * 10 / 3600)
+    assert grouped.images == alone.images  # the same work, fewer workers
+    assert "in 3 workers" in summary_line(grouped)
+
+    from hpcxfer.grid.cost import task_seconds
+
+    streamed = load_grid(write_grid({**SMALL, "data": {"dataset": "imagenet", "image_size": 64, "crop": 56},
+                                     "cost": {"devices": {"v100": {"train": 1000, "eval": 4000, "decode_per_cpu": 10}},
+                                              "startup_s": 10, "memory_gb": 1, "train_images": 1_000_000}},
+                                    name="streamed.yaml"))
+    m = model_for(streamed)
+    full_task = next(t for t in expand(streamed) if t.examples_per_class == "full")
+    decode = 10 * 12
+    assert task_seconds(full_task, m, "gpuvolta", members=2) == pytest.approx(
+        10 + 4 * max(2 * 500000 / 1000, 500000 / decode) + 2 * max(2 * 25000 / 4000, 25000 / decode))
+    # decode-bound: the second member costs nothing more than the first
+    assert task_seconds(full_task, m, "gpuvolta", members=2) == pytest.approx(task_seconds(full_task, m, "gpuvolta"))

@@ -4,10 +4,14 @@ A task's time on one GPU is modelled as
 
     start-up + decode + epochs x train images / train rate + evaluations x val images / eval rate
 
+A protocol group (hpcxfer/grid/groups.py) pays start-up and decoding once and the
+training and evaluation arithmetic once per member; a streamed group's pass takes the
+longer of its members' GPU work and one decode of the set, which they share.
+
 Decoded images stay in GPU memory when they fit (`memory_gb` of the device): JPEGs are then
 decoded once, by the job's CPUs. A set that does not fit is streamed: decoded every pass,
 at the slower of the GPU and the CPUs. Rates are for AlexNet at 224 px; another
-architecture's rates scale by its speed relative to AlexNet (ARCH_SPEED). SU (SPEC section 4) =
+architecture's rates scale by its speed relative to AlexNet (ARCH_SPEED). SU (docs/design.md §4) =
 rate per CPU-hour x CPUs per GPU x hours; a GPU's share of a node's memory is within its
 CPU share on every queue below, so the CPU count decides.
 
@@ -37,6 +41,7 @@ class Device:
     decode_per_cpu: float   # JPEG decodes/s per CPU core (PIL, short side to 256)
     memory_gb: float        # decoded uint8 images a task may keep on the GPU
     source: str
+    precision: str = "fp32"  # what the worker trains in there (runtime.amp: auto), which the rates are of
 
 
 @dataclass(frozen=True)
@@ -46,20 +51,23 @@ class Queue:
     su_per_cpu_hour: float
 
 
-#: Seeded from SPEC section 5 and measurements; `source` says which is which. Training
-#: and evaluation rates are fp32 (the worker's default), images resident on the GPU,
-#: batched random resized crop + flip included; `benchmarks/throughput.py` measures them.
+#: Seeded from published references (docs/design.md §5) and measurements; `source` says
+#: which is which. Rates are at the precision the worker uses there with `amp: auto` (bf16
+#: where the GPU has it, fp16 with a gradient scaler on V100), images resident on the GPU,
+#: batched random resized crop + flip included; `benchmarks/gpu.sh` and
+#: `benchmarks/throughput.py` measure them.
 DEVICES: dict[str, Device] = {
-    "v100": Device(3900, 11700, 180, 24, "train: SPEC 5 reference (TensorFlow, real data; not measured "
-                   "here); eval: assumed 3x train; decode: SPEC 5 PIL figure; images: 24 of 32 GB"),
-    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: SPEC 5 "
-                   "PIL figure; images: 64 of 80 GB"),
-    "h200": Device(19300, 68700, 360, 120, "train, eval: measured on an H200, torch 2.11, batch 256 fp32 "
-                   "(bf16: 29,000 and 85,900); decode: measured, PIL on its host, 500x375 JPEG; "
-                   "images: 120 of 141 GB"),
+    "v100": Device(3900, 11700, 180, 24, "train: a published reference (TensorFlow, real data, precision "
+                   "not stated; fp16 not measured here, so likely an under-estimate); eval: assumed 3x train; "
+                   "decode: published PIL figure; images: 24 of 32 GB", "fp16"),
+    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: published "
+                   "PIL figure; images: 64 of 80 GB", "bf16"),
+    "h200": Device(35358, 85900, 360, 120, "train: measured on an H200 (benchmarks/gpu.sh, torch 2.11, batch 256, "
+                   "bf16 channels_last; fp32 21,766); eval: measured (benchmarks/throughput.py, bf16); decode: "
+                   "measured, PIL on its host, 500x375 JPEG; images: 120 of 141 GB", "bf16"),
 }
 
-#: NCI Gadi (SPEC section 4): the device, CPUs that come with each GPU, SU per CPU-hour;
+#: NCI Gadi (docs/design.md §4): the device, CPUs that come with each GPU, SU per CPU-hour;
 #: from the one table of Gadi's queues that the Gadi backend requests them by.
 QUEUES: dict[str, Queue] = {
     name: Queue(q.device, q.cpus_per_gpu, q.su_per_cpu_hour) for name, q in GADI_QUEUES.items()
@@ -101,6 +109,7 @@ class Model:
     decodes: bool
     speed: float
     eval_every: int
+    group_max: int = 1  # runtime.group_max: protocol groups priced as one worker each
 
 
 @dataclass
@@ -108,6 +117,7 @@ class Cost:
     """Totals for a set of tasks: images and, per queue, GPU-hours and SU."""
 
     tasks: int = 0
+    workers: int = 0  # worker processes: tasks alone plus protocol groups
     train_images: float = 0.0
     eval_images: float = 0.0
     gpu_hours: dict[str, float] = field(default_factory=dict)
@@ -151,7 +161,8 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
         bpi, decodes = 3 * grid.data.image_size ** 2, True
     startup = STARTUP_S_ARRAY if grid.data.dataset in ARRAY_DATASETS else STARTUP_S
     return Model(devices, queues, startup if over.startup_s is None else over.startup_s,
-                 classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every)
+                 classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every,
+                 grid.runtime.group_max)
 
 
 def evaluations(epochs: int, eval_every: int) -> int:
@@ -172,25 +183,39 @@ def task_images(task: Task, m: Model) -> tuple[int, int]:
     return n_train, round(m.val_images * half / m.classes)
 
 
-def task_seconds(task: Task, m: Model, queue: str) -> float:
+def task_seconds(task: Task, m: Model, queue: str, members: int = 1) -> float:
+    """One worker's time: `task` alone, or a protocol group of `members` tasks like it
+    (same data and epochs): start-up and decoding once, the arithmetic once per member."""
     q = m.queues[queue]
     dev = m.devices[q.device]
-    train_rate, eval_rate = dev.train * m.speed, dev.eval * m.speed
     n_train, n_val = task_images(task, m)
     evals = evaluations(task.epochs, m.eval_every)
     decode_rate = dev.decode_per_cpu * q.cpus_per_gpu if m.decodes else math.inf
+    train_s = members * n_train / (dev.train * m.speed)  # one pass of every member
+    eval_s = members * n_val / (dev.eval * m.speed)
     if (n_train + n_val) * m.bytes_per_image <= dev.memory_gb * 1e9:
         decode_s = (n_train + n_val) / decode_rate
-    else:  # streamed: every pass decodes again
+    else:  # streamed: every pass decodes again, once for all members
         decode_s = 0.0
-        train_rate, eval_rate = min(train_rate, decode_rate), min(eval_rate, decode_rate)
-    return m.startup_s + decode_s + task.epochs * n_train / train_rate + evals * n_val / eval_rate
+        train_s, eval_s = max(train_s, n_train / decode_rate), max(eval_s, n_val / decode_rate)
+    return m.startup_s + decode_s + task.epochs * train_s + evals * eval_s
+
+
+def workers(tasks: list[Task], m: Model) -> list[tuple[Task, int]]:
+    """(a task standing for the worker, its member count) for each worker the tasks need."""
+    from hpcxfer.grid.groups import Group, make_groups
+
+    by_id = {t.task_id: t for t in tasks}
+    return [(by_id[u.members[0]], len(u.members)) if isinstance(u, Group) else (u, 1)
+            for u in make_groups(tasks, m.group_max)]
 
 
 def price(tasks: list[Task], m: Model) -> Cost:
     cost = Cost(tasks=len(tasks))
+    units = workers(tasks, m)
+    cost.workers = len(units)
     for q in m.queues:
-        hours = sum(task_seconds(t, m, q) for t in tasks) / 3600
+        hours = sum(task_seconds(t, m, q, k) for t, k in units) / 3600
         cost.gpu_hours[q] = hours
         cost.su[q] = hours * m.queues[q].cpus_per_gpu * m.queues[q].su_per_cpu_hour
     for t in tasks:
@@ -213,6 +238,8 @@ def price_study(grid: Grid, counts: tuple[int, int, int] | None = None) -> list[
             rows.append((name, price(list({t.task_id: t for t in block}.values()), m)))
     else:
         rows.append(("finetune", price([t for t in tasks if t.stage == "finetune"], m)))
+    if m.group_max != 1:  # side by side: what groups save
+        rows.append(("total, every task alone", price(tasks, replace(m, group_max=1))))
     rows.append(("total (each task once)", price(tasks, m)))
     return rows
 
@@ -225,7 +252,8 @@ def summary_line(total: Cost) -> str:
     """One line with the study's total, printed by both plan and submit."""
     per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU"
                           for q in total.su)
-    return f"estimated cost of {total.tasks} tasks: {fmt_images(total.images)} images; {per_queue}"
+    grouped = f" in {total.workers} workers" if total.workers != total.tasks else ""
+    return f"estimated cost of {total.tasks} tasks{grouped}: {fmt_images(total.images)} images; {per_queue}"
 
 
 def fmt_images(n: float) -> str:
@@ -237,6 +265,12 @@ def assumptions(grid: Grid) -> list[str]:
     lines = [f"{name}: train {d.train:,.0f}/s, eval {d.eval:,.0f}/s, decode {d.decode_per_cpu:,.0f}/s per CPU, "
              f"{d.memory_gb:g} GB for images ({d.source})"
              for name, d in m.devices.items() if name in {q.device for q in m.queues.values()}]
-    lines.append(f"start-up {m.startup_s:g} s per task; eval every {m.eval_every} epochs; "
+    lines.append(f"start-up {m.startup_s:g} s per worker; eval every {m.eval_every} epochs; "
                  f"{grid.arch} at {m.speed:.3g} x AlexNet's speed; a set that does not fit is decoded every pass")
+    precisions = ", ".join(f"{name} {d.precision}" for name, d in m.devices.items())
+    lines.append(f"rates at the precision the worker trains in ({precisions})")
+    if m.group_max != 1:
+        lines.append("protocol groups (runtime.group_max " + (str(m.group_max) if m.group_max else "0 = automatic")
+                     + "): start-up and decoding once per group, arithmetic once per member, members "
+                     "looped (no gain assumed from fused execution)")
     return lines
