@@ -211,13 +211,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps({"counts": counts, "tasks": [s.to_dict() for s in states]}) + "\n")
         return 0
     table = Table(title=Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
-    for col in ("task_id", "stage", "state", "epoch", "detail"):
-        table.add_column(col)
+    grouped = any(s.group for s in states)
+    for col in ("task_id", "stage", "state", "epoch", *(["group"] if grouped else []), "detail"):
+        table.add_column(col, no_wrap=col in ("task_id", "group"))
     colour = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
     for s in states:
         detail = s.detail + (f" (log: {s.log})" if s.state == "failed" else "")
         table.add_row(Text(s.task_id), s.stage, Text(s.state, style=colour.get(s.state, "white")),
-                      "" if s.epoch is None else str(s.epoch), Text(detail))
+                      "" if s.epoch is None else str(s.epoch), *([Text(s.group or "")] if grouped else []),
+                      Text(detail))
     console.print(table)
     return 0
 
