@@ -36,7 +36,7 @@ GRID = {
 def test_queue_table_follows_gadi_ratios():
     volta, a100, hopper = GADI_QUEUES["gpuvolta"], GADI_QUEUES["dgxa100"], GADI_QUEUES["gpuhopper"]
     assert volta.request(1) == {"ngpus": 1, "ncpus": 12, "mem_gb": 95}
-    assert volta.su_per_hour(1) == 36.0  # SPEC: one V100 with 12 CPUs
+    assert volta.su_per_hour(1) == 36.0  # docs/design.md §4: one V100 with 12 CPUs
     assert a100.request(2)["ncpus"] == 32 and hopper.request(4)["ncpus"] == 48
 
 

@@ -16,7 +16,7 @@ from hpcxfer.grid.expansion import expand_by_block
 from hpcxfer.grid.protocols import SIZES, TABLE2
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs" / "plested2019"
-#: SPEC section 1: fine-tuning tasks of each experiment.
+#: docs/design.md §1: fine-tuning tasks of each experiment.
 COUNTS = {"exp3.1": 196, "exp3.2": 224, "exp3.3": 392, "exp3.4": 280, "exp3.5": 196, "exp3.6": 84}
 
 

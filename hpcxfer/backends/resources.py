@@ -45,7 +45,7 @@ class Resources:
 
 @dataclass(frozen=True)
 class GadiQueue:
-    """One of Gadi's GPU queues (SPEC section 4): CPUs and memory that come with each GPU."""
+    """One of Gadi's GPU queues (docs/design.md §4): CPUs and memory that come with each GPU."""
 
     name: str
     device: str  # the cost model's device name (hpcxfer/grid/cost.py DEVICES)

@@ -1,4 +1,4 @@
-"""The published numbers (SPEC section 1) that an ImageNet study prints beside its own.
+"""The published numbers (docs/design.md §1) that an ImageNet study prints beside its own.
 
 Plested & Gedeon (2019) report means over 4 class splits of ILSVRC2012; Yosinski et al.
 (2014) report their released logs' baseB and AnB+. Accuracies here are percentages, as

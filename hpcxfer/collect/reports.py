@@ -3,7 +3,7 @@
 table1: training and validation loss by n and size, with the average gap (section 3.1).
 table2: the best protocol per size with its accuracy, ties and unfinished cells said.
 compare: optimal vs common vs scratch (and the best found), with relative improvements.
-paper: every published number beside ours (an ImageNet study; SPEC section 1).
+paper: every published number beside ours (an ImageNet study; docs/design.md §1).
 """
 
 from __future__ import annotations

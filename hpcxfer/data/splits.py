@@ -1,4 +1,4 @@
-"""Yosinski's class splits and the nested first-x target subsets (SPEC section 1)."""
+"""Yosinski's class splits and the nested first-x target subsets (docs/design.md §1)."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
         tasks.append(Task(
             stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
             examples_per_class=size, **proto, **values,
-            # Every fine-tuning task depends on its split's pre-training (SPEC section 1),
+            # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
             # scratch included, so that a study's stages stay simple to schedule and count.
             depends_on=(pre.task_id,),
         ).with_id())

@@ -1,4 +1,4 @@
-"""Named fine-tuning protocols and the paper's numbers (SPEC section 1)."""
+"""Named fine-tuning protocols and the paper's numbers (docs/design.md §1)."""
 
 from __future__ import annotations
 

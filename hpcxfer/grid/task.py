@@ -16,7 +16,7 @@ TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
 
 @dataclass(frozen=True)
 class Task:
-    """Every field that decides the outcome of one training run (SPEC section 1 names).
+    """Every field that decides the outcome of one training run (docs/design.md §1 names).
 
     A pre-training task is the same kind of run with n = 0, every layer at `lr_high`,
     the first decay after `decay_every` epochs and the full source half as its data.
