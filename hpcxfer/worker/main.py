@@ -22,6 +22,7 @@ import torch
 from hpcxfer import results
 from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json, read_json
+from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.study import resolve_task
 from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE
@@ -46,7 +47,12 @@ def _threads(runtime: dict) -> int:
 
 
 def run_task(study_dir: str, task: str) -> int:
-    """Run one task of a study to completion (or to a checkpoint on request)."""
+    """Run one task of a study to completion (or to a checkpoint on request); a protocol
+    group's id runs the group (hpcxfer/worker/group.py), with the same exit statuses."""
+    if is_group_id(task):
+        from hpcxfer.worker.group import run_group
+
+        return run_group(study_dir, task)
     from hpcxfer.worker.train import run
 
     study = StudyPaths.existing(study_dir)
