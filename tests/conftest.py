@@ -64,3 +64,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class StopAfter:
+    """A stop flag that a signal sets after `steps` steps (as StopFlag, without the signal)."""
+
+    def __init__(self, steps: int, signum: int = 10):  # SIGUSR1
+        self.left, self.signum = steps, signum
+
+    def __bool__(self) -> bool:  # asked once after every step
+        self.left -= 1
+        return self.left <= 0

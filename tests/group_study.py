@@ -53,7 +53,7 @@ def fashion_tree(root: Path) -> Path:
     return tree
 
 
-def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int = 3,
+def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int = 3, batch_size: int = 10,
                members: list[dict] | None = None) -> tuple[StudyPaths, Task, list[Task], Group]:
     """The study (its group.json written as submit writes it): paths, the pre-training, the
     fine-tuning tasks in group order, the group."""
@@ -65,7 +65,7 @@ def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int =
         "data": {"dataset": "folders", "path": str(tree), "image_size": 28, "crop": 28,
                  "index_cache": str(root / "index")},
         "pretrain": {"epochs": 2, "batch_size": 32, "examples_per_class": TRAIN_PER_CLASS, "decay_every": 1},
-        "finetune": {"epochs": epochs, "batch_size": 10, "decay_every": 1},
+        "finetune": {"epochs": epochs, "batch_size": batch_size, "decay_every": 1},
         "experiments": members or MEMBERS,
         "runtime": {"eval_every": 1, "tensorboard": False, "threads": 1, **(runtime or {})}})))
     grid = load_grid(grid_file)

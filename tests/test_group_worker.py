@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import StopAfter
 from group_study import make_study
 
 from hpcxfer.errors import StudyError
@@ -155,17 +156,6 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
         assert "failed in group" in tp.log.read_text()
 
 
-class StopAfter:
-    """A stop flag that a signal sets after `steps` steps (as StopFlag, without the signal)."""
-
-    def __init__(self, steps: int):
-        self.left, self.signum = steps, 15  # SIGTERM
-
-    def __bool__(self) -> bool:  # asked once after every step
-        self.left -= 1
-        return self.left <= 0
-
-
 def test_a_stop_request_checkpoints_and_the_group_resumes_exactly(fresh, runs):
     solo = runs[0]
     paths, members, group, tps = fresh
@@ -173,7 +163,7 @@ def test_a_stop_request_checkpoints_and_the_group_resumes_exactly(fresh, runs):
     configs = [read_json(tp.config) for tp in tps]
     ids = [t.task_id for t in members]
     with pytest.raises(Interrupted):  # step 7 of 15: mid-way through the second epoch
-        train_group(paths, gp, ids, tps, configs, StopAfter(7))
+        train_group(paths, gp, ids, tps, configs, StopAfter(7, 15))
     state = torch.load(gp.checkpoint, weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 2) and sorted(state["members"]) == sorted(ids)
     for tp in tps:  # written after the checkpoint by a run that died: dropped on resume

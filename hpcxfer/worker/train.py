@@ -106,7 +106,7 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         device = self.sums.loss.device
-        self.sums = Sums(state["loss_sum"].to(device), state["correct"].to(device))
+        self.sums = Sums(state["loss_sum"].to(device, copy=True), state["correct"].to(device, copy=True))
         self.last = state["last"]
 
     def set_epoch(self, epoch: int) -> dict[str, float]:
