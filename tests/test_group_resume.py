@@ -20,6 +20,7 @@ import time
 
 import pytest
 import torch
+from conftest import mtime, wait_for
 from group_study import make_study
 
 from hpcxfer.fileio import iter_jsonl, read_json
@@ -54,25 +55,6 @@ def _worker(proc: subprocess.Popen) -> int:
             return int(children[0])
         time.sleep(0.005)
     raise TimeoutError("unshare started no worker")
-
-
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> bool:
-    """True once cond() holds; False if the process ended first."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise TimeoutError("the worker made no progress")
-
-
-def _mtime(path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +114,10 @@ def test_sigkill_at_random_moments_changes_no_member(tmp_path, reference):
     for _ in range(4):
         proc = _start(paths.dir, group.group_id)
         worker = _worker(proc)
-        seen = _mtime(gp.checkpoint)
+        seen = mtime(gp.checkpoint)
         # kill a random moment after this run has written a checkpoint of its own: in a
         # step of any member, in a checkpoint write, in an evaluation or a record append
-        if _wait_for(lambda: _mtime(gp.checkpoint) not in (0, seen), proc):
+        if wait_for(lambda: mtime(gp.checkpoint) not in (0, seen), proc):
             time.sleep(rng.uniform(0, 0.4))
         if proc.poll() is None:
             os.kill(worker, signal.SIGKILL)
@@ -161,7 +143,7 @@ def test_each_stop_signal_checkpoints_and_exits_75(tmp_path, reference):
         proc = _start(paths.dir, group.group_id)
         worker = _worker(proc)
         # signal once this run has taken its first step (a checkpoint-free hour ahead)
-        assert _wait_for(lambda: gp.log.exists() and gp.log.read_text().count("first step") > n, proc)
+        assert wait_for(lambda: gp.log.exists() and gp.log.read_text().count("first step") > n, proc)
         time.sleep(0.05 * n)
         os.kill(worker, sig)
         assert proc.wait(timeout=60) == EXIT_RESUME, f"{sig.name}: {proc.stderr.read().decode()}"

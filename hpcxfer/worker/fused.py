@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from hpcxfer.worker.precision import Precision
-from hpcxfer.worker.train import EVAL_BATCH, Learner
+from hpcxfer.worker.train import EVAL_BATCH, Learner, Trainer
 
 #: A model with buffers (batch norm's running statistics) cannot be stepped by vmap in place.
 UNSUPPORTED = "fused mode steps models without buffers only"
@@ -42,13 +42,13 @@ def fusable(model: nn.Module) -> bool:
     return next(model.buffers(), None) is None
 
 
-class Fused:
+class Fused(Trainer):
     """Every member's forward, backward and SGD step as one computation on stacked rows."""
 
     def __init__(self, learners: Sequence[Learner], precision: Precision):
         if not fusable(learners[0].model):
             raise ValueError(UNSUPPORTED)
-        self.learners, self.precision = list(learners), precision
+        super().__init__(learners, precision)
         self.base = learners[0].model  # the architecture; functional_call swaps its parameters
         own = [dict(learner.model.named_parameters()) for learner in learners]
         self._own = own
@@ -98,7 +98,7 @@ class Fused:
                 state[self._own[m][name]]["momentum_buffer"] = buf[m]
 
     def set_epoch(self, epoch: int) -> list[dict[str, float]]:
-        lrs = [learner.set_epoch(epoch) for learner in self.learners]
+        lrs = super().set_epoch(epoch)
         for name, rows in self.buf.items():
             groups = [learner.optimizer.param_groups[g[name]] if name in g else None
                       for learner, g in zip(self.learners, self.group_of)]
@@ -106,14 +106,6 @@ class Fused:
             self.wd[name] = _rows(torch.tensor([g["weight_decay"] if g else 0.0 for g in groups],
                                                device=rows.device), rows)
         return lrs
-
-    def train(self) -> None:
-        for learner in self.learners:
-            learner.model.train()
-
-    def eval(self) -> None:
-        for learner in self.learners:
-            learner.model.eval()
 
     def _forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, params, (x,))

@@ -44,15 +44,10 @@ log = logging.getLogger("hpcxfer.worker.group")
 
 def read_group(gp: GroupPaths) -> list[str]:
     """The member task ids of group.json; StudyError when it is missing or damaged."""
-    hint = "run `hpcxfer submit` again to write it"
-    try:
-        record = read_json(gp.config)
-    except FileNotFoundError:
-        raise StudyError(f"{gp.config}: missing; {hint}") from None
-    except (OSError, ValueError) as e:
-        raise StudyError(f"{gp.config}: unreadable ({e}); {hint}") from None
-    members = record.get("members") if isinstance(record, dict) else None
-    if not isinstance(record, dict) or record.get("group_id") != gp.group_id:
+    record = _read_config(gp)  # StudyError when missing or not a JSON object
+    hint = "run `hpcxfer submit` again to rewrite it"
+    members = record.get("members")
+    if record.get("group_id") != gp.group_id:
         raise StudyError(f"{gp.config}: damaged (not the record of group {gp.group_id}); {hint}")
     if (not isinstance(members, list) or not members or len(set(map(str, members))) != len(members)
             or not all(isinstance(m, str) and TASK_ID.fullmatch(m) for m in members)):

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
 import torch
 from torch import nn
 
@@ -201,17 +199,36 @@ def step(learner: Learner, precision: Precision, x: torch.Tensor, y: torch.Tenso
     learner.sums.add(loss, out, y)
 
 
-class Trainer(Protocol):
-    """How the models of one stream step and predict: `Looped` here, `Fused` in fused.py."""
+class Trainer:
+    """The models trained on one stream of batches, and how they step and predict on a
+    batch: `Looped` here, `Fused` in hpcxfer/worker/fused.py."""
 
-    learners: Sequence[Learner]
+    def __init__(self, learners: Sequence[Learner], precision: Precision):
+        self.learners, self.precision = list(learners), precision
 
-    def train(self) -> None: ...
-    def eval(self) -> None: ...
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
-    def forward(self, x: torch.Tensor) -> Iterable[torch.Tensor]: ...
-    def set_epoch(self, epoch: int) -> list[dict[str, float]]: ...
-    def sync(self) -> None: ...
+    def train(self) -> None:
+        for learner in self.learners:
+            learner.model.train()
+
+    def eval(self) -> None:
+        for learner in self.learners:
+            learner.model.eval()
+
+    def set_epoch(self, epoch: int) -> list[dict[str, float]]:
+        """Each model's rates for the 0-based `epoch`."""
+        return [learner.set_epoch(epoch) for learner in self.learners]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One SGD step of every model on the batch."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> Iterable[torch.Tensor]:
+        """Every model's output on the batch."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Leave each model's whole state in its own module, optimizer and scaler (what a
+        checkpoint saves); they hold it already unless a subclass keeps it elsewhere."""
 
 
 def global_rng(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -225,24 +242,13 @@ def set_global_rng(state: tuple[torch.Tensor, torch.Tensor | None], device: torc
         torch.cuda.set_rng_state(state[1], device)
 
 
-class Looped:
+class Looped(Trainer):
     """The models step one after another on each batch, each exactly as it would alone.
 
     Dropout draws from torch's global generator: it is rewound before each model, so
     every model draws the masks its own run would (models of one architecture draw the
     same amount), and after the last one it is where a run alone would leave it.
     """
-
-    def __init__(self, learners: Sequence[Learner], precision: Precision):
-        self.learners, self.precision = list(learners), precision
-
-    def train(self) -> None:
-        for learner in self.learners:
-            learner.model.train()
-
-    def eval(self) -> None:
-        for learner in self.learners:
-            learner.model.eval()
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         rng = global_rng(self.precision.device)
@@ -252,12 +258,6 @@ class Looped:
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [learner.forward(x) for learner in self.learners]
-
-    def set_epoch(self, epoch: int) -> list[dict[str, float]]:
-        return [learner.set_epoch(epoch) for learner in self.learners]
-
-    def sync(self) -> None:
-        """Nothing to do: each model's own module, optimizer and scaler hold its state."""
 
 
 def train_one_epoch(data: Data, gen: torch.Generator, pos: Position, batch_size: int,
