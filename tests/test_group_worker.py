@@ -145,6 +145,13 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
         assert not tp.running.exists() and not tp.metrics.exists()
     weights.with_suffix(".away").rename(weights)
 
+    gp = paths.group(group.group_id)
+    record = read_json(gp.config)
+    atomic_write_json(gp.config, {**record, "members": record["members"] + [members[0].depends_on[0]]})
+    assert run_group(str(paths.dir), group.group_id) == EXIT_USAGE  # a pre-training is no member
+    assert "is a pretrain task" in read_json(tps[0].failed)["error"]
+    atomic_write_json(gp.config, record)
+
     def broken(self, x, y):
         raise RuntimeError("the device fell off")
 

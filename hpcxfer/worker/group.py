@@ -36,7 +36,7 @@ from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE, chec
 from hpcxfer.worker.main import _log_to, _read_config, _threads
 from hpcxfer.worker.records import Records, finish, run_info
 from hpcxfer.worker.signals import Interrupted, StopFlag
-from hpcxfer.worker.train import (Checkpointer, Learner, Looped, Trainer, fit, global_rng, prepare_data,
+from hpcxfer.worker.train import (Checkpointer, Data, Learner, Looped, Trainer, fit, global_rng, prepare_data,
                                   prepare_model)
 
 log = logging.getLogger("hpcxfer.worker.group")
@@ -179,6 +179,8 @@ def _mode(runtime: dict, device: torch.device, learners: list[Learner]) -> str:
     if mode == "fused" and not fusable(learners[0].model):
         log.warning("%s (%s has buffers): stepping the members looped", UNSUPPORTED, learners[0].task.arch)
         return "looped"
+    if mode == "fused" and runtime.get("compile"):
+        log.info("runtime.compile applies to looped mode; the fused step runs uncompiled")
     return mode
 
 
@@ -194,7 +196,7 @@ def _owned(obj: object) -> object:
     return obj
 
 
-def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]):
+def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> tuple[Data, list[Learner]]:
     """The shared data and every member's model, each as its solo run prepares it."""
     runtime = configs[0].get("runtime", {})
     data = prepare_data(tasks[0], configs[0].get("data", {}), runtime)
@@ -257,6 +259,10 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
         trainer = Looped(learners, data.precision)
     log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
              data.device, data.precision.name, pos.epoch, pos.step)
+    for tp in todo:
+        if tp.checkpoint.exists():
+            log.info("%s: its own checkpoint (from a run alone) is not used; the group trains it from the "
+                     "group's position and removes that checkpoint when done", tp.task_id)
     records = [Records(tp, runtime, pos.epoch) for tp in todo]
     startup = fit(trainer, data, gen, pos, ckpt, records, runtime, gp.profile)
     info = {**run_info(ckpt, startup, data), "group": gp.group_id}
