@@ -17,7 +17,7 @@ from group_study import make_study
 
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import append_jsonl, atomic_write_json, iter_jsonl, read_json
-from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE, train
+from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, train
 from hpcxfer.worker.group import read_group, run_group, train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted

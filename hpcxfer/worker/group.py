@@ -27,7 +27,7 @@ import torch
 
 from hpcxfer import results
 from hpcxfer.errors import CheckpointError, HpcxferError, StudyError
-from hpcxfer.fileio import atomic_write_json, read_json
+from hpcxfer.fileio import atomic_write_json
 from hpcxfer.grid.groups import group_key
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
@@ -97,16 +97,18 @@ def run_group(study_dir: str, group_id: str) -> int:
         torch.set_num_threads(threads)
     log.info("group %s: %d of %d members to train: %s", group_id, len(todo), len(members),
              " ".join(tp.task_id for tp in todo))
-    for tp in todo:
-        _claim(tp, group_id)
-        tp.failed.unlink(missing_ok=True)
-        _, damaged = results.load(tp.result, tp.task_id)
-        if damaged:  # kept for whoever wants to see it, out of the way of status and collect
-            os.replace(tp.result, tp.result_damaged)
-            log.warning("%s: its result.json was damaged (%s), moved to %s; training again",
-                        tp.task_id, damaged, tp.result_damaged.name)
-        _note(tp, f"trained in protocol group {group_id} with {len(todo) - 1} other(s) (log: {gp.log})")
+    claimed: list[TaskPaths] = []
     try:
+        for tp in todo:
+            _claim(tp, group_id)
+            claimed.append(tp)
+            tp.failed.unlink(missing_ok=True)
+            _, damaged = results.load(tp.result, tp.task_id)
+            if damaged:  # kept for whoever wants to see it, out of the way of status and collect
+                os.replace(tp.result, tp.result_damaged)
+                log.warning("%s: its result.json was damaged (%s), moved to %s; training again",
+                            tp.task_id, damaged, tp.result_damaged.name)
+            _note(tp, f"trained in protocol group {group_id} with {len(todo) - 1} other(s) (log: {gp.log})")
         with StopFlag() as stop:
             done = train_group(study, gp, members, todo, configs, stop)
         for tp, result in zip(todo, done):
@@ -115,32 +117,32 @@ def run_group(study_dir: str, group_id: str) -> int:
         return EXIT_DONE
     except Interrupted as e:
         log.info("group %s %s: checkpointed; exit %d asks to be resumed", group_id, e, EXIT_RESUME)
-        for tp in todo:
+        for tp in claimed:
             _note(tp, f"group {group_id} {e}: checkpointed")
         return EXIT_RESUME
     except HpcxferError as e:
         log.error("group %s: %s", group_id, e)
-        _fail(gp, todo, str(e), EXIT_USAGE)
+        _fail(gp, claimed, str(e), EXIT_USAGE)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - recorded whole in each member's failed.json and the log
         log.exception("group %s failed", group_id)
-        _fail(gp, todo, f"{type(e).__name__}: {e}", EXIT_FAILED, traceback.format_exc())
+        _fail(gp, claimed, f"{type(e).__name__}: {e}", EXIT_FAILED, traceback.format_exc())
         return EXIT_FAILED
     finally:
-        for tp in todo:
+        for tp in claimed:  # only what this worker holds
             _release(tp)
         logging.getLogger("hpcxfer").removeHandler(handler)
         handler.close()
 
 
-def _fail(gp: GroupPaths, todo: list[TaskPaths], error: str, status: int, tb: str = "") -> None:
-    """failed.json in every member the group leaves unfinished, pointing at the group's
-    log; one line on stderr for the group."""
+def _fail(gp: GroupPaths, claimed: list[TaskPaths], error: str, status: int, tb: str = "") -> None:
+    """failed.json in every member this worker holds and leaves unfinished, pointing at the
+    group's log; one line on stderr for the group."""
     line = error.splitlines()[0] if error else "failed"
     print(f"error: {gp.group_id}: {line} (log: {gp.log})", file=sys.stderr)
     record = {"error": error, "exit_status": status, "log": str(gp.log), "group": gp.group_id,
               "host": socket.gethostname(), "time": time.time(), "traceback": tb[-4000:]}
-    for tp in todo:
+    for tp in claimed:
         if is_done(tp):
             continue
         _note(tp, f"failed in group {gp.group_id}: {line}")

@@ -70,7 +70,8 @@ class Sums:
 
     @classmethod
     def zero(cls, device: torch.device) -> "Sums":
-        return cls(torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device, dtype=torch.long))
+        return cls(torch.zeros((), device=device, dtype=torch.float64),
+                   torch.zeros((), device=device, dtype=torch.long))
 
     def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
         self.loss += loss.detach() * len(y)
