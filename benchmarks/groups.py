@@ -22,7 +22,7 @@ import torch
 from hpcxfer.grid.task import Task
 from hpcxfer.worker.fused import Fused
 from hpcxfer.worker.precision import resolve
-from hpcxfer.worker.train import Data, Looped, pick_device, prepare_model
+from hpcxfer.worker.learners import Data, Looped, pick_device, prepare_model
 
 
 def members(count: int, data: Data) -> list:

@@ -30,7 +30,7 @@ from hpcxfer.worker.fused import Fused
 from hpcxfer.worker.group import prepare_group, run_group, train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
-from hpcxfer.worker.train import Looped, global_rng, set_global_rng
+from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 
 EXACT = ("val_acc", "val_loss", "train_loss", "train_acc")
 

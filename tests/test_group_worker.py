@@ -17,7 +17,7 @@ from group_study import make_study
 
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import append_jsonl, atomic_write_json, iter_jsonl, read_json
-from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, train
+from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, learners
 from hpcxfer.worker.group import read_group, run_group, train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
@@ -155,7 +155,7 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
     def broken(self, x, y):
         raise RuntimeError("the device fell off")
 
-    monkeypatch.setattr(train.Looped, "step", broken)
+    monkeypatch.setattr(learners.Looped, "step", broken)
     assert run_group(str(paths.dir), group.group_id) == EXIT_FAILED
     for tp in tps:
         failed = read_json(tp.failed)

@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from hpcxfer.worker.learners import Learner, Trainer
 from hpcxfer.worker.precision import Precision
-from hpcxfer.worker.train import EVAL_BATCH, Learner, Trainer
+from hpcxfer.worker.train import EVAL_BATCH
 
 #: A model with buffers (batch norm's running statistics) cannot be stepped by vmap in place.
 UNSUPPORTED = "fused mode steps models without buffers only"

@@ -33,11 +33,11 @@ from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
 from hpcxfer.study import is_done
 from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE, checkpoint
+from hpcxfer.worker.learners import Data, Learner, Looped, Trainer, global_rng, prepare_data, prepare_model
 from hpcxfer.worker.main import _log_to, _read_config, _threads
 from hpcxfer.worker.records import Records, finish, run_info
 from hpcxfer.worker.signals import Interrupted, StopFlag
-from hpcxfer.worker.train import (Checkpointer, Data, Learner, Looped, Trainer, fit, global_rng, prepare_data,
-                                  prepare_model)
+from hpcxfer.worker.train import Checkpointer, fit
 
 log = logging.getLogger("hpcxfer.worker.group")
 

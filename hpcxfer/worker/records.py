@@ -18,7 +18,8 @@ from hpcxfer.worker.env import environment
 from hpcxfer.worker.observe import Scalars
 
 if TYPE_CHECKING:
-    from hpcxfer.worker.train import Checkpointer, Data
+    from hpcxfer.worker.learners import Data
+    from hpcxfer.worker.train import Checkpointer
 
 
 class Records:
