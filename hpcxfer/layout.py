@@ -125,6 +125,11 @@ class GroupPaths:
     def log(self) -> Path:
         return self.dir / "log.txt"
 
+    @property
+    def profile(self) -> Path:
+        """A torch.profiler trace of the group's steps, when `runtime.profile` asks."""
+        return self.dir / "profile"
+
 
 @dataclass(frozen=True)
 class StudyPaths:

@@ -126,16 +126,19 @@ def write_groups(paths: StudyPaths, groups: list[Group]) -> None:
 def read_group(paths: StudyPaths, group_id: str) -> Group:
     """A group's record, checked: its members are task ids of the study's index."""
     gp = paths.group(group_id)
+    hint = "run `hpcxfer submit` again to rewrite it"
     try:
         data = read_json(gp.config)
     except FileNotFoundError:
-        raise StudyError(f"{gp.config}: no such group in this study") from None
+        raise StudyError(f"{gp.config}: missing; no such group in this study") from None
     except (OSError, ValueError) as e:
-        raise StudyError(f"{gp.config}: unreadable ({e})") from None
-    members = data.get("members") if isinstance(data, dict) else None
-    if (not isinstance(members, list) or not members or data.get("group_id") != group_id
+        raise StudyError(f"{gp.config}: unreadable ({e}); {hint}") from None
+    if not isinstance(data, dict) or data.get("group_id") != group_id:
+        raise StudyError(f"{gp.config}: damaged (not the record of group {group_id}); {hint}")
+    members = data.get("members")
+    if (not isinstance(members, list) or not members or len(set(map(str, members))) != len(members)
             or not all(isinstance(m, str) and TASK_ID.fullmatch(m) for m in members)):
-        raise StudyError(f"{gp.config}: damaged (not this group's id and a list of task ids)")
+        raise StudyError(f"{gp.config}: damaged (members is not a list of distinct task ids); {hint}")
     return Group(group_id, tuple(members))
 
 

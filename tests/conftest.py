@@ -6,6 +6,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,34 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class StopAfter:
+    """A stop flag that a signal sets after `steps` steps (as StopFlag, without the signal)."""
+
+    def __init__(self, steps: int, signum: int = 10):  # SIGUSR1
+        self.left, self.signum = steps, signum
+
+    def __bool__(self) -> bool:  # asked once after every step
+        self.left -= 1
+        return self.left <= 0
+
+
+def wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """True once cond() holds; False if the process ended first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise TimeoutError("the worker made no progress")
+
+
+def mtime(path) -> int:
+    """A file's modification time in ns; 0 while it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0

@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import TINY_GRID, merge
+from conftest import TINY_GRID, StopAfter, merge
 
 from hpcxfer.errors import CheckpointError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
@@ -138,17 +138,6 @@ def _fresh(tp: TaskPaths, config: dict, **runtime) -> None:
     for p in tp.dir.iterdir():
         p.unlink()
     atomic_write_json(tp.config, {**config, "runtime": {**config["runtime"], **runtime}})
-
-
-class StopAfter:
-    """A stop flag that a signal sets after `steps` steps (as StopFlag, without the signal)."""
-
-    def __init__(self, steps: int):
-        self.left, self.signum = steps, 10  # SIGUSR1
-
-    def __bool__(self) -> bool:  # asked once after every step
-        self.left -= 1
-        return self.left <= 0
 
 
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import TINY_GRID, merge
+from conftest import TINY_GRID, merge, mtime, wait_for
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid
@@ -49,25 +49,6 @@ def _study(root, name: str, runtime: dict):
 def _start(study_dir) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "hpcxfer", "run-task", str(study_dir), "0"],
                             env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 120) -> bool:
-    """True once cond() holds; False if the process ended first."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise TimeoutError("the worker made no progress")
-
-
-def _mtime(path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +86,10 @@ def test_sigkill_at_random_moments_changes_nothing(tmp_path, reference):
     kills, resumed_from = 0, []
     for _ in range(4):
         proc = _start(paths.dir)
-        seen = _mtime(tp.checkpoint)
+        seen = mtime(tp.checkpoint)
         # kill a random moment after this run has written a checkpoint of its own: in a
         # step, in a checkpoint write, in an evaluation or in a metrics append
-        if _wait_for(lambda: _mtime(tp.checkpoint) not in (0, seen), proc):
+        if wait_for(lambda: mtime(tp.checkpoint) not in (0, seen), proc):
             time.sleep(rng.uniform(0, 0.4))
         if proc.poll() is None:
             proc.kill()
@@ -133,7 +114,7 @@ def test_each_stop_signal_checkpoints_and_exits_75(tmp_path, reference, signals)
     for n, sig in enumerate(signals):
         proc = _start(paths.dir)
         # signal once this run has taken its first step (a checkpoint-free hour ahead)
-        assert _wait_for(lambda: tp.log.exists() and tp.log.read_text().count("first step") > n, proc)
+        assert wait_for(lambda: tp.log.exists() and tp.log.read_text().count("first step") > n, proc)
         time.sleep(0.05 * n)
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 75, f"{sig.name}: {proc.stderr.read().decode()}"

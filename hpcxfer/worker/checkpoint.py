@@ -1,11 +1,13 @@
-"""Atomic, complete, versioned checkpoints; strict resume (STYLE: never a silent restart).
+"""Atomic, complete, versioned checkpoints; strict resume: never a silent restart.
 
 A checkpoint holds everything the next step needs to be the step an uninterrupted run
 would have taken: model, optimizer, gradient scaler, the epoch and the step within it,
 this epoch's data order, every random number generator, the running sums of the epoch's
 training loss, the resolved config and a format version. Written to a temporary file in
 the task folder, fsynced, renamed; the previous checkpoint is kept until the new one is
-complete, and is the fallback when the newest is truncated or corrupt.
+complete, and is the fallback when the newest is truncated or corrupt. A protocol group
+keeps one such checkpoint of all its members in its own folder (`GroupPaths`): every
+function here takes a task's paths or a group's.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ import torch
 
 from hpcxfer.errors import CheckpointError
 from hpcxfer.fileio import atomic_write_bytes, fsync_dir
-from hpcxfer.layout import TaskPaths
+from hpcxfer.layout import GroupPaths, TaskPaths
+
+Paths = TaskPaths | GroupPaths
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 
 
-def _new(paths: TaskPaths) -> Path:
+def _new(paths: Paths) -> Path:
     return paths.checkpoint.with_suffix(".pt.new")
 
 
-def save(paths: TaskPaths, state: dict) -> float:
+def save(paths: Paths, state: dict) -> float:
     """Write the new checkpoint beside the old; the old one becomes the fallback only
     once the new one is complete on disk. Returns the seconds it took.
 
@@ -52,7 +56,7 @@ def save(paths: TaskPaths, state: dict) -> float:
     return time.perf_counter() - began
 
 
-def _load_one(path: Path, identity: dict) -> dict:
+def _load_one(path: Path, identity: dict, what: str) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     version = state.get("format_version") if isinstance(state, dict) else "?"
     if version != FORMAT_VERSION:
@@ -61,8 +65,8 @@ def _load_one(path: Path, identity: dict) -> dict:
     if stored != digest({k: v for k, v in state.items() if k != "format_version"}):
         raise ValueError("contents do not match their checksum (corrupt)")
     if state.get("task") != identity:
-        raise CheckpointError(f"{path}: checkpoint belongs to a different task config; "
-                              "refusing to resume (remove it to start this task afresh)")
+        raise CheckpointError(f"{path}: checkpoint belongs to a different {what} config; "
+                              f"refusing to resume (remove it to start this {what} afresh)")
     return state
 
 
@@ -94,7 +98,7 @@ def digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def load_latest(paths: TaskPaths, identity: dict) -> dict | None:
+def load_latest(paths: Paths, identity: dict) -> dict | None:
     """The newest usable checkpoint, the previous one if the newest is damaged, or None
     when the task has never checkpointed. Damaged beyond both is an error."""
     # checkpoint.pt.new exists alone only after a crash between save()'s two renames,
@@ -105,7 +109,7 @@ def load_latest(paths: TaskPaths, identity: dict) -> dict | None:
     errors = []
     for path in candidates:
         try:
-            state = _load_one(path, identity)
+            state = _load_one(path, identity, "group" if isinstance(paths, GroupPaths) else "task")
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - truncated, corrupt, unpicklable: all "damaged"
@@ -117,7 +121,7 @@ def load_latest(paths: TaskPaths, identity: dict) -> dict | None:
                           "refusing to restart from scratch silently (remove them to start afresh)")
 
 
-def remove(paths: TaskPaths) -> None:
+def remove(paths: Paths) -> None:
     for p in (paths.checkpoint, paths.checkpoint_prev, _new(paths)):
         p.unlink(missing_ok=True)
 

@@ -28,6 +28,7 @@ import traceback
 from hpcxfer import results
 from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json, read_json
+from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Lock, LockHeld, describe
 from hpcxfer.study import resolve_task
@@ -53,7 +54,12 @@ def _threads(runtime: dict) -> int:
 
 
 def run_task(study_dir: str, task: str) -> int:
-    """Run one task of a study to completion (or to a checkpoint on request)."""
+    """Run one task of a study to completion (or to a checkpoint on request); a protocol
+    group's id runs the group (hpcxfer/worker/group.py), with the same exit statuses."""
+    if is_group_id(task):
+        from hpcxfer.worker.group import run_group
+
+        return run_group(study_dir, task)
     study = StudyPaths.existing(study_dir)
     paths = study.task(resolve_task(study, task))
     _, damaged = results.load(paths.result, paths.task_id)

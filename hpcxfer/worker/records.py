@@ -1,0 +1,64 @@
+"""What a task writes as it trains, alone or as a member of a protocol group: one metrics
+record per evaluation (metrics.jsonl and TensorBoard scalars), then result.json
+(docs/design.md §3). One code path for both, so a member's records are its solo run's.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, rewrite_jsonl
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import TaskPaths
+from hpcxfer.worker.env import environment
+from hpcxfer.worker.observe import Scalars
+
+if TYPE_CHECKING:
+    from hpcxfer.worker.learners import Data
+    from hpcxfer.worker.train import Checkpointer
+
+
+class Records:
+    """A task's metrics records from `resume_epoch` on. A resumed task never leaves two
+    records for one epoch: what its checkpoint does not cover (records written after it,
+    and a torn last line) is dropped on opening, and TensorBoard purges the same."""
+
+    def __init__(self, paths: TaskPaths, runtime: dict, resume_epoch: int):
+        self.paths = paths
+        kept = [r for r in iter_jsonl(paths.metrics) if r.get("epoch", 0) <= resume_epoch]
+        rewrite_jsonl(paths.metrics, kept)
+        self.scalars = Scalars(paths.tensorboard, bool(runtime.get("tensorboard", True)), resume_epoch)
+
+    def add(self, record: dict) -> None:
+        append_jsonl(self.paths.metrics, record)
+        self.scalars.record(record)
+
+    def close(self) -> None:
+        self.scalars.close()
+
+
+def run_info(ckpt: Checkpointer, startup_s: float | None, data: Data) -> dict:
+    """What a result says about the run that produced it (shared by a group's members)."""
+    return {"restarts": ckpt.restarts, "wall_s": ckpt.wall(), "startup_s": startup_s,
+            "precision": data.precision.name, "data_path": data.train.kind, **environment(data.device)}
+
+
+def finish(paths: TaskPaths, task: Task, model: nn.Module, last: dict, info: dict) -> dict:
+    """Write a trained task's result.json (and a pre-training's model.pt, before it: the
+    result says the weights are there). Returns the result."""
+    if task.stage == "pretrain":
+        buf = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buf)
+        atomic_write_bytes(paths.weights, buf.getvalue())
+    result = {
+        "task_id": task.task_id, "stage": task.stage,
+        "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+        "train_loss": last["train_loss"], "train_acc": last["train_acc"],
+        "epochs": task.epochs, **info,
+    }
+    atomic_write_json(paths.result, result)
+    return result

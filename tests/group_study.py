@@ -1,0 +1,81 @@
+"""A small study for the protocol-group tests: one pre-training and four fine-tuning
+protocols of one (split, size) cell that differ in n, h, d and f, and their group.
+
+The images are real Fashion-MNIST images written as a `folders` data set (60 training and
+20 validation images a class): evaluating four members on Fashion-MNIST's 5,000 validation
+images of a half would cost most of each test, and the group shares whatever data path it
+is given. The members: a scratch one (n 0), a frozen one (n 3, f 2, h 1, d 1: a decay after
+the first epoch), one decayed from the start (n 5, h 3, d 0, another lr_high) and the
+common protocol (n 7, h 8).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import TINY_GRID, merge
+from PIL import Image
+
+from hpcxfer.fileio import atomic_write_json
+from hpcxfer.grid import expand, load_grid
+from hpcxfer.grid.groups import Group, make_groups
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import StudyPaths
+from hpcxfer.study import study_paths, write_study
+
+MEMBERS = [
+    {"transfer_layers": 0, "high_lr_layers": 8, "initial_decay_epochs": 30},
+    {"transfer_layers": 3, "frozen_layers": 2, "high_lr_layers": 1, "initial_decay_epochs": 1},
+    {"transfer_layers": 5, "high_lr_layers": 3, "initial_decay_epochs": 0, "lr_high": 0.05},
+    {"protocol": "common"},
+]
+TRAIN_PER_CLASS, VAL_PER_CLASS = 60, 20
+
+
+def fashion_tree(root: Path) -> Path:
+    """train/<class>/*.png and val/<class>/*.png from the first images of each
+    Fashion-MNIST class (written once under `root`)."""
+    tree = root / "fashion-tree"
+    if tree.is_dir():
+        return tree
+    from hpcxfer.data import open_dataset
+
+    ds = open_dataset("fashion-mnist", None, {})
+    for part, images, per_class in (("train", ds.train, TRAIN_PER_CLASS), ("val", ds.val, VAL_PER_CLASS)):
+        for c in range(ds.num_classes):
+            folder = tree / part / f"class{c}"
+            folder.mkdir(parents=True)
+            idx = np.flatnonzero(images.labels == c)[:per_class]
+            for i, img in zip(idx, images.load(idx)):
+                Image.fromarray(img[0].numpy()).save(folder / f"{i:05d}.png")
+    return tree
+
+
+def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int = 3, batch_size: int = 10,
+               members: list[dict] | None = None) -> tuple[StudyPaths, Task, list[Task], Group]:
+    """The study (its group.json written as submit writes it): paths, the pre-training, the
+    fine-tuning tasks in group order, the group."""
+    tree = fashion_tree(root.parent)
+    grid_file = root / f"{name}.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    grid_file.write_text(yaml.safe_dump(merge(TINY_GRID, {
+        "study": name, "root": str(root / "runs"),
+        "data": {"dataset": "folders", "path": str(tree), "image_size": 28, "crop": 28,
+                 "index_cache": str(root / "index")},
+        "pretrain": {"epochs": 2, "batch_size": 32, "examples_per_class": TRAIN_PER_CLASS, "decay_every": 1},
+        "finetune": {"epochs": epochs, "batch_size": batch_size, "decay_every": 1},
+        "experiments": members or MEMBERS,
+        "runtime": {"eval_every": 1, "tensorboard": False, "threads": 1, **(runtime or {})}})))
+    grid = load_grid(grid_file)
+    tasks = expand(grid)
+    paths = study_paths(grid)
+    write_study(paths, grid, tasks)
+    pre = next(t for t in tasks if t.stage == "pretrain")
+    (group,) = [u for u in make_groups(tasks, 0) if isinstance(u, Group)]
+    gp = paths.group(group.group_id)
+    gp.dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(gp.config, group.to_dict())
+    by_id = {t.task_id: t for t in tasks}
+    return paths, pre, [by_id[m] for m in group.members], group
