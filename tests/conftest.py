@@ -97,3 +97,16 @@ def mtime(path) -> int:
         return path.stat().st_mtime_ns
     except FileNotFoundError:
         return 0
+
+
+@pytest.fixture(scope="session")
+def cluster() -> int:
+    """The cluster is up (started here if not); returns its MaxArraySize."""
+    if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        script = Path(__file__).resolve().parents[1] / ".ci" / "slurm-up.sh"
+        up = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        if up.returncode != 0:
+            pytest.fail(f".ci/slurm-up.sh failed:\n{up.stdout}\n{up.stderr}")
+    from hpcxfer.backends.slurm import max_array_size
+
+    return max_array_size()

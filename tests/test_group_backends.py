@@ -12,7 +12,6 @@ import pytest
 import pbs_standin
 import test_slurm
 from test_slurm import GRID as SLURM_GRID
-from test_slurm import cluster  # noqa: F401 - the fixture: the one-node cluster is up
 from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand, load_grid
 

@@ -38,18 +38,6 @@ GRID = {
 }
 
 
-@pytest.fixture(scope="session")
-def cluster() -> int:
-    """The cluster is up (started here if not); returns its MaxArraySize."""
-    if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
-        up = subprocess.run(["bash", str(ROOT / ".ci" / "slurm-up.sh")], capture_output=True, text=True)
-        if up.returncode != 0:
-            pytest.fail(f".ci/slurm-up.sh failed:\n{up.stdout}\n{up.stderr}")
-    from hpcxfer.backends.slurm import max_array_size
-
-    return max_array_size()
-
-
 def squeue(*job_ids: str) -> dict[str, tuple[str, str]]:
     """element -> (state, dependency) for the given array/job ids, finished ones included."""
     out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%E"], capture_output=True,

@@ -118,7 +118,7 @@ class LocalBackend:
             try:
                 if recorded:
                     recorded()
-                Runner(paths, sub.tasks, parallel, threads).run(on_change)
+                Runner(paths, sub.units, parallel, threads).run(on_change)
             finally:
                 run_file.unlink(missing_ok=True)
             sub.job_ids = [f"local:{os.getpid()}"]

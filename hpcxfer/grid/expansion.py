@@ -13,7 +13,7 @@ from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
 from hpcxfer.grid.limits import MAX_TASKS
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS
-from hpcxfer.grid.schema import FINETUNE_DEFAULTS, Axes, Grid
+from hpcxfer.grid.schema import FINETUNE_DEFAULTS, Grid
 from hpcxfer.grid.task import Task
 
 #: Product order of the fine-tuning axes (outermost first).
