@@ -320,11 +320,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- run-task, cancel
+# ---------------------------------------------------------------- run-task, cancel, init
 def cmd_run_task(args: argparse.Namespace) -> int:
+    from hpcxfer.extras import require_train
+
+    require_train("hpcxfer run-task")  # before the worker: one line, not an ImportError
     from hpcxfer.worker.main import run_task
 
     return run_task(args.study_dir, args.task)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a shipped example's grid files into DIR; nothing is overwritten without --force."""
+    from hpcxfer.fileio import atomic_write_bytes
+    from hpcxfer.shipped import example_files
+
+    target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(None, "DIR", f"{args.dir} is a file; name a folder for the example")
+    files = [(target / rel, data) for rel, data in example_files(args.example)]
+    if not args.force:
+        present = [path for path, _ in files if path.exists() or path.is_symlink()]
+        if present:
+            more = f" (and {len(present) - 1} more)" if len(present) > 1 else ""
+            raise ConfigError(present[0], None, f"exists{more}; nothing written", "--force overwrites")
+    for path, data in files:
+        if path.is_dir():
+            raise ConfigError(path, None, "is a folder; nothing of the example can be written there")
+    for path, data in files:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise ConfigError(path, None, f"cannot write: {e.strerror or e}") from None
+        console.print(Text(f"wrote {path}"))
+    console.print(Text(f"next: hpcxfer plan {files[0][0]}"))
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -406,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel what the study has queued")
     p.add_argument("study_dir")
     p.set_defaults(func=cmd_cancel)
+
+    from hpcxfer.shipped import EXAMPLES
+
+    p = sub.add_parser("init", help="write a shipped example grid (quickstart, plested2019) into a folder")
+    p.add_argument("example", choices=sorted(EXAMPLES))
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to write it (default: here)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(func=cmd_init)
     return parser
 
 
