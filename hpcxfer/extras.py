@@ -20,8 +20,15 @@ class MissingExtra(HpcxferError):
     """A command that needs the `train` extra, in an installation without it."""
 
 
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a broken installation: as good as none
+        return True
+
+
 def missing_train() -> list[str]:
-    return [m for m in TRAIN_MODULES if importlib.util.find_spec(m) is None]
+    return [m for m in TRAIN_MODULES if _absent(m)]
 
 
 def require_train(what: str) -> None:

@@ -132,6 +132,14 @@ def log_patterns(folder: Path, array: bool) -> dict[str, str]:
     return {"output": f"{base}.out", "error": f"{base}.err"}
 
 
+class _RenderOnly(submitit.SlurmExecutor):
+    """An executor that only renders sbatch scripts: a dry run needs no srun on PATH."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
 
@@ -144,13 +152,17 @@ class SlurmBackend(SchedulerBackend):
                                                 "SLURM's default")
         return max_array_size(), None
 
-    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False
-                 ) -> submitit.SlurmExecutor:
+    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False,
+                 dry_run: bool = False) -> submitit.SlurmExecutor:
         res, spec = Resources.of(grid), grid.slurm
         folder = paths.backend_dir(self.name) / "submitit"
         script_safe(folder)  # the study directory and the interpreter reach the script as text
         script_safe(sys.executable)
-        ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=spec.max_requeues)
+        try:
+            ex = (_RenderOnly if dry_run else submitit.SlurmExecutor)(folder=folder / "%j",
+                                                                      max_num_timeout=spec.max_requeues)
+        except RuntimeError as e:  # submitit finds no srun
+            raise SchedulerError(f"submitting to SLURM: {e}") from None
         logs = log_patterns(folder, array)
         # additional_parameters replace submitit's own #SBATCH --output/--error; srun takes
         # the last of repeated options, so srun_args replace the patterns of its srun line.
@@ -173,7 +185,7 @@ class SlurmBackend(SchedulerBackend):
         return ex
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        ex = self.executor(paths, grid, after, array=len(task_ids) > 1)
+        ex = self.executor(paths, grid, after, array=len(task_ids) > 1, dry_run=dry_run)
         if dry_run:
             params = dict(ex.parameters)
             if len(task_ids) > 1:
