@@ -152,7 +152,8 @@ def overview(paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskStat
             for line in log_tail(s.log):
                 out.append(Text(f"    | {line}", style="dim"))
         if len(failed) > MAX_FAILED:
-            out.append(Text(f"  ... and {len(failed) - MAX_FAILED} more: hpcxfer status {study_dir_arg} --state failed"))
+            out.append(Text(f"  ... and {len(failed) - MAX_FAILED} more: "
+                            f"hpcxfer status {study_dir_arg} --state failed"))
     running = [s for s in states if s.state == "running"]
     if running:
         out.append(Text(f"running ({len(running)}):", style="cyan"))

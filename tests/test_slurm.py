@@ -180,7 +180,7 @@ def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_gr
     # The pre-training "finished" without its model: the fine-tuning task fails for real.
     pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
                if line.startswith('{') and '"pretrain"' in line)
-    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+    atomic_write_json(study / "tasks" / pre / "result.json", {"task_id": pre, "val_acc": 0.0, "val_loss": 0.0})
 
     assert cli("submit", grid, "--backend", "slurm").returncode == 0
     (rec,) = records(study)
@@ -243,7 +243,7 @@ def test_a_root_with_percent_signs_keeps_the_logs_in_that_folder(cluster, write_
     # The pre-training "finished" without its model: each fine-tuning task fails at once.
     pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
                if '"pretrain"' in line)
-    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+    atomic_write_json(study / "tasks" / pre / "result.json", {"task_id": pre, "val_acc": 0.0, "val_loss": 0.0})
     sub = cli("submit", grid, "--backend", "slurm", cwd=tmp_path)
     assert sub.returncode == 0, sub.stderr
     (rec,) = records(study)
