@@ -1,5 +1,5 @@
 # The two entry points of a fresh machine (see README.md).
-.PHONY: setup quickstart test
+.PHONY: setup quickstart test wheel
 
 setup:
 	./scripts/setup.sh
@@ -13,3 +13,8 @@ quickstart: setup
 test: setup
 	@if [ -x .ci/slurm-up.sh ]; then .ci/slurm-up.sh; fi
 	.venv/bin/python -m pytest -q
+
+# A wheel of hpcxfer in dist/ (templates and example grids inside); tests/test_install.py
+# builds one the same way, installs it into a fresh venv and runs it outside the clone.
+wheel: setup
+	.venv/bin/python -m pip wheel --no-deps -q -w dist .

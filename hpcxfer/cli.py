@@ -1,5 +1,9 @@
-"""The command line (SPEC section 2). One handler turns every HpcxferError into one line
-and exit status 2; --debug shows the traceback instead."""
+"""The command line (docs/design.md §2). One handler turns every HpcxferError into one line
+and exit status 2; --debug (before or after the subcommand) shows the traceback instead.
+
+Output is for terminals and pipes alike: piped, tables take their natural width (rich would
+crop them to 80 columns), and a reader that closes the pipe early (`| head`) ends the
+command quietly with status 141."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +22,25 @@ from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of a console that is not a terminal: wide enough that no table is cropped.
+PIPE_WIDTH = 10_000
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich's own handling exits 1; main() handles a closed pipe the same way for all."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    return _Console(stderr=stderr, width=None if terminal else PIPE_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 # ---------------------------------------------------------------- plan
@@ -57,7 +79,9 @@ def _cost_table(grid) -> None:
         return
     queues = list(rows[-1][1].su)
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
-    table.add_column("stage / sub-grid", max_width=30, overflow="ellipsis", no_wrap=True)
+    # On a terminal long names are cut to keep the table on screen; piped, nothing is cut.
+    table.add_column("stage / sub-grid", max_width=30 if console.is_terminal else None, overflow="ellipsis",
+                     no_wrap=True)
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
         table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
@@ -87,11 +111,11 @@ def _task_table(tasks, title: str, limit: int) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from hpcxfer.backends import get_backend
     from hpcxfer.grid import cost, expand, load_grid
-    from hpcxfer.grid.groups import units
     from hpcxfer.grid.load import checked_root
-    from hpcxfer.locks import submit_lock
-    from hpcxfer.study import study_paths, study_states, write_groups, write_study
 
+    if args.scripts and not args.dry_run:
+        raise ConfigError(None, "--scripts", "goes with --dry-run (a real submit writes its scripts into the study)")
+    _check_target(args.scripts, "--scripts", folder=True)
     grid = load_grid(args.grid)
     backend = get_backend(args.backend)
     root = checked_root(grid, args.root, backend.name)  # before anything is written
@@ -100,7 +124,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         estimate = cost.summary_line(cost.price_study(grid)[-1][1])
     except cost.UnknownSize as e:
         estimate = f"no cost estimate: {e}"
+    if args.dry_run:
+        return _dry_run(args, grid, backend, root, tasks, estimate)
+    from hpcxfer.extras import require_train
+
+    require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
     from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+    from hpcxfer.grid.groups import units
+    from hpcxfer.locks import submit_lock
+    from hpcxfer.study import study_paths, study_states, write_groups, write_study
 
     check_data(grid._source, grid.data, tasks)
     console.print(estimate, highlight=False, markup=False)
@@ -116,23 +148,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         # Protocol groups are formed from what is left to run: a finished member is never rerun.
         todo_units, groups = units(todo, grid.runtime.group_max)
         write_groups(paths, groups)
-        by_state = Counter(s.state for s in states.values())
-        grouped = f" ({len(todo_units)} workers, {len(groups)} of them protocol groups)" if groups else ""
-        console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
-            f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend.name}"
-            + grouped, markup=False, highlight=False)
+        _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
 
         if args.wait and backend.name == "local" and todo:
             sub = _submit_local_with_progress(backend, paths, grid, todo_units, recorded=lock.release)
         else:
-            sub = backend.submit(paths, grid, todo_units, dry_run=args.dry_run)
-    if args.dry_run:
-        for script in sub.scripts:
-            console.print(f"# {script}\n{Path(script).read_text()}", markup=False, highlight=False, soft_wrap=True)
-        for cmd in sub.commands:
-            console.print(cmd, markup=False, highlight=False, soft_wrap=True)
-        console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted")
-        return 0
+            sub = backend.submit(paths, grid, todo_units)
     if sub.job_ids:
         console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}", markup=False)
     if args.wait:
@@ -146,82 +167,223 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_plan(paths, tasks, states, todo, todo_units, groups, backend: str) -> None:
+    by_state = Counter(s.state for s in states.values())
+    grouped = f" ({len(todo_units)} workers, {len(groups)} of them protocol groups)" if groups else ""
+    console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
+        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend}"
+        + grouped, markup=False, highlight=False)
+
+
+def _dry_run(args, grid, backend, root: str, tasks, estimate: str) -> int:
+    """What a submit would do, written nowhere but to stdout (or the scripts into
+    --scripts DIR): no scheduler asked, the data set not opened, the study left as it is."""
+    from hpcxfer.grid.groups import units
+    from hpcxfer.study import TaskState, check_records, study_paths, study_states
+
+    paths = study_paths(grid, root)
+    check_records(paths, grid)  # what the real submit would refuse, refused here too
+    notes: list[str] = []
+    if paths.tasks_index.is_file():  # an existing study: read (never written) for what is left
+        held = _held(paths, warnings=notes)
+        wanted = {t.task_id for t in tasks}
+        states = {s.task_id: s for s in study_states(paths, held, tasks) if s.task_id in wanted}
+    else:
+        states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
+                  for t in tasks}
+    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+    todo_units, groups = units(todo, grid.runtime.group_max)
+    console.print(estimate, highlight=False, markup=False)
+    _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
+    sub = backend.submit(paths, grid, todo_units, dry_run=True)
+    notes = [f"data not checked (dry run): {grid.data.dataset} at {grid.data.path or 'its default places'} is "
+             "opened and checked by the real submit", *notes, *sub.notes]
+    if args.scripts:
+        folder = Path(args.scripts)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, text in sub.files.items():
+                (folder / Path(path).name).write_text(text)
+        except OSError as e:
+            raise ConfigError(None, "--scripts", f"cannot write into {args.scripts}: {e.strerror or e}") from None
+        for path in sub.files:
+            console.print(Text(f"wrote {folder / Path(path).name} (submit writes it as {path})"))
+    else:
+        for script in sub.scripts:
+            console.print(Text(f"# {script}\n{sub.files[script]}"), soft_wrap=True)
+    for cmd in sub.commands:
+        console.print(Text(cmd), soft_wrap=True)
+    for note in notes:
+        console.print(Text(f"note: {note}"), soft_wrap=True)
+    console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted and nothing written"
+                  + (f" but the scripts in {args.scripts}" if args.scripts else ""), markup=False, highlight=False)
+    return 0
+
+
+class _Running:
+    """A progress column: the study's running tasks, each at its epoch (read at most
+    every few seconds, whatever the refresh rate)."""
+
+    def __init__(self, paths, wanted: set[str], every_s: float = 3.0):
+        self.paths, self.wanted, self.every_s = paths, sorted(wanted), every_s
+        self.text, self.read_at = Text(""), 0.0
+
+    def __call__(self, task) -> Text:  # rich calls a column with the progress task
+        import time
+
+        from hpcxfer.grid.task import Task
+        from hpcxfer.study import last_epoch, task_running
+
+        if time.monotonic() - self.read_at < self.every_s:
+            return self.text
+        self.read_at = time.monotonic()
+        bits = []
+        for task_id in self.wanted:
+            tp = self.paths.task(task_id)
+            if tp.running.exists() and task_running(tp):
+                epoch = last_epoch(tp)
+                try:
+                    epochs = Task.from_dict(json.loads(tp.config.read_text())).epochs
+                except (OSError, ValueError, TypeError, KeyError):
+                    epochs = None
+                at = "starting" if epoch is None else f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
+                bits.append(f"{task_id} {at}")
+        more = f" +{len(bits) - 3}" if len(bits) > 3 else ""
+        self.text = Text("; ".join(bits[:3]) + more, style="dim")
+        return self.text
+
+
+def _progress(paths, wanted: set[str]):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, RenderableColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    class RunningColumn(RenderableColumn):
+        def __init__(self, source):
+            super().__init__()
+            self.source = source
+
+        def render(self, task):
+            return self.source(task)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), RunningColumn(_Running(paths, wanted)), console=console)
+
+
 def _wait_for_scheduler(paths, wanted: set[str], poll_s: float = 10.0) -> None:
-    """Until the scheduler holds none of the study's tasks, with a line of counts."""
+    """Until the scheduler holds none of the study's tasks: a bar of finished tasks with an
+    ETA, and each running task at its epoch."""
     import time
 
     from hpcxfer.study import study_states
 
-    with console.status("waiting for the scheduler") as line:
+    with _progress(paths, wanted) as progress:
+        bar = progress.add_task("tasks", total=len(wanted), detail="")
         while True:
             counts = Counter(s.state for s in study_states(paths, _held(paths)) if s.task_id in wanted)
-            line.update("waiting for the scheduler: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+            detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if k != "done")
+            progress.update(bar, completed=counts.get("done", 0) + counts.get("failed", 0), detail=detail)
             if not counts.get("queued") and not counts.get("running"):
                 return
             time.sleep(poll_s)
 
 
 def _submit_local_with_progress(backend, paths, grid, todo, recorded=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+    with _progress(paths, {m for u in todo for m in u.members}) as progress:
         bar = progress.add_task("workers", total=len(todo), detail="")
 
         def on_change(counts: dict) -> None:
             finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
-            detail = f"{counts.get('running', 0)} running"
+            detail = Text(f"{counts.get('running', 0)} running")
             for k in ("failed", "skipped"):
                 if counts.get(k):
-                    detail += f", [red]{counts[k]} {k}[/red]"
+                    detail += Text(f", {counts[k]} {k}", style="red")
             progress.update(bar, completed=finished, detail=detail)
 
         return backend.submit(paths, grid, todo, wait=True, on_change=on_change, recorded=recorded)
 
 
-def _held(paths) -> dict[str, dict]:
+def _held(paths, ask_scheduler: bool = True, warnings: list[str] | None = None) -> dict[str, dict]:
     """task id -> what the backend that last submitted it says: queued, running or (ended
-    by the scheduler) failed. Only backends this study has used are asked."""
+    by the scheduler) failed. Only backends this study has used are asked; with
+    `ask_scheduler` False, only the local backend (its run files). With a `warnings` list,
+    a scheduler that cannot be reached adds a line to it instead of raising (status shows
+    what is on disk); submit lets it raise (it must not submit what may be queued)."""
     from hpcxfer.backends import BACKENDS
+    from hpcxfer.backends.scheduler import SchedulerError
 
     held: dict[str, dict] = {}
     for name, cls in BACKENDS.items():
-        if not paths.backend_dir(name).is_dir():
+        if not paths.backend_dir(name).is_dir() or (name != "local" and not ask_scheduler):
             continue
         backend = cls()
-        view = backend.view(paths) if hasattr(backend, "view") else {t: {"state": "queued"} for t in backend.held(paths)}
+        try:
+            view = backend.view(paths) if hasattr(backend, "view") else {
+                t: {"state": "queued"} for t in backend.held(paths)}
+        except SchedulerError as e:
+            if warnings is None:
+                raise
+            warnings.append(f"{name} could not be asked ({e}); the states below are what is on disk: "
+                            "queued tasks show as pending, running ones as running only while their worker's "
+                            "lock is fresh")
+            continue
         held.update(view)
     return held
 
 
 # ---------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
+    from hpcxfer import overview
+    from hpcxfer.fileio import read_json
     from hpcxfer.grid.task import Task
     from hpcxfer.layout import StudyPaths
-    from hpcxfer.study import STATES, read_index, study_states
+    from hpcxfer.study import STATES, read_index, study_states, task_progress
 
+    wanted_states = _states_option(args.state)
     paths = StudyPaths.existing(args.study_dir)
     index, problems = read_index(paths)
-    states = study_states(paths, _held(paths), [Task.from_dict(d) for d in index])
-    for line in problems:  # a damaged line is said, and the rest of the study still shown
-        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    tasks = [Task.from_dict(d) for d in index]
+    warnings: list[str] = []
+    states = study_states(paths, _held(paths, warnings=warnings), tasks)
+    for line in problems + warnings:  # said, and the rest of the study still shown
+        err_console.print(Text(f"warning: {line}"), soft_wrap=True)
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
+    chosen = [s for s in states if not wanted_states or s.state in wanted_states]
     if args.json:
-        sys.stdout.write(json.dumps({"counts": counts, "tasks": [s.to_dict() for s in states]}) + "\n")
+        task_of = {t.task_id: t for t in tasks}
+        shown = chosen if args.limit is None else chosen[:args.limit]
+        rows = []
+        for s in shown:
+            p = task_progress(paths, task_of[s.task_id], s)
+            rows.append({**s.to_dict(), **{k: p[k] for k in ("epochs", "val_acc", "wall_s", "host")}})
+        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": warnings}) + "\n")
         return 0
-    table = Table(title=Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)))
-    grouped = any(s.group for s in states)
-    for col in ("task_id", "stage", "state", "epoch", *(["group"] if grouped else []), "detail"):
-        table.add_column(col, no_wrap=col in ("task_id", "group"))
-    colour = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow"}
-    for s in states:
-        detail = s.detail + (f" (log: {s.log})" if s.state == "failed" else "")
-        table.add_row(Text(s.task_id), s.stage, Text(s.state, style=colour.get(s.state, "white")),
-                      "" if s.epoch is None else str(s.epoch), *([Text(s.group or "")] if grouped else []),
-                      Text(detail))
-    console.print(table)
+    if args.detailed or wanted_states:
+        console.print(Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+                           + (f"; showing {', '.join(sorted(wanted_states))}" if wanted_states else "")))
+        console.print(overview.task_table(paths, tasks, chosen, args.limit))
+        return 0
+    try:
+        study = read_json(paths.study_json)
+    except (OSError, ValueError):
+        study = None
+    blocks = overview.subgrids(paths, study if isinstance(study, dict) else None)
+    for part in overview.overview(paths, tasks, states, blocks, counts, args.study_dir):
+        console.print(part)
+    if not console.is_terminal:  # a pipe or a file: every task too, so that grep finds any
+        console.print(overview.task_table(paths, tasks, states, args.limit))
     return 0
+
+
+def _states_option(values: list[str] | None) -> set[str]:
+    from hpcxfer.study import STATES
+
+    chosen = {v.strip() for text in values or [] for v in text.split(",") if v.strip()}
+    bad = sorted(chosen - set(STATES))
+    if bad:
+        raise ConfigError(None, "--state", f"unknown state {bad[0]!r}", f"choose from {', '.join(STATES)}")
+    return chosen
 
 
 # ---------------------------------------------------------------- collect, report
@@ -269,8 +431,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from hpcxfer.collect import render
     from hpcxfer.collect.build import build_views, parse_views
 
+    fmt = render.format_of(args.out, args.format)
     names = parse_views(args.view)
-    if args.format == "csv" and len(names) != 1:
+    if fmt == "csv" and len(names) != 1:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
     _check_target(args.out, "--out")
     _check_target(args.plots, "--plots", folder=True)
@@ -290,13 +453,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         for line in left_out:
             err_console.print(line, highlight=False, markup=False)
     _print_summary(collected)
-    if args.format == "table" and not args.out:
+    if fmt == "table" and not args.out:
         for view in views:
             console.print(render.rich_table(view))
         return 0
     summary = {"notes": collected.summary(), "skipped": collected.records.skipped.to_dict()}
-    text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_markdown,
-            "json": lambda v: render.to_json(v, summary)}[args.format](views)
+    text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_text,
+            "json": lambda v: render.to_json(v, summary)}[fmt](views)
     if args.out:
         _write_out(args.out, text.encode())
     else:
@@ -320,11 +483,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- run-task, cancel
+# ---------------------------------------------------------------- run-task, cancel, init
 def cmd_run_task(args: argparse.Namespace) -> int:
+    from hpcxfer.extras import require_train
+
+    require_train("hpcxfer run-task")  # before the worker: one line, not an ImportError
     from hpcxfer.worker.main import run_task
 
     return run_task(args.study_dir, args.task)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a shipped example's grid files into DIR; nothing is overwritten without --force."""
+    from hpcxfer.fileio import atomic_write_bytes
+    from hpcxfer.shipped import example_files
+
+    target = Path(args.dir)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(None, "DIR", f"{args.dir} is a file; name a folder for the example")
+    files = [(target / rel, data) for rel, data in example_files(args.example)]
+    if not args.force:
+        present = [path for path, _ in files if path.exists() or path.is_symlink()]
+        if present:
+            more = f" (and {len(present) - 1} more)" if len(present) > 1 else ""
+            raise ConfigError(present[0], None, f"exists{more}; nothing written", "--force overwrites")
+    for path, data in files:
+        if path.is_dir():
+            raise ConfigError(path, None, "is a folder; nothing of the example can be written there")
+    for path, data in files:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise ConfigError(path, None, f"cannot write: {e.strerror or e}") from None
+        console.print(Text(f"wrote {path}"))
+    console.print(Text(f"next: hpcxfer plan {files[0][0]}"))
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -345,6 +539,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number")
+    return int(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors in one line (no usage block), exit status 2 as before."""
 
@@ -352,68 +552,149 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+DESCRIPTION = """\
+Transfer-learning protocol studies (Plested & Gedeon 2019) on supercomputers: a grid file
+is expanded into tasks, submitted as scheduler jobs (local, SLURM, PBS Pro, NCI Gadi),
+followed, and collected into the paper's tables and figures."""
+
+EPILOG = """\
+a study from start to end:
+  hpcxfer init quickstart                         # writes quickstart.yaml here
+  hpcxfer plan quickstart.yaml                    # tasks, counts and cost
+  hpcxfer submit quickstart.yaml --backend local --wait
+  hpcxfer status runs/quickstart
+  hpcxfer collect runs/quickstart
+
+bad input ends in one line naming the file and field, exit status 2; --debug (anywhere on
+the line) shows the traceback instead."""
+
+#: name -> (one-line help, description, example)
+COMMANDS = {
+    "init": ("write a shipped example grid into a folder",
+             "Write the files of a shipped example (quickstart: a small Fashion-MNIST study for a "
+             "laptop; plested2019: the paper's six experiments on ImageNet) into DIR. Files that exist "
+             "are never overwritten without --force.",
+             "hpcxfer init plested2019 ~/grids    # then: hpcxfer plan ~/grids/plested2019/all.yaml"),
+    "plan": ("validate and expand a grid: tasks, counts and cost",
+             "Validate GRID and expand it into tasks: a table of tasks, the counts by stage and "
+             "sub-grid, and the estimated GPU-hours and Gadi service units per queue. Reads nothing "
+             "but the grid and writes nothing.",
+             "hpcxfer plan jobs/plested2019/all.yaml --limit 10"),
+    "submit": ("submit every task not done and not queued",
+               "Submit every task of GRID that is not done, queued or running: running it again "
+               "resumes a half-finished study. --dry-run prints the job scripts and commands "
+               "instead, without asking a scheduler, opening the data set or writing anything.",
+               "hpcxfer submit grid.yaml --backend gadi --dry-run --scripts /tmp/scripts"),
+    "status": ("how far a study is: counts, failed tasks with their log, running tasks",
+               "An overview of STUDY_DIR that fits a screen: counts and a bar per stage and "
+               "sub-grid, the failed tasks first with the tail of their log, then the running ones "
+               "at their epoch. --detailed or --state list tasks one per row (epoch of epochs, "
+               "latest validation accuracy, wall time, host); piped into another command, every "
+               "task is listed after the overview. A scheduler that cannot be reached is a warning: "
+               "the states on disk are still shown.",
+               "hpcxfer status runs/quickstart --state failed,running"),
+    "collect": ("the study's tables (and the paper's figures with --plots)",
+                "Mean and standard deviation over splits per protocol and size, and the paper's "
+                "views. --out's extension chooses the format (.csv .md .json .txt) unless --format "
+                "is given; JSON is always {\"views\": {name: ...}, \"summary\": ...}.",
+                "hpcxfer collect runs/quickstart --view table2 --out table2.csv"),
+    "report": ("one self-contained HTML file with every table and figure",
+               "Every table and figure of STUDY_DIR in one HTML file to send to a colleague.",
+               "hpcxfer report runs/quickstart --out quickstart.html"),
+    "run-task": ("run one task (what an array task runs)",
+                 "Run one task of STUDY_DIR to completion or to a checkpoint on request: what every "
+                 "array element and packed job runs. Needs torch (pip install 'hpcxfer[train]').",
+                 "hpcxfer run-task runs/quickstart 0"),
+    "cancel": ("cancel what the study has queued",
+               "Cancel every job of STUDY_DIR that a scheduler (or the local runner) still holds; "
+               "running workers checkpoint before they exit.",
+               "hpcxfer cancel runs/quickstart"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hpcxfer import __version__
     from hpcxfer.collect.render import FORMATS
+    from hpcxfer.shipped import EXAMPLES
 
-    parser = _Parser(prog="hpcxfer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hpcxfer", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hpcxfer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("plan", help="expand and validate a grid; table of tasks and counts")
+    def command(name: str):
+        short, description, example = COMMANDS[name]
+        return sub.add_parser(name, help=short, description=textwrap.fill(description, 88),
+                              epilog=f"example:\n  {example}",
+                              parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("init")
+    p.add_argument("example", choices=sorted(EXAMPLES))
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to write it (default: here)")
+    p.add_argument("--force", action="store_true", help="overwrite files that exist")
+    p.set_defaults(func=cmd_init)
+
+    p = command("plan")
     p.add_argument("grid")
     p.add_argument("--json", action="store_true", help="one JSON object per task per line")
-    p.add_argument("--limit", type=_positive, default=40, help="task rows to show (default 40)")
+    p.add_argument("--limit", type=_count, default=40, help="task rows to show (default 40)")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("submit", help="submit every task not done and not queued")
+    p = command("submit")
     p.add_argument("grid")
     p.add_argument("--backend", choices=None, help="local, slurm, pbs or gadi (default: detected)")
     p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
-    p.add_argument("--wait", action="store_true", help="stay until the study is done, showing progress")
+    p.add_argument("--dry-run", action="store_true", help="print the job scripts and commands; ask no scheduler, "
+                   "check no data, write nothing")
+    p.add_argument("--scripts", metavar="DIR", help="with --dry-run: write the job scripts and task lists into DIR")
+    p.add_argument("--wait", action="store_true", help="stay until the study is done, showing progress and an ETA")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="state of every task")
+    p = command("status")
     p.add_argument("study_dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help='{"counts": {state: n}, "tasks": [{"task_id", "state", "dir", ...}], "warnings": [...]}')
+    p.add_argument("--state", action="append", metavar="STATE",
+                   help="only tasks in STATE (pending, queued, running, done, failed); repeat or comma-separate")
+    p.add_argument("--detailed", action="store_true", help="every task, one row each (failed first)")
+    p.add_argument("--limit", type=_count, help="at most N task rows")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("collect", help="the study's tables (and the paper's figures with --plots)")
+    p = command("collect")
     p.add_argument("study_dir")
     p.add_argument("--view", action="append", metavar="NAME",
                    help="cells (default), table1, table2, compare, paper, incomplete, curves (reads every "
                         "metrics record), or all; repeat or comma-separate for several")
     p.add_argument("--by", metavar="AXES", help="comma-separated task fields that make a cell (default: the "
                    "protocol and every setting except split and seed); the rest are averaged over")
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", choices=FORMATS, help="default: from --out's extension (.csv .md .json .txt), "
+                   "else a table")
     p.add_argument("--out", help="write to this file instead of the terminal")
     p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as PNG and SVG into DIR")
     p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("report", help="one self-contained HTML file with every table and figure")
+    p = command("report")
     p.add_argument("study_dir")
     p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("run-task", help="run one task (what an array task runs)")
+    p = command("run-task")
     p.add_argument("study_dir")
     p.add_argument("task", help="index in tasks.jsonl or task id")
     p.set_defaults(func=cmd_run_task)
 
-    p = sub.add_parser("cancel", help="cancel what the study has queued")
+    p = command("cancel")
     p.add_argument("study_dir")
     p.set_defaults(func=cmd_cancel)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except HpcxferError as e:
@@ -424,3 +705,20 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        status = _run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`hpcxfer plan --json | head -1`): what it wanted it has.
+        # Python would report the failed flush at exit: point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a process killed by SIGPIPE reports

@@ -44,12 +44,7 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
     (re)written, so a changed runtime section applies to work not yet done."""
-    # Both records are checked before anything is written: a damaged one is an error.
-    info = _read_or_none(paths.study_json) if paths.study_json.exists() else {
-        "study": grid.study, "created": time.time(), "grids": []}
-    if not isinstance(info, dict) or not all(isinstance(g, str) for g in info.get("grids") or []):
-        raise StudyError(f"{paths.study_json}: damaged (not a study record); restore it or move it aside")
-    index = load_index(paths) if paths.tasks_index.exists() else []
+    info, index = check_records(paths, grid)
     paths.tasks_dir.mkdir(parents=True, exist_ok=True)
     known = {t["task_id"] for t in index}
     added = [t.to_dict() for t in tasks if t.task_id not in known]
@@ -66,6 +61,18 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})
     atomic_write_json(paths.study_json, info)
+
+
+def check_records(paths: StudyPaths, grid: Grid) -> tuple[dict, list[dict]]:
+    """study.json and tasks.jsonl as `write_study` finds them (new ones for a new study),
+    checked before anything is written: a damaged one is an error. Reads only, so a dry
+    run says what the real submit would refuse."""
+    info = _read_or_none(paths.study_json) if paths.study_json.exists() else {
+        "study": grid.study, "created": time.time(), "grids": []}
+    if not isinstance(info, dict) or not all(isinstance(g, str) for g in info.get("grids") or []):
+        raise StudyError(f"{paths.study_json}: damaged (not a study record); restore it or move it aside")
+    index = load_index(paths) if paths.tasks_index.exists() else []
+    return info, index
 
 
 def _read_or_none(path: Path) -> object:
@@ -307,3 +314,37 @@ def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = froz
     for st in states:
         st.group = group.get(st.task_id)
     return states
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") \
+        else None
+
+
+def task_progress(paths: StudyPaths, task: Task, st: TaskState) -> dict:
+    """What `status` shows of a task beside its state: `epochs` (of the task), `epoch`
+    (reached: the last evaluated one, or all of them once done), the latest `val_acc`,
+    `wall_s` (the result's; while running, since its worker started) and `host`, read off
+    result.json, metrics.jsonl and running.json. Values a damaged file holds are None."""
+    tp = paths.task(task.task_id)
+    out: dict = {"epochs": task.epochs, "epoch": st.epoch, "val_acc": None, "wall_s": None, "host": None}
+    if st.state == "done":
+        result, _ = results.load(tp.result, task.task_id)
+        if result:
+            out.update(epoch=result.get("epochs") if isinstance(result.get("epochs"), int) else task.epochs,
+                       val_acc=_number(result.get("val_acc")), wall_s=_number(result.get("wall_s")),
+                       host=result.get("host") if isinstance(result.get("host"), str) else None)
+        return out
+    last = None
+    for last in iter_jsonl(tp.metrics):
+        pass
+    if last:
+        out.update(val_acc=_number(last.get("val_acc")), wall_s=_number(last.get("wall_s")))
+    if st.state == "running":
+        holder = task_lock(tp)
+        if holder is not None and holder.owner is not None:
+            out["host"] = holder.owner.host
+            started = _number(holder.get("started"))
+            if started is not None:
+                out["wall_s"] = max(0.0, time.time() - started)
+    return out

@@ -2,7 +2,7 @@
 # Everything a fresh Debian/Ubuntu machine needs for hpcxfer, idempotent:
 #   Debian packages: dataset-fashion-mnist (the quick start's images, offline),
 #                    slurm-wlm and munge (the test suite's one-node SLURM cluster);
-#   a virtual environment in .venv with hpcxfer and its test tools.
+#   a virtual environment in .venv with hpcxfer, what trains tasks ([train]) and the test tools.
 # Set HPCXFER_SKIP_APT=1 to skip the Debian packages (e.g. without root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,14 +22,27 @@ if [ "${HPCXFER_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-python=${PYTHON:-python3}
+# Python 3.11 or newer (workers run `python -P`); PYTHON=... chooses one.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+if [ -z "$python" ]; then
+  echo "setup: hpcxfer needs Python 3.11 or newer; set PYTHON to one" >&2
+  exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c "import hpcxfer, pytest, torch, torchvision, submitit" 2>/dev/null \
+if ! .venv/bin/python -c "import hpcxfer, pytest, torch, torchvision, submitit, tensorboard" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.hpcxfer-installed ]; then
   echo "setup: installing hpcxfer and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[train,test]'
   touch .venv/.hpcxfer-installed
 fi

@@ -110,3 +110,16 @@ def cluster() -> int:
     from hpcxfer.backends.slurm import max_array_size
 
     return max_array_size()
+
+
+def prepare_study(grid_path: Path, root: str | None = None):
+    """The study of a grid written as a submit writes it (study.json, tasks.jsonl, every
+    task.json), nothing submitted: what tests prepare before running tasks by hand. (A dry
+    run writes nothing.) Returns its StudyPaths."""
+    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.study import study_paths, write_study
+
+    grid = load_grid(grid_path)
+    paths = study_paths(grid, root)
+    write_study(paths, grid, expand(grid))
+    return paths

@@ -56,7 +56,7 @@ def test_duplicated_epoch_keeps_the_later_record(two):
     (curve,) = merge_metrics(rec, jobs=1)
     other = lines(paths.task(b.task_id).metrics)[1]["val_acc"]
     row = list(curve.rows())[1]
-    assert row["epoch"] == 2 and row["n"] == 2
+    assert row["epoch"] == 2 and row["replicates"] == 2
     assert row["val_acc_mean"] == pytest.approx((0.123 + other) / 2)
     assert rec.skipped.lines == {"duplicate epoch (the later record kept)": 1}
 
@@ -76,7 +76,7 @@ def test_task_with_metrics_but_no_result_is_cut_running_or_failed_with_its_log(t
     for t in (cut, running, failed):
         assert states[t.task_id]["log"] == str(paths.task(t.task_id).log)
     (cell,) = [c for c in summarize(rec.rows, rec.missing) if c["transfer_layers"] == 7]
-    assert cell["n"] == 0 and cell["missing"] == 1 and cell["val_acc_mean"] is None
+    assert cell["replicates"] == 0 and cell["missing"] == 1 and cell["val_acc_mean"] is None
 
 
 def test_unreadable_or_foreign_result_is_a_skipped_task(two, tmp_path):
@@ -87,7 +87,7 @@ def test_unreadable_or_foreign_result_is_a_skipped_task(two, tmp_path):
     assert sorted(rec.skipped.tasks.values()) == [1, 1]
     assert {r["state"] for r in rec.incomplete} == {"damaged"}
     (cell,) = summarize(rec.rows, rec.missing)
-    assert cell["n"] == 0 and cell["missing"] == 2
+    assert cell["replicates"] == 0 and cell["missing"] == 2
 
 
 def test_older_formats_are_read_and_counted(tmp_path):
@@ -111,7 +111,7 @@ def test_older_formats_are_read_and_counted(tmp_path):
     # b's result.json has no train_acc: it comes from its last metrics record
     assert rec.results[b.task_id]["train_acc"] == recs[-1]["train_acc"]
     (cell,) = summarize(rec.rows, rec.missing)
-    assert cell["n"] == 2 and cell["train_acc_mean"] == pytest.approx((0.9 + recs[-1]["train_acc"]) / 2)
+    assert cell["replicates"] == 2 and cell["train_acc_mean"] == pytest.approx((0.9 + recs[-1]["train_acc"]) / 2)
     (curve,) = merge_metrics(rec, jobs=1)
     row = next(curve.rows())
     assert row["lr_low_mean"] == pytest.approx((0.001 + 0.01) / 2)  # a: 0.001; b: its single lr (0.01)
@@ -155,8 +155,8 @@ def test_the_cli_reports_what_it_skipped(two, cli):
     assert out.returncode == 0, out.stderr
     assert "4 tasks: 3 with results, 1 cut" in out.stderr
     assert "skipped 1 line truncated" in out.stderr and str(m) in out.stderr
-    rows = json.loads(out.stdout)
-    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["n"] for r in rows] == [2, 2, 2]
+    rows = json.loads(out.stdout)["views"]["curves"]["rows"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["replicates"] for r in rows] == [2, 2, 2]
 
 
 def test_records_without_a_usable_epoch_or_value(two):
@@ -171,7 +171,7 @@ def test_records_without_a_usable_epoch_or_value(two):
     rows = list(curve.rows())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     other = lines(paths.task(b.task_id).metrics)[2]["val_acc"]
-    assert rows[2]["val_acc_mean"] == pytest.approx(other) and rows[2]["n"] == 2  # a still counts for the others
+    assert rows[2]["val_acc_mean"] == pytest.approx(other) and rows[2]["replicates"] == 2  # a still counts for the others
     assert rows[2]["train_loss_mean"] == pytest.approx(recs[2]["train_loss"])
     assert rec.skipped.lines == {"without an epoch (a non-negative integer)": 3}
 
@@ -183,7 +183,7 @@ def test_nan_in_a_result_is_read_and_written_as_null(two, cli):
     rec = read_study(paths)
     assert math.isnan(rec.results[a.task_id]["val_loss"]) and not rec.skipped
     out = cli("collect", paths.dir, "--format", "json")
-    (cell,) = json.loads(out.stdout)  # strict JSON: NaN would not parse in most readers
+    (cell,) = json.loads(out.stdout)["views"]["cells"]["rows"]  # strict JSON: NaN would not parse in most readers
     assert cell["val_loss_mean"] is None and cell["val_acc_mean"] == pytest.approx(0.475)
 
 

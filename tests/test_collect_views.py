@@ -28,18 +28,18 @@ def test_mean_std_n_missing_by_hand(tmp_path):
     c = cells[(10, 7)]
     mean = (0.50 + 0.60 + 0.85) / 3  # 0.65
     std = math.sqrt(((0.50 - mean) ** 2 + (0.60 - mean) ** 2 + (0.85 - mean) ** 2) / 2)  # sample std: 0.18028
-    assert (c["n"], c["missing"]) == (3, 1)
+    assert (c["replicates"], c["missing"]) == (3, 1)
     assert c["val_acc_mean"] == pytest.approx(0.65) and c["val_acc_std"] == pytest.approx(0.1802776, abs=1e-6)
     assert c["val_acc_std"] == pytest.approx(std)
     assert c["protocol"] == "common (n7 h8 d30 f0)"
-    assert cells[(10, 3)]["val_acc_std"] == 0.0 and cells[(10, 3)]["n"] == 1  # one replicate: std 0
+    assert cells[(10, 3)]["val_acc_std"] == 0.0 and cells[(10, 3)]["replicates"] == 1  # one replicate: std 0
     assert [k for k in cells] == [(10, 3), (10, 7), (25, 7)]  # size first, then the protocol
 
 
 def test_seeds_are_replicates_too(tmp_path):
     paths = write(tmp_path / "s", {ft(0, 10, 7, seed=0): 0.2, ft(0, 10, 7, seed=1): 0.4, ft(1, 10, 7, seed=0): 0.6})
     (c,) = cells_of(paths)
-    assert c["n"] == 3 and c["val_acc_mean"] == pytest.approx(0.4) and c["val_acc_std"] == pytest.approx(0.2)
+    assert c["replicates"] == 3 and c["val_acc_mean"] == pytest.approx(0.4) and c["val_acc_std"] == pytest.approx(0.2)
 
 
 def test_by_any_axes_averages_over_the_rest(tmp_path):
@@ -47,10 +47,10 @@ def test_by_any_axes_averages_over_the_rest(tmp_path):
                                    ft(0, 10, 3, h=1): 0.1, ft(0, 25, 6, h=1): None})
     by_n = {c["transfer_layers"]: c for c in cells_of(paths, "transfer_layers")}
     assert set(by_n) == {3, 6} and "protocol" not in by_n[6]
-    assert (by_n[6]["n"], by_n[6]["missing"]) == (3, 1) and by_n[6]["val_acc_mean"] == pytest.approx(0.5)
+    assert (by_n[6]["replicates"], by_n[6]["missing"]) == (3, 1) and by_n[6]["val_acc_mean"] == pytest.approx(0.5)
     by_h = {(c["examples_per_class"], c["high_lr_layers"]): c for c in cells_of(paths, "examples_per_class,high_lr_layers")}
     assert by_h[(10, 1)]["val_acc_mean"] == pytest.approx(0.15) and by_h[(10, 8)]["val_acc_mean"] == pytest.approx(0.65)
-    assert by_h[(25, 1)]["n"] == 0 and by_h[(25, 1)]["missing"] == 1
+    assert by_h[(25, 1)]["replicates"] == 0 and by_h[(25, 1)]["missing"] == 1
 
 
 def test_unknown_axis_is_one_line_exit_2(tmp_path, cli):
@@ -70,7 +70,7 @@ def test_curves_by_hand(tmp_path):
         m.write_text("".join(json.dumps({"epoch": e + 1, "val_acc": a, "val_loss": 1.0}) + "\n" for e, a in enumerate(accs)))
     (curve,) = merge_metrics(read_study(paths), jobs=1)
     rows = list(curve.rows())
-    assert [(r["epoch"], r["n"]) for r in rows] == [(1, 2), (2, 1)]
+    assert [(r["epoch"], r["replicates"]) for r in rows] == [(1, 2), (2, 1)]
     assert rows[0]["val_acc_mean"] == pytest.approx(0.15) and rows[0]["val_acc_std"] == pytest.approx(math.sqrt(0.005))
     assert rows[1]["val_acc_mean"] == pytest.approx(0.3) and rows[1]["val_acc_std"] == 0.0
     assert rows[0]["train_loss_mean"] is None  # no record had it

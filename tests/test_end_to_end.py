@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import prepare_study
 from hpcxfer.grid import expand, load_grid
 
 
@@ -22,11 +23,11 @@ def test_tiny_study_end_to_end(write_grid, cli, tmp_path):
     assert {t["task_id"] for t in status["tasks"]} == {t.task_id for t in tasks}
     assert all(t["state"] == "done" for t in status["tasks"])
 
-    summary = json.loads(cli("collect", study, "--format", "json").stdout)
+    summary = json.loads(cli("collect", study, "--format", "json").stdout)["views"]["cells"]["rows"]
     cells = {(s["protocol"], s["examples_per_class"]): s for s in summary}
     assert set(cells) == {("scratch (n0 h8 d30 f0)", 10), ("common (n7 h8 d30 f0)", 10), ("n3 h1 d30 f2", 10)}
     for s in summary:
-        assert s["n"] == 2 and s["missing"] == 0
+        assert s["replicates"] == 2 and s["missing"] == 0
         results = [json.loads((study / "tasks" / t.task_id / "result.json").read_text())["val_acc"]
                    for t in tasks if t.stage == "finetune" and t.transfer_layers == s["transfer_layers"]]
         assert abs(s["val_acc_mean"] - sum(results) / 2) < 1e-12
@@ -46,7 +47,7 @@ def test_half_finished_study_runs_only_what_is_left(write_grid, cli, tmp_path):
     tasks = expand(load_grid(grid_path))
     study = tmp_path / "runs" / "tiny"
     pre = tasks[0]
-    assert cli("submit", grid_path, "--backend", "local", "--dry-run").returncode == 0
+    prepare_study(grid_path)
     assert cli("run-task", study, pre.task_id).returncode == 0
     result = (study / "tasks" / pre.task_id / "result.json").read_text()
 

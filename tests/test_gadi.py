@@ -55,7 +55,7 @@ def test_packed_jobs_never_share_a_task(tmp_path):
     paths = StudyPaths.of(tmp_path, "gd")
     write_study(paths, grid, tasks)
     sub = GadiBackend().submit(paths, grid, [Unit.of_task(t) for t in tasks], dry_run=True)
-    lists = [Path(s).with_suffix(".txt").read_text().split() for s in sub.scripts]
+    lists = [sub.files[str(Path(s).with_suffix(".txt"))].split() for s in sub.scripts]
     finetune = [ids for ids in lists if ids[0].startswith("ft-")]
     assert len(finetune) == 2
     assert sorted(finetune[0] + finetune[1]) == sorted(t.task_id for t in tasks if t.stage == "finetune")

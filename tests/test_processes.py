@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import pbs_standin
+
 from hpcxfer.fileio import iter_jsonl
 from hpcxfer.grid import expand, load_grid
 from hpcxfer.layout import StudyPaths
@@ -284,11 +286,13 @@ def test_a_held_lock_beats_and_is_removed_on_release(tmp_path):
 
 
 # ------------------------------------------------------------------ the study lock
-def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli):
+def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli, tmp_path):
+    # A real submit (a dry run takes no lock: it writes nothing), to PBS stand-ins that only record.
+    env = pbs_standin.install(tmp_path)
     grid_path, paths, tasks = make_study(write_grid)
     held = Lock(paths.submit_lock).acquire()
     t0 = time.monotonic()
-    out = cli("submit", grid_path, "--backend", "local", "--dry-run")
+    out = cli("submit", grid_path, "--backend", "pbs", env=env)
     waited = time.monotonic() - t0
     assert out.returncode == 2 and waited >= SUBMIT_WAIT_S, (out.returncode, waited)
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -298,13 +302,13 @@ def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli):
 
     threading.Timer(1.0, held.release).start()  # the other submit finishes in time
     t0 = time.monotonic()
-    out = cli("submit", grid_path, "--backend", "local", "--dry-run")
-    assert out.returncode == 0 and f"submitting {len(tasks)} to local" in out.stdout, out.stderr
+    out = cli("submit", grid_path, "--backend", "pbs", env=env)
+    assert out.returncode == 0 and f"submitting {len(tasks)} to pbs" in out.stdout, out.stderr
     assert time.monotonic() - t0 >= 1.0
     assert not paths.submit_lock.exists()  # not left behind
 
     write_lock(paths.submit_lock, dead_process().to_dict())  # a submit killed mid-way
-    out = cli("submit", grid_path, "--backend", "local", "--dry-run")
+    out = cli("submit", grid_path, "--backend", "pbs", env=env)
     assert out.returncode == 0 and "took over a stale lock" in out.stderr, out.stderr
     assert not paths.submit_lock.exists()
 

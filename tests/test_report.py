@@ -103,13 +103,14 @@ def test_formats_and_out(study, tmp_path, cli):
     rows = list(csv.DictReader(io.StringIO(cli("collect", study.dir, "--view", "compare", "--format", "csv").stdout)))
     assert [r["examples_per_class"] for r in rows] == ["10", "25"] and float(rows[0]["optimal_mean"]) == 0.6
     both = json.loads(cli("collect", study.dir, "--view", "table1,table2", "--format", "json").stdout)
-    assert set(both) == {"table1", "table2", "summary"} and both["summary"]["notes"][0].startswith("36 tasks: 35 with results, 1 cut")
+    assert set(both) == {"views", "summary"} and set(both["views"]) == {"table1", "table2"}
+    assert both["summary"]["notes"][0].startswith("36 tasks: 35 with results, 1 cut")
     bad = cli("collect", study.dir, "--view", "all", "--format", "csv", "--out", tmp_path / "x.csv")
     assert bad.returncode == 2 and "csv holds one view" in bad.stderr and not (tmp_path / "x.csv").exists()
     out = cli("collect", study.dir, "--view", "all", "--format", "json", "--out", tmp_path / "all.json")
     assert out.returncode == 0 and out.stdout == ""
     data = json.loads((tmp_path / "all.json").read_text())
-    assert set(data) == {"cells", "table1", "table2", "compare", "incomplete", "summary"}
+    assert set(data["views"]) == {"cells", "table1", "table2", "compare", "incomplete"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".all.json")]  # no temporary left behind
     table = cli("collect", study.dir, "--view", "table2").stdout
     assert "Table 2" in table and "optimal" in table

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def scratch(tmp_path, monkeypatch):
         (stubs / name).chmod(0o755)
     monkeypatch.chdir(work)
     monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr("hpcxfer.backends.slurm.max_array_size", lambda: 1001)
+    monkeypatch.setattr("hpcxfer.backends.slurm.max_array_size", lambda retry=True: 1001)
     monkeypatch.setattr(cli, "err_console", Console(stderr=True, markup=False, highlight=False, emoji=False,
                                                     soft_wrap=True), raising=False)
     return work, stubs, log
@@ -120,11 +121,18 @@ def test_hostile_roots(name, backend, scratch, tmp_path, capsys):
         assert files_under(tmp_path) == before, "a refused root wrote something"
         return
 
-    code = cli.main(["submit", str(grid), "--backend", backend, f"--root={root}", "--dry-run"])
+    scripts_dir = tmp_path / "scripts"
+    code = cli.main(["submit", str(grid), "--backend", backend, f"--root={root}", "--dry-run",
+                     f"--scripts={scripts_dir}"])
     out = capsys.readouterr()
     assert code == 0, out.err
     study = Path(os.path.abspath(root)) / "inj"
-    assert study.is_dir() and str(study).startswith(str(work))
+    assert str(study).startswith(str(work)) and not study.exists()  # a dry run writes no study
+    if backend != "local":  # where the real submit writes them, as the scripts read them there
+        lists = study / "backends" / backend / "lists"
+        lists.mkdir(parents=True)
+        for f in scripts_dir.iterdir():
+            shutil.copy(f, lists / f.name)
     if backend == "local":
         python = shlex.quote(sys.executable)
         commands = [line for line in out.out.splitlines() if line.startswith(python + " ")]

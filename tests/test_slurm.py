@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import prepare_study
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
 
     # Meanwhile the same task uninterrupted, in a study of its own with the same source model.
     ref_grid = write_grid({"root": str(tmp_path / "ref")}, name="ref.yaml", base=GRID)
-    assert cli("submit", ref_grid, "--backend", "slurm", "--dry-run").returncode == 0
+    prepare_study(ref_grid)
     ref_study = tmp_path / "ref" / "sl"
     for name in ("model.pt", "result.json"):
         shutil.copy(study / "tasks" / pre["tasks"][0] / name, ref_study / "tasks" / pre["tasks"][0] / name)
@@ -163,11 +164,11 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
 def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_grid, cli, tmp_path, cleanup):
     grid = write_grid({"finetune": {"seed": 0, "epochs": 1}}, base=GRID)
     study = tmp_path / "runs" / "sl"
-    assert cli("submit", grid, "--backend", "slurm", "--dry-run").returncode == 0
+    prepare_study(grid)
     # The pre-training "finished" without its model: the fine-tuning task fails for real.
     pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
                if line.startswith('{') and '"pretrain"' in line)
-    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+    atomic_write_json(study / "tasks" / pre / "result.json", {"task_id": pre, "val_acc": 0.0, "val_loss": 0.0})
 
     assert cli("submit", grid, "--backend", "slurm").returncode == 0
     (rec,) = records(study)
@@ -195,9 +196,11 @@ def test_dry_run_writes_every_script_and_submits_nothing(cluster, tmp_path):
     tasks = expand(grid)
     paths = StudyPaths.of(tmp_path, "sl")
     write_study(paths, grid, tasks)
+    before = sorted(tmp_path.rglob("*"))
     sub = SlurmBackend().submit(paths, grid, [Unit.of_task(t) for t in tasks], dry_run=True)
     assert sub.commands == [f"sbatch {s}" for s in sub.scripts] and not sub.job_ids and not records(paths.dir)
-    pre, big, small = (Path(s).read_text() for s in sub.scripts)
+    assert sorted(tmp_path.rglob("*")) == before  # the scripts are returned, not written
+    pre, big, small = (sub.files[s] for s in sub.scripts)
     assert "#SBATCH --array" not in pre and f"#SBATCH --array=0-{cluster - 1}%2" in big
     assert "#SBATCH --array" not in small  # the one task left over is a plain job
     for text in (big, small):
@@ -224,11 +227,11 @@ def test_a_root_with_percent_signs_keeps_the_logs_in_that_folder(cluster, write_
     root = tmp_path / "r 50%x %u %% %b %"
     grid = write_grid({"root": str(root), "finetune": {"seed": [0, 1], "epochs": 1}}, base=GRID)
     study = root / "sl"
-    assert cli("submit", grid, "--backend", "slurm", "--dry-run").returncode == 0
+    prepare_study(grid)
     # The pre-training "finished" without its model: each fine-tuning task fails at once.
     pre = next(json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()
                if '"pretrain"' in line)
-    atomic_write_json(study / "tasks" / pre / "result.json", {"val_acc": 0.0, "val_loss": 0.0})
+    atomic_write_json(study / "tasks" / pre / "result.json", {"task_id": pre, "val_acc": 0.0, "val_loss": 0.0})
     sub = cli("submit", grid, "--backend", "slurm", cwd=tmp_path)
     assert sub.returncode == 0, sub.stderr
     (rec,) = records(study)

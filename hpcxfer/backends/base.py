@@ -15,7 +15,8 @@ from hpcxfer.layout import StudyPaths
 class Submission:
     """What a submit did: the tasks handed to the scheduler (as units: tasks alone and
     protocol groups), its job ids, and the exact commands (what --dry-run prints instead
-    of running)."""
+    of running). A dry run writes nothing: `files` holds what it would have written (job
+    scripts and task lists, path -> text), `notes` what it assumed instead of asking."""
 
     backend: str
     tasks: list[str] = field(default_factory=list)
@@ -23,6 +24,8 @@ class Submission:
     job_ids: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     scripts: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class Backend(Protocol):

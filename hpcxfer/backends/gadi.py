@@ -4,25 +4,65 @@ in resources.py (with the CPUs and memory Gadi requires per GPU), `-l storage` s
 and /scratch are mounted, node-local `jobfs`, `wd`, and runs one task per GPU at a time
 (`hpcxfer.backends.pack`) until its list or its walltime runs out. What a walltime kill
 leaves unfinished resumes from its checkpoint at the next `hpcxfer submit`.
+
+A job sees /scratch/<p> and /g/data/<p> only if `-l storage` names them (docs/design.md §4),
+so the directive names every such folder the job touches (`storage()`), merged with
+`gadi.storage`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 from pathlib import Path
 
+import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
 from hpcxfer.backends.resources import GADI_QUEUES, minutes
 from hpcxfer.grid.schema import Grid
-from hpcxfer.layout import StudyPaths
+from hpcxfer.layout import StudyPaths, cache_root
+
+#: A Gadi project's folder on each file system, and the name `-l storage` gives it.
+_STORAGE = re.compile(r"^/(?:(scratch)|g/(data))/([a-z0-9]+)(?:/|$)")
+
+
+def storage_of(path: str | Path) -> str | None:
+    """`scratch/ab12` for a path under /scratch/ab12, `gdata/ab12` under /g/data/ab12."""
+    m = _STORAGE.match(os.path.normpath(str(path)))
+    if not m:
+        return None
+    return f"{'scratch' if m.group(1) else 'gdata'}/{m.group(3)}"
+
+
+def touched(paths: StudyPaths, grid: Grid) -> list[str]:
+    """Every folder a job of the study reads or writes: the study, the data set, its file
+    index cache, hpcxfer's cache, the Python environment and hpcxfer itself (each as given
+    and with its links resolved)."""
+    found = [str(paths.dir), str(cache_root()), sys.prefix, sys.executable, str(Path(hpcxfer.__file__).parent)]
+    data = grid.data
+    if data.path:
+        found.append(str(Path(data.path).absolute()))
+    if data.index_cache:
+        found.append(str(Path(data.path or ".", data.index_cache).absolute()))
+    return found + [os.path.realpath(p) for p in found]
+
+
+def storage(paths: StudyPaths, grid: Grid) -> str | None:
+    """`-l storage=`: `gadi.storage`'s entries, then every /scratch/<p> and /g/data/<p>
+    the job touches (sorted), each once; None when there is none."""
+    given = grid.gadi.storage.split("+") if grid.gadi.storage else []
+    inferred = sorted({s for p in touched(paths, grid) if (s := storage_of(p))} - set(given))
+    return "+".join(given + inferred) or None
 
 
 class GadiBackend(PbsBackend):
     name = "gadi"
     template = "gadi_pack.sh.j2"
 
-    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
-        return math.ceil(n / grid.gadi.max_jobs)
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
+        return math.ceil(n / grid.gadi.max_jobs), None
 
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
         g = grid.gadi
@@ -30,7 +70,7 @@ class GadiBackend(PbsBackend):
         opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend_dir(self.name) / 'logs'}/",
                 "-P": g.project, "-q": g.queue, "-l ncpus=": req["ncpus"], "-l ngpus=": req["ngpus"],
                 "-l mem=": f"{req['mem_gb']}GB", "-l jobfs=": f"{g.jobfs_gb}GB", "-l walltime=": self.walltime(grid),
-                "-l storage=": g.storage, "-l wd": True}
+                "-l storage=": storage(paths, grid), "-l wd": True}
         if after:
             opts["-W depend="] = "afterok:" + ":".join(after)
         return opts

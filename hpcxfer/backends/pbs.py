@@ -37,11 +37,18 @@ class PbsBackend(SchedulerBackend):
     name = "pbs"
     template = "pbs_array.sh.j2"
 
-    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
         if grid.pbs.max_array_size:
-            return grid.pbs.max_array_size
-        m = re.search(r"max_array_size\s*=\s*(\d+)", run(["qstat", "-Bf"], "reading max_array_size"))
-        return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+            return grid.pbs.max_array_size, None
+        try:  # a dry run asks once if PBS answers, and needs no PBS
+            out = run(["qstat", "-Bf"], "reading max_array_size", retry=not dry_run)
+        except SchedulerError as e:
+            if not dry_run:
+                raise
+            return DEFAULT_MAX_ARRAY_SIZE, (f"max_array_size not read ({e}): assumed {DEFAULT_MAX_ARRAY_SIZE}, "
+                                            "PBS Pro's default (pbs.max_array_size in the grid sets it)")
+        m = re.search(r"max_array_size\s*=\s*(\d+)", out)
+        return (int(m.group(1)), None) if m else (DEFAULT_MAX_ARRAY_SIZE, None)
 
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
         res = Resources.of(grid)
@@ -71,13 +78,14 @@ class PbsBackend(SchedulerBackend):
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
         script = list_file.with_suffix(".pbs")
-        script.write_text(self.render_script(paths, grid, stage, task_ids, list_file, after))
-        (paths.backend_dir(self.name) / "logs").mkdir(parents=True, exist_ok=True)
+        text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["qsub", str(script)]
         rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
-            return rec
-        job_id = run(command, f"submitting {script}").strip()
+            return {**rec, "text": text}
+        script.write_text(text)
+        (paths.backend_dir(self.name) / "logs").mkdir(parents=True, exist_ok=True)
+        job_id = run(command, f"submitting {script}", retry=False).strip()
         array = len(task_ids) > 1
         elements = [job_id.replace("[]", f"[{i}]") for i in range(len(task_ids))] if array else [job_id]
         return {**rec, "job_id": job_id, "elements": elements, "log": str(paths.backend_dir(self.name) / "logs")}

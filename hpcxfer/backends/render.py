@@ -1,5 +1,6 @@
-"""Job scripts are template files (pbs_templates/), rendered with undefined variables as
-errors, with sorted directives and every value from the grid shell-quoted.
+"""Job scripts are template files (pbs_templates/, shipped in the package: hpcxfer.shipped),
+rendered with undefined variables as errors, with sorted directives and every value from
+the grid shell-quoted.
 
 Quoting protects a shell word, not a line: a line break inside a quoted value would end a
 `#PBS` directive or a `#` comment and start a command. So every value that reaches a
@@ -9,15 +10,14 @@ command line refuse them first; this is the last line of defence).
 
 from __future__ import annotations
 
+import functools
 import shlex
-from pathlib import Path
 
 import jinja2
 
+from hpcxfer import shipped
 from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.limits import control_char, short
-
-TEMPLATES = Path(__file__).resolve().parents[2] / "pbs_templates"
 
 
 class ScriptValueError(HpcxferError):
@@ -38,8 +38,10 @@ def quote(value: object) -> str:
     return shlex.quote(script_safe(value))
 
 
+@functools.cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+    loader = jinja2.FileSystemLoader(str(shipped.folder("pbs_templates")))
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True, trim_blocks=True,
                              lstrip_blocks=True, finalize=script_safe)
     env.filters["q"] = quote

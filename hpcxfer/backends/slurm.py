@@ -19,6 +19,7 @@ those is refused before anything is written (hpcxfer.grid.load.checked_root).
 
 from __future__ import annotations
 
+import getpass
 import logging
 import os
 import re
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: How long the USR2 handler waits for the worker to write its checkpoint and exit.
 CHECKPOINT_WAIT_S = 60
+#: SLURM's MaxArraySize when slurm.conf does not set it (what a dry run assumes).
+DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
 class TaskFailed(RuntimeError):
@@ -108,11 +111,11 @@ def job_state(job_id: str) -> str:
     return m.group(1) if m else ""
 
 
-def max_array_size() -> int:
+def max_array_size(retry: bool = True) -> int:
     """MaxArraySize of the cluster (array indices go 0..MaxArraySize-1)."""
-    out = run(["scontrol", "show", "config"], "reading MaxArraySize")
+    out = run(["scontrol", "show", "config"], "reading MaxArraySize", retry=retry)
     m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-    return int(m.group(1)) if m else 1001
+    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
 def slurm_escape(text: str) -> str:
@@ -129,19 +132,37 @@ def log_patterns(folder: Path, array: bool) -> dict[str, str]:
     return {"output": f"{base}.out", "error": f"{base}.err"}
 
 
+class _RenderOnly(submitit.SlurmExecutor):
+    """An executor that only renders sbatch scripts: a dry run needs no srun on PATH."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
 
-    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int) -> int:
-        return max_array_size()
+    def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
+        if dry_run:  # asked once if SLURM answers; a dry run needs none
+            try:
+                return max_array_size(retry=False), None
+            except SchedulerError as e:
+                return DEFAULT_MAX_ARRAY_SIZE, (f"MaxArraySize not read ({e}): assumed {DEFAULT_MAX_ARRAY_SIZE}, "
+                                                "SLURM's default")
+        return max_array_size(), None
 
-    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False
-                 ) -> submitit.SlurmExecutor:
+    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False,
+                 dry_run: bool = False) -> submitit.SlurmExecutor:
         res, spec = Resources.of(grid), grid.slurm
         folder = paths.backend_dir(self.name) / "submitit"
         script_safe(folder)  # the study directory and the interpreter reach the script as text
         script_safe(sys.executable)
-        ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=spec.max_requeues)
+        try:
+            ex = (_RenderOnly if dry_run else submitit.SlurmExecutor)(folder=folder / "%j",
+                                                                      max_num_timeout=spec.max_requeues)
+        except RuntimeError as e:  # submitit finds no srun
+            raise SchedulerError(f"submitting to SLURM: {e}") from None
         logs = log_patterns(folder, array)
         # additional_parameters replace submitit's own #SBATCH --output/--error; srun takes
         # the last of repeated options, so srun_args replace the patterns of its srun line.
@@ -164,14 +185,14 @@ class SlurmBackend(SchedulerBackend):
         return ex
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        ex = self.executor(paths, grid, after, array=len(task_ids) > 1)
+        ex = self.executor(paths, grid, after, array=len(task_ids) > 1, dry_run=dry_run)
         if dry_run:
             params = dict(ex.parameters)
             if len(task_ids) > 1:
                 params["map_count"] = len(task_ids)
             script = list_file.with_suffix(".sbatch")
-            script.write_text(_make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params))
-            return {"command": f"sbatch {shlex.quote(str(script))}", "script": str(script)}
+            text = _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
+            return {"command": f"sbatch {shlex.quote(str(script))}", "script": str(script), "text": text}
         fns = [ArrayTask(str(paths.dir), str(list_file), i, grid.slurm.max_requeues) for i in range(len(task_ids))]
         try:
             jobs = ex.submit_array(fns)
@@ -188,8 +209,10 @@ class SlurmBackend(SchedulerBackend):
         return rec["logs"][index]
 
     def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
-        # All jobs at once (no -j): squeue fails on the whole list if one id has expired.
-        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%F|%K|%T|%r|%i"], "asking squeue")
+        # All of the user's jobs at once (no -j: squeue fails on the whole list if one id has
+        # expired), not every user's.
+        out = run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%F|%K|%T|%r|%i"],
+                  "asking squeue")
         active = {}
         for line in out.splitlines():
             array_id, task, state, reason, _ = (line.split("|") + [""] * 5)[:5]

@@ -79,7 +79,7 @@ def _hashable(v):
 
 def summarize(rows: Iterable[dict], missing: Iterable[dict] = (), by: Sequence[str] = DEFAULT_BY) -> list[dict]:
     """One summary per cell of the fine-tuning tasks, sorted by size then the other axes:
-    the cell's axes, `n` (replicates with a result), `missing` (tasks without one) and
+    the cell's axes, `replicates` (replicates with a result), `missing` (tasks without one) and
     mean/std of each metric over the replicates. Rows and missing tasks are task dicts."""
     by = tuple(by)
     cells: dict[tuple, dict] = {}
@@ -100,7 +100,7 @@ def summarize(rows: Iterable[dict], missing: Iterable[dict] = (), by: Sequence[s
             summary["protocol"] = protocol_label(t)
         if "examples_per_class" in by:
             summary["examples_per_class"] = t["examples_per_class"]
-        summary["n"], summary["missing"] = len(cell["rows"]), cell["missing"]
+        summary["replicates"], summary["missing"] = len(cell["rows"]), cell["missing"]
         summary.update({a: t[a] for a in by if a not in summary})
         for metric in METRICS:
             values = [r[metric] for r in cell["rows"] if isinstance(r.get(metric), (int, float))]
@@ -108,6 +108,16 @@ def summarize(rows: Iterable[dict], missing: Iterable[dict] = (), by: Sequence[s
         out.append(summary)
     out.sort(key=lambda s: sort_key(s, by))
     return out
+
+
+def cell_fields(by: Sequence[str] = DEFAULT_BY) -> list[str]:
+    """The fields of every cell `summarize` makes, in its order (a CSV's header, even of
+    a view with no cell)."""
+    head = (["protocol"] if all(f in by for f in PROTOCOL_FIELDS) else []) + (
+        ["examples_per_class"] if "examples_per_class" in by else [])
+    head += ["replicates", "missing"]
+    head += [a for a in by if a not in head]
+    return head + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
 
 
 def varying(cells: Sequence[dict], axes: Iterable[str]) -> list[str]:

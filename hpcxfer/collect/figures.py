@@ -93,7 +93,7 @@ def line_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
         extra = "".join(f", {SHORT.get(a, a)} {first[a]}" for a in others)
         series.append(Series(_size(first["examples_per_class"]) + extra, [c[spec.x] for c in pts],
                              [c["val_acc_mean"] * 100 for c in pts], [c["val_acc_std"] * 100 for c in pts],
-                             [c["n"] for c in pts]))
+                             [c["replicates"] for c in pts]))
     return FigureData(spec, [s for s in series if len(s.x) >= 2])
 
 
@@ -104,7 +104,7 @@ def bar_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
                      key=lambda c: size_key(c["examples_per_class"]))
         if pts:
             series.append(Series(name, [c["examples_per_class"] for c in pts], [c["val_acc_mean"] * 100 for c in pts],
-                                 [c["val_acc_std"] * 100 for c in pts], [c["n"] for c in pts]))
+                                 [c["val_acc_std"] * 100 for c in pts], [c["replicates"] for c in pts]))
     return FigureData(spec, series)
 
 

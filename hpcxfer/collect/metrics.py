@@ -121,7 +121,8 @@ class Sums:
 
 @dataclass
 class Curve:
-    """One cell's learning curve: per epoch reached, n and mean/std of each metric."""
+    """One cell's learning curve: per epoch reached, the replicates that reached it (n) and
+    mean/std of each metric."""
 
     cell: dict
     metrics: tuple[str, ...]
@@ -132,7 +133,7 @@ class Curve:
 
     def rows(self) -> Iterator[dict]:
         for i, epoch in enumerate(self.epochs.tolist()):
-            row = {**self.cell, "epoch": epoch, "n": int(self.n[i])}
+            row = {**self.cell, "epoch": epoch, "replicates": int(self.n[i])}
             for j, m in enumerate(self.metrics):
                 mean, std = float(self.mean[i, j]), float(self.std[i, j])
                 row[f"{m}_mean"] = None if math.isnan(mean) else mean

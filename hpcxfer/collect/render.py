@@ -1,7 +1,9 @@
-"""Views -> a rich table, CSV, Markdown or JSON.
+"""Views -> a rich table (or its plain text), CSV, Markdown or JSON.
 
-JSON of one view is its list of rows (the cells view's rows are what `collect --format json`
-has always printed); JSON of several views is an object keyed by view name.
+JSON has one shape, however many views: {"views": {name: {"title", "fields", "rows",
+"notes"}}, "summary": {"notes", "skipped"}}. CSV holds one view, with a header of its
+declared fields even when it has no row. `format_of` infers the format from --out's
+extension.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ from hpcxfer.collect.views import View
 from hpcxfer.errors import ConfigError
 
 FORMATS = ("table", "csv", "markdown", "json")
+#: --out's extension -> the format written when --format is not given.
+EXTENSIONS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".json": "json", ".txt": "table"}
+
+
+def format_of(out: str | None, given: str | None) -> str:
+    """--format if given, else the one --out's extension names, else a table."""
+    if given:
+        return given
+    if out is None:
+        return "table"
+    ext = out[out.rfind("."):].lower() if "." in out.rsplit("/", 1)[-1] else ""
+    if ext not in EXTENSIONS:
+        raise ConfigError(None, "--out", f"cannot tell a format from {out!r}",
+                          f"end it in {', '.join(EXTENSIONS)}, or give --format")
+    return EXTENSIONS[ext]
 
 
 def rich_table(view: View) -> Table:
@@ -47,8 +64,7 @@ def to_csv(views: Sequence[View]) -> str:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
     rows = views[0].rows
     buf = io.StringIO()
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=views[0].field_names(), lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
@@ -72,10 +88,16 @@ def to_markdown(views: Sequence[View]) -> str:
 
 
 def to_json(views: Sequence[View], summary: dict | None = None) -> str:
-    if len(views) == 1:
-        data = _plain(views[0].rows)
-    else:
-        data = {v.name: _plain(v.to_json()) for v in views}
-        if summary is not None:
-            data["summary"] = _plain(summary)
+    data = {"views": {v.name: _plain(v.to_json()) for v in views}, "summary": _plain(summary or {})}
     return json.dumps(data, indent=2) + "\n"
+
+
+def to_text(views: Sequence[View]) -> str:
+    """The terminal's tables as plain text (no colour, never cropped): what a .txt gets."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=10_000, color_system=None, force_terminal=False, highlight=False)
+    for view in views:
+        console.print(rich_table(view))
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"

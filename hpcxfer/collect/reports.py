@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from hpcxfer.collect import paper
-from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, size_key, value_key, varying
+from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, cell_fields, size_key, value_key, varying
 from hpcxfer.collect.read import StudyRecords
 from hpcxfer.collect.views import Column, View, key, num, pm, signed
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
@@ -70,7 +70,8 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
                                 {"transfer_layers": c["transfer_layers"], **{a: c[a] for a in extra}, "missing": 0})
         s = c["examples_per_class"]
         row.update({f"train_loss_{s}": c["train_loss_mean"], f"train_loss_std_{s}": c["train_loss_std"],
-                    f"val_loss_{s}": c["val_loss_mean"], f"val_loss_std_{s}": c["val_loss_std"], f"n_{s}": c["n"]})
+                    f"val_loss_{s}": c["val_loss_mean"], f"val_loss_std_{s}": c["val_loss_std"],
+                    f"replicates_{s}": c["replicates"]})
         row["missing"] += c["missing"]
     with_paper = paper.applies(dataset)
     rows = []
@@ -100,7 +101,10 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
              "avg gap = mean over sizes of validation minus training loss"]
     if not sel:
         notes.append("no cell with h = 8, d = 30, f = 0 in this study: Table 1 is empty")
-    return View("table1", "Table 1: training / validation loss by layers transferred (n) and size", columns, rows, notes)
+    fields = ["transfer_layers", *extra, "missing"] + [f"{q}_{s}" for s in sizes for q in (
+        "train_loss", "train_loss_std", "val_loss", "val_loss_std", "replicates")] + ["gap"]
+    return View("table1", "Table 1: training / validation loss by layers transferred (n) and size", columns, rows, notes,
+                fields)
 
 
 # ---------------------------------------------------------------- Table 2
@@ -118,7 +122,8 @@ def table2(cells: Sequence[dict], dataset: str | None = None) -> View:
             row.update({"best": " = ".join(label(c, extra) for c in tied),
                         **{f: (b[f] if all(c[f] == b[f] for c in tied) else [c[f] for c in tied]) for f in PROTOCOL_FIELDS},
                         "val_acc_mean": b["val_acc_mean"], "val_acc_std": b["val_acc_std"],
-                        "n": min(c["n"] for c in tied), "missing": max(c["missing"] for c in tied),
+                        "replicates": min(c["replicates"] for c in tied),
+                        "missing": max(c["missing"] for c in tied),
                         "runner_up": label(runner, extra) if runner else None,
                         "margin": (b["val_acc_mean"] - runner["val_acc_mean"]) if runner else None})
         if with_paper:
@@ -135,7 +140,7 @@ def table2(cells: Sequence[dict], dataset: str | None = None) -> View:
             notes.append(f"{s}/class: {unfinished} of {len(at)} cells still miss tasks; the best may change")
     columns = [key("examples_per_class", "per class", numeric=True), key("best", "best protocol"),
                Column("val acc %", lambda r: pm(r.get("val_acc_mean"), r.get("val_acc_std"), 100)),
-               key("n", "runs", numeric=True), key("runner_up", "runner-up"),
+               key("replicates", numeric=True), key("runner_up", "runner-up"),
                Column("margin", lambda r: num(r.get("margin"), 100, 2)),
                Column("cells done", lambda r: f"{r['cells'] - r['unfinished_cells']}/{r['cells']}")]
     if with_paper:
@@ -144,7 +149,9 @@ def table2(cells: Sequence[dict], dataset: str | None = None) -> View:
                     Column("paper acc %", lambda r: num(r.get("paper_val_acc")))]
     notes.insert(0, "best = highest mean validation accuracy over splits; means within 1e-9 tie; "
                     "margin = points over the runner-up")
-    return View("table2", "Table 2: the best protocol per size", columns, rows, notes)
+    fields = ["examples_per_class", "best", "tie", "cells", "unfinished_cells", *PROTOCOL_FIELDS, "val_acc_mean",
+              "val_acc_std", "replicates", "missing", "runner_up", "margin"]
+    return View("table2", "Table 2: the best protocol per size", columns, rows, notes, fields)
 
 
 # ---------------------------------------------------------------- optimal vs common vs scratch
@@ -193,7 +200,9 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
     missing = [n for n in NAMES if all(r[f"{n}_mean"] is None for r in rows)]
     if missing:
         notes.append(f"this study has no finished {', '.join(missing)} cells")
-    return View("compare", "Optimal vs common vs scratch", columns, rows, notes)
+    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std")), "best",
+              "best_mean", "optimal_vs_common", "optimal_vs_scratch", "common_vs_scratch", "best_vs_common"]
+    return View("compare", "Optimal vs common vs scratch", columns, rows, notes, fields)
 
 
 # ---------------------------------------------------------------- the paper's numbers beside ours
@@ -239,7 +248,8 @@ def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
     notes = ["Plested & Gedeon (2019), ImageNet, mean over 4 splits; Yosinski et al. (2014) released logs"]
     if not ours:
         notes.append(f"this study is on {dataset}: the published numbers are ImageNet's, so ours are not set beside them")
-    return View("paper", "The paper's numbers beside ours", columns, rows, notes)
+    return View("paper", "The paper's numbers beside ours", columns, rows, notes,
+                ["quantity", "paper", "ours", "difference"])
 
 
 # ---------------------------------------------------------------- the state of the study
@@ -250,7 +260,8 @@ def incomplete(records: StudyRecords) -> View:
     notes = [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))] if rows else ["every task has its result"]
     if counts.get("pending"):
         notes.append("pending: not started, or queued (`hpcxfer status` asks the scheduler)")
-    return View("incomplete", "Tasks without a result", columns, rows, notes)
+    return View("incomplete", "Tasks without a result", columns, rows, notes,
+                ["task_id", "stage", "state", "epoch", "detail", "log"])
 
 
 def study_summary(records: StudyRecords) -> list[str]:
@@ -274,21 +285,25 @@ def _axis_columns(by: Sequence[str], rows: Sequence[dict]) -> list[Column]:
 
 def cells_view(cells: list[dict], by: Sequence[str] = DEFAULT_BY, study: str = "") -> View:
     columns = _axis_columns(by, cells) + [
-        key("n", numeric=True), key("missing", numeric=True),
+        key("replicates", numeric=True), key("missing", numeric=True),
         Column("val acc %", lambda r: pm(r["val_acc_mean"], r["val_acc_std"], 100)),
         Column("val loss", lambda r: pm(r["val_loss_mean"], r["val_loss_std"], 1, 3)),
         Column("train loss", lambda r: pm(r["train_loss_mean"], r["train_loss_std"], 1, 3))]
     over = "splits and seeds" if tuple(by) == DEFAULT_BY else "every axis not in --by"
     return View("cells", f"{study}: final validation accuracy, mean ± std over {over}".lstrip(": "), columns, cells,
-                ["n: replicates with a result; missing: tasks of the cell without one"])
+                ["replicates: those with a result; missing: tasks of the cell without one"], cell_fields(by))
 
 
 def curves_view(rows: list[dict], by: Sequence[str] = DEFAULT_BY) -> View:
     columns = _axis_columns(by, rows) + [
-        key("epoch", numeric=True), key("n", numeric=True),
+        key("epoch", numeric=True), key("replicates", numeric=True),
         Column("val acc %", lambda r: pm(r["val_acc_mean"], r["val_acc_std"], 100)),
         Column("val loss", lambda r: pm(r["val_loss_mean"], r["val_loss_std"], 1, 3)),
         Column("train loss", lambda r: pm(r["train_loss_mean"], r["train_loss_std"], 1, 3)),
         Column("train acc %", lambda r: pm(r["train_acc_mean"], r["train_acc_std"], 100))]
+    axes = [f for f in cell_fields(by) if f not in ("replicates", "missing") and not f.endswith(("_mean", "_std"))]
+    fields = [*axes, "epoch", "replicates"] + [f"{m}_{s}" for m in ("val_acc", "val_loss", "train_loss", "train_acc")
+                                               for s in ("mean", "std")]
     return View("curves", "Learning curves: every metrics record, mean ± std over replicates per epoch", columns, rows,
-                ["n: replicates that reached the epoch (unfinished tasks count for the epochs they reached)"])
+                ["replicates: those that reached the epoch (unfinished tasks count for the epochs they reached)"],
+                fields)

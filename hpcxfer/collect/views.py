@@ -1,5 +1,8 @@
 """A view: a titled table whose rows are flat dicts of raw values (what CSV and JSON get)
-and whose columns say how a reader sees them (what the terminal, Markdown and HTML get)."""
+and whose columns say how a reader sees them (what the terminal, Markdown and HTML get).
+`fields` declares the raw fields of its rows, so that a view without a row still has a
+CSV header; one word means one thing in every view (`n` is layers transferred, never a
+count: the replicates of a cell are `replicates`)."""
 
 from __future__ import annotations
 
@@ -22,12 +25,17 @@ class View:
     columns: list[Column]
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+
+    def field_names(self) -> list[str]:
+        """The declared fields, then any other field a row holds, in order of appearance."""
+        return list(dict.fromkeys([*self.fields, *(k for r in self.rows for k in r)]))
 
     def cells(self) -> list[list[str]]:
         return [[c.show(r) for c in self.columns] for r in self.rows]
 
     def to_json(self) -> dict[str, Any]:
-        return {"view": self.name, "title": self.title, "rows": self.rows, "notes": self.notes}
+        return {"title": self.title, "fields": self.field_names(), "rows": self.rows, "notes": self.notes}
 
 
 def num(value, scale: float = 1.0, digits: int = 1) -> str:
