@@ -120,3 +120,16 @@ def test_extends_errors_name_the_file(tmp_path):
         load_grid(_write(tmp_path / "q.yaml", {"extends": "p.yaml"}))
     with pytest.raises(ConfigError, match="extends"):
         load_grid(_write(tmp_path / "y.yaml", {"extends": {"a": 1}}))
+
+
+def test_the_paper_study_is_priced_grouped_within_150_h200_hours():
+    """Protocol groups pay start-up and decoding once per cell: the paper's study fits in
+    150 GPU-hours on gpuhopper grouped, from the measured H200 rates; every task alone costs
+    several times that."""
+    from hpcxfer.grid.cost import price_study
+
+    rows = dict(price_study(load_grid(JOBS / "all.yaml")))
+    grouped, alone = rows["total (each task once)"], rows["total, every task alone"]
+    assert grouped.tasks == alone.tasks == 1180 and grouped.workers == 4 + 7 * 4
+    assert grouped.gpu_hours["gpuhopper"] <= 150
+    assert alone.gpu_hours["gpuhopper"] > 2 * grouped.gpu_hours["gpuhopper"]
