@@ -381,7 +381,7 @@ def test_the_extreme_split_and_seed_run_through_the_code_that_uses_them():
     import torch
 
     from hpcxfer.data import class_split
-    from hpcxfer.worker.train import PRETRAIN_SEED_OFFSET
+    from hpcxfer.worker.learners import PRETRAIN_SEED_OFFSET
 
     source, target = class_split(1000, MAX_SPLIT)
     assert len(source) == len(target) == 500 and not set(source) & set(target)
