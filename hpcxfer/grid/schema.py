@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
 
@@ -208,6 +208,18 @@ FINETUNE_DEFAULTS: dict[str, list] = {
 }
 
 
+def _decode_cache(value: str) -> str:
+    """auto, off, or a folder the worker can resolve on its node (hpcxfer/worker/decode_cache.py)."""
+    if value in ("auto", "off"):
+        return value
+    if not value.startswith(("/", "~", "$")) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} is not auto, off or an absolute folder (/..., ~/... or $VAR/...)")
+    return value
+
+
+DecodeCache = Annotated[str, AfterValidator(_decode_cache)]
+
+
 class RuntimeSpec(Strict):
     """How tasks run; not part of a task's identity (changing it reruns nothing)."""
 
@@ -225,6 +237,12 @@ class RuntimeSpec(Strict):
     data_memory_gb: float = Field(8.0, ge=0, description="decoded images up to this size are kept in "
                                   "memory (on the GPU when there is one); larger sets are streamed")
     loader_workers: int = Field(4, ge=0, description="decoding processes of the streaming path")
+    decode_cache: DecodeCache = Field(
+        "auto", description="streamed sets are decoded once, to this node-local cache, and read back by "
+        "later epochs: auto ($PBS_JOBFS, $SLURM_TMPDIR, $TMPDIR; removed at exit), off, or a folder "
+        "(absolute, ~ or $VAR; kept for reuse)")
+    gpu_decode: bool = Field(True, description="on a GPU, decode streamed JPEGs with nvJPEG (CPU fallback for "
+                             "CMYK, PNG and what nvJPEG refuses)")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
     profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
 

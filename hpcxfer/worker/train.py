@@ -25,7 +25,7 @@ from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.worker import checkpoint, protocol
 from hpcxfer.worker.augment import Normalize, for_evaluation, for_training
 from hpcxfer.worker.env import environment
-from hpcxfer.worker.feed import InMemory, Streamed, open_feed
+from hpcxfer.worker.feed import InMemory, Streamed, StreamOptions, open_feed
 from hpcxfer.worker.models import build_model
 from hpcxfer.worker.observe import Scalars, process_age, profiler
 from hpcxfer.worker.precision import Precision, resolve
@@ -110,9 +110,12 @@ def prepare(task: Task, data: dict, runtime: dict, study: StudyPaths) -> Prepare
 
     budget = float(runtime.get("data_memory_gb", 8.0)) * 1e9
     workers = int(runtime.get("loader_workers", 4))
-    train = open_feed(ds.train, train_idx, remap(ds.train.labels[train_idx], classes), device, budget, workers)
+    stream = StreamOptions.from_runtime(runtime)
+    train = open_feed(ds.train, train_idx, remap(ds.train.labels[train_idx], classes), device, budget, workers,
+                      stream)
     in_memory = train.images.nbytes if isinstance(train, InMemory) else 0
-    val = open_feed(ds.val, val_idx, remap(ds.val.labels[val_idx], classes), device, budget - in_memory, workers)
+    val = open_feed(ds.val, val_idx, remap(ds.val.labels[val_idx], classes), device, budget - in_memory, workers,
+                    stream)
     return Prepared(
         task=task, model=model, forward=torch.compile(model) if runtime.get("compile") else model,
         optimizer=optimizer, scaler=precision.scaler(), precision=precision, train=train, val=val,
