@@ -263,6 +263,8 @@ class DeviceSpeed(Strict):
     train: float | None = Field(None, gt=0)
     eval: float | None = Field(None, gt=0)
     decode_per_cpu: float | None = Field(None, gt=0)
+    nvjpeg: float | None = Field(None, ge=0, description="batched nvJPEG decodes/s on the GPU (0: none)")
+    cache_read_mb_s: float | None = Field(None, gt=0, description="node-local disk read rate (decode cache)")
 
 
 class CostSpec(Strict):
