@@ -153,12 +153,16 @@ class Streamed:
         return "build" if self.builder is not None else "decode"
 
     def _load(self, spans: list[torch.Tensor], mode: str) -> Iterator[Batch]:
+        # Reading the cache is a copy out of the page cache: on a CPU the training process
+        # does it itself (no worker processes to start, no second copy through shared
+        # memory); on a GPU the workers keep it off the step's critical path.
+        workers = 0 if mode == "read" and self.device.type == "cpu" else self.workers
         loader = torch.utils.data.DataLoader(
             _Batches(self, spans, mode), batch_size=None, shuffle=False,
-            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            num_workers=workers, pin_memory=self.device.type == "cuda",
             # fork: the data set's `load` may be a closure, which spawn cannot pickle
-            multiprocessing_context="fork" if self.workers else None,
-            prefetch_factor=4 if self.workers else None,
+            multiprocessing_context="fork" if workers else None,
+            prefetch_factor=4 if workers else None,
             # its own generator: the loader draws worker seeds, which must not come from
             # torch's global one (dropout) or the streamed path would train differently
             generator=torch.Generator())
