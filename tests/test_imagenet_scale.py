@@ -325,24 +325,26 @@ def test_a_cache_too_big_for_the_disk(tmp_path, tree, cache_dirs, monkeypatch, c
     idx = np.arange(8)
     labels = torch.zeros(8, dtype=torch.long)
     real = decode_cache.shutil.disk_usage
-    # a disk with 1 GB + 10 KB free: the reserve (1 GB) leaves less than the 24.6 KB needed
+    # a 10 GB disk with 1 GiB + 10 kB free: the reserve (1 GiB) leaves less than the 24.6 kB needed
 
     def nearly_full(path):
         usage = real(path)
-        return type(usage)(usage.total, usage.total - (1 << 30) - 10_000, (1 << 30) + 10_000)
+        return type(usage)(10**10, 10**10 - (1 << 30) - 10_000, (1 << 30) + 10_000)
 
     monkeypatch.setattr(decode_cache.shutil, "disk_usage", nearly_full)
     # auto: no cache, a warning, and every pass decodes
     with caplog.at_level("WARNING"):
         feed = Streamed(ds.train, idx, labels, torch.device("cpu"), 0, _opts("auto"))
-    assert feed.cache is None and "GB needed for 8 decoded images" in caplog.text
+    assert feed.cache is None and "24.6 kB needed for 8 decoded images, 1.07 GB free" in caplog.text
     assert _batches(feed)[0] == "decode" and not cache_dirs.exists()
     # a named folder: refused before the first step, one line naming the folder
     named = tmp_path / "mine"
     with pytest.raises(DataError) as err:
         Streamed(ds.train, idx, labels, torch.device("cpu"), 0, _opts(str(named)))
     message = str(err.value)
-    assert message.startswith(f"runtime.decode_cache: {named}: 0.00 GB needed") and "\n" not in message
+    assert message == (f"runtime.decode_cache: {named}: 24.6 kB needed for 8 decoded images, 1.07 GB free; "
+                       "keeping 1.07 GB free (name a folder with room, use auto, or off to decode every pass)")
+    assert "\n" not in message
     # with room, a named folder's cache is kept after the process is done with it
     monkeypatch.setattr(decode_cache.shutil, "disk_usage", real)
     feed = Streamed(ds.train, idx, labels, torch.device("cpu"), 0, _opts(str(named)))

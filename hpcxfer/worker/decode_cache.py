@@ -76,6 +76,13 @@ RESERVE_MIN = 1 << 30
 STALE_S = 600.0
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes as a person reads them: 130.86 GB, 12.3 MB, 24.6 kB."""
+    if nbytes >= 1e8:
+        return f"{nbytes / 1e9:.2f} GB"
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:.1f} kB"
+
+
 def folder_for(setting: str) -> tuple[Path | None, bool]:
     """(folder, kept) for a `runtime.decode_cache` setting; (None, False) for `off`."""
     if setting == "off":
@@ -197,9 +204,9 @@ class DecodeCache:
         others = sum(n for p, n in _PLANNED.items() if p != self.path and p.parent == self.folder)
         reserve = max(RESERVE_MIN, int(RESERVE_FRACTION * total))
         if self.nbytes + others + reserve > free:
-            return (f"{self.folder}: {self.nbytes / 1e9:.2f} GB needed for {self.count} decoded images"
-                    + (f" (+ {others / 1e9:.2f} GB for this task's other set)" if others else "")
-                    + f", {free / 1e9:.2f} GB free; keeping {reserve / 1e9:.2f} GB free")
+            return (f"{self.folder}: {size_text(self.nbytes)} needed for {self.count} decoded images"
+                    + (f" (+ {size_text(others)} for this task's other set)" if others else "")
+                    + f", {size_text(free)} free; keeping {size_text(reserve)} free")
         _PLANNED[self.path] = self.nbytes
         return None
 
@@ -300,8 +307,8 @@ class DecodeCache:
         except OSError as e:
             os.close(fd)
             self._release()
-            log.warning("decode cache %s: cannot allocate %.2f GB (%s); streaming every pass",
-                        self.path, self.nbytes / 1e9, e.strerror or e)
+            log.warning("decode cache %s: cannot allocate %s (%s); streaming every pass",
+                        self.path, size_text(self.nbytes), e.strerror or e)
             return None
         _PLANNED.pop(self.path, None)
         builder = Builder(self, fd)

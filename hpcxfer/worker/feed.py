@@ -149,7 +149,8 @@ class Streamed:
         if self.builder is None and self.cache is not None:
             self.builder = self.cache.claim()
             if self.builder is not None:
-                log.info("decoding %d images into %s (%.2f GB)", len(self), self.cache, self.cache.nbytes / 1e9)
+                log.info("decoding %d images into %s (%s)", len(self), self.cache,
+                         decode_cache.size_text(self.cache.nbytes))
         return "build" if self.builder is not None else "decode"
 
     def _load(self, spans: list[torch.Tensor], mode: str) -> Iterator[Batch]:
