@@ -47,7 +47,7 @@ def setup(tmp_path_factory):
     if not _unshare_works():
         pytest.skip("needs unshare -fp --mount-proc (root or user namespaces)")
     base = tmp_path_factory.mktemp("imagenet-resume")
-    # 4 classes x 24 images: the pre-training streams 48 images, 12 steps of 4 an epoch
+    # 4 classes x 24 images: the pre-training streams 48 images, 12 steps of 4 an epoch, 4 epochs
     tree = make_tree(base / "tree", classes=4, train_per_class=24, val_per_class=3)
     node = base / "node"
     node.mkdir()
@@ -60,7 +60,7 @@ def setup(tmp_path_factory):
         grid_file = base / f"{name}.yaml"
         grid_file.write_text(yaml.safe_dump({
             "study": name, "root": str(base / "runs"), "data": {**tree.data, "image_size": 32, "crop": 32},
-            "pretrain": {"epochs": 3, "batch_size": 4, "examples_per_class": "full", "decay_every": 2},
+            "pretrain": {"epochs": 4, "batch_size": 4, "examples_per_class": "full", "decay_every": 2},
             "finetune": {"split": [0], "examples_per_class": [4], "epochs": 1, "batch_size": 4},
             "experiments": [{"protocol": ["common"]}],
             "runtime": {"eval_every": 1, "tensorboard": False, "data_memory_gb": 0, "loader_workers": 2,
@@ -142,29 +142,45 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
     study, env, cached, reference = setup
     paths, tp = study("killed", checkpoint_minutes=0.0005)  # a checkpoint every few steps
     rng = random.Random(os.environ.get("HPCXFER_KILL_SEED", time.time_ns()))
-    kills, resumed_from, saw_partial = 0, [], False
-    for n in range(4):
+    stops, kills, termed, resumed_from, saw_partial = 0, 0, False, [], False
+    # the first kill lands at once (epoch 1, the cache half built); the second at a random
+    # moment (a step, a checkpoint write, an evaluation, a cache rename); then a stop
+    # request; then a kill once an epoch is done (the train cache read from then on)
+    for action in ("kill at once", "kill at random", "SIGTERM", "kill after an epoch", "kill at random"):
         proc = _start(paths.dir, env)
         seen = _mtime(tp.checkpoint)
         fresh = lambda: _mtime(tp.checkpoint) not in (0, seen)  # noqa: E731 - a checkpoint of this run
-        if n == 2:
-            # once an epoch is done (the train cache read from then on): two checkpoints on
-            if _wait_for(lambda: tp.metrics.exists() and len(list(iter_jsonl(tp.metrics))) >= 1 and fresh(), proc):
-                seen = _mtime(tp.checkpoint)
-                _wait_for(fresh, proc)
-        elif _wait_for(fresh, proc):
-            # the first kill lands at once (epoch 1, the cache half built); the others at
-            # random moments: in a step, a checkpoint write, an evaluation, a cache rename
-            time.sleep(0 if n == 0 else rng.uniform(0, 0.6))
-        saw_partial |= any(name.endswith(".partial") for name in _files(cached))
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL to unshare: the kernel kills the worker's whole namespace
-            kills += 1
-        proc.wait()
-        end = time.monotonic() + 10
-        while _processes_of(paths.dir) and time.monotonic() < end:
-            time.sleep(0.05)
-        assert not _processes_of(paths.dir), "a loader worker outlived its worker"
+        if action == "SIGTERM":
+            # the worker checkpoints at its next step, exits 75 and removes the cache
+            # files it built or adopted
+            before = _files(cached)
+            if _wait_for(lambda: tp.log.read_text().count("first step") > stops, proc):
+                os.kill(_worker_pid(proc), signal.SIGTERM)
+            status = proc.wait(timeout=120)
+            if status == 75:
+                stops, termed = stops + 1, True
+                assert _files(cached) <= before
+            else:  # it finished first
+                assert status == 0, proc.stderr.read().decode()
+        else:
+            if action == "kill after an epoch":
+                if _wait_for(lambda: tp.metrics.exists() and len(list(iter_jsonl(tp.metrics))) >= 1 and fresh(),
+                             proc):
+                    seen = _mtime(tp.checkpoint)
+                    _wait_for(fresh, proc)
+            elif _wait_for(fresh, proc):
+                time.sleep(0 if action == "kill at once" else rng.uniform(0, 0.6))
+            saw_partial |= any(name.endswith(".partial") for name in _files(cached))
+            killed = proc.poll() is None
+            if killed:
+                proc.kill()  # SIGKILL to unshare: the kernel kills the worker's whole namespace
+            proc.wait()
+            end = time.monotonic() + 10
+            while _processes_of(paths.dir) and time.monotonic() < end:
+                time.sleep(0.05)
+            assert not _processes_of(paths.dir), "a loader worker outlived its worker"
+            if killed and not tp.result.exists():  # a kill after the result is no restart
+                stops, kills = stops + 1, kills + 1
         if tp.result.exists():
             break
         state = torch.load(tp.checkpoint, weights_only=True)
@@ -172,18 +188,6 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
     assert kills >= 3, "the task finished before it could be killed three times"
     assert resumed_from[0][0] == 0 and resumed_from[0][1] > 0 and saw_partial  # killed while building
     assert any(epoch >= 1 for epoch, _ in resumed_from)  # and while reading
-
-    # a stop request: the worker checkpoints, exits 75 and removes what it built or adopted
-    if not tp.result.exists():
-        before = _files(cached)
-        proc = _start(paths.dir, env)
-        if _wait_for(lambda: tp.log.read_text().count("first step") > kills, proc):
-            os.kill(_worker_pid(proc), signal.SIGTERM)
-            assert proc.wait(timeout=120) == 75, proc.stderr.read().decode()
-            assert _files(cached) <= before
-            kills += 1
-        else:
-            proc.wait()
     while not tp.result.exists():
         proc = _start(paths.dir, env)
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
@@ -191,7 +195,7 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
     ref_result, ref_metrics, ref_weights = reference()
     result = read_json(tp.result)
     assert {k: result[k] for k in EXACT} == {k: ref_result[k] for k in EXACT}
-    assert result["restarts"] == kills and result["data_path"] == "stream"
+    assert result["restarts"] == stops and result["data_path"] == "stream"
     assert [{k: r[k] for k in EXACT} for r in iter_jsonl(tp.metrics)] == [
         {k: r[k] for k in EXACT} for r in ref_metrics]
     weights = torch.load(tp.weights, weights_only=True)
@@ -200,4 +204,5 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
     assert _files(cached) == set()
     log = tp.log.read_text()
     assert "into" in log and ("read it" in log or "reading" in log)
-    print(f"killed {kills} times; resumed from (epoch, step) {resumed_from}")
+    print(f"killed {kills} times, SIGTERM {'landed' if termed else 'came after the end'}; "
+          f"resumed from (epoch, step) {resumed_from}")
