@@ -188,7 +188,8 @@ class Assemble:
         c = self.counts
         cpu = {k: v for k, v in sorted(c.items()) if k != "gpu"}
         detail = ", ".join(f"{k} {v}" for k, v in cpu.items())
-        return f"nvJPEG decoded {c['gpu']} images; CPU fallback {sum(cpu.values())}" + (f" ({detail})" if detail else "")
+        text = f"nvJPEG decoded {c['gpu']} images; CPU fallback {sum(cpu.values())}"
+        return text + (f" ({detail})" if detail else "")
 
 
 def available(device: torch.device) -> bool:
