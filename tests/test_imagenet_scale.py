@@ -374,3 +374,24 @@ def test_an_unreadable_file_at_run_time_fails_the_task_naming_it(tmp_path, tree,
     assert str(victim) in " ".join(status.stdout.split()) or str(victim) in status.stdout.replace("\n", "")
     # the failed worker removed the cache it had started
     assert _files(Path(os.environ["TMPDIR"]) / decode_cache.SUBFOLDER) == []
+
+
+def test_the_nvjpeg_feed_path_builds_and_reads_its_own_cache(tree, cache_dirs, monkeypatch, caplog):
+    """The streamed path as it runs on a GPU, run on the CPU: loader processes read the files
+    and decode the CMYK and PNG ones, the training process decodes the rest with
+    torchvision (nvJPEG's stand-in), writes the cache and later reads it back."""
+    monkeypatch.setattr(nvjpeg, "available", lambda device: True)
+    ds = open_dataset("imagenet", str(tree.root), {**tree.data, **SMALL})
+    idx = np.arange(len(ds.train.labels))  # the oddities included
+    labels = torch.from_numpy(ds.train.labels)
+    feed = Streamed(ds.train, idx, labels, torch.device("cpu"), 1, _opts("auto"))
+    assert feed.assemble is not None and feed.cache.path.name.startswith("nvjpeg-32px-")
+    with caplog.at_level("INFO", logger="hpcxfer.worker.feed"):
+        mode, built = _batches(feed)
+    assert mode == "build" and feed._mode() == "read"
+    assert "nvJPEG decoded 30 images; CPU fallback 2 (cmyk 1, png 1)" in caplog.text
+    # close to the PIL path (different decoders and resizes), and the cache holds exactly what was built
+    pil = ds.train.load(idx)
+    assert (built.float() - pil.float()).abs().mean() < 8
+    assert torch.equal(torch.from_numpy(feed.reader.copy()), built)
+    assert _pass(feed, built) == "read"

@@ -104,10 +104,14 @@ def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.
 
 @dataclass
 class Raw:
-    """A file for the GPU: its bytes, as a uint8 tensor."""
+    """A file for the GPU: its bytes. Plain bytes cross from a loader process by pickle; a
+    tensor per file would take a shared-memory handle (a file descriptor) each."""
 
     path: str
-    data: torch.Tensor
+    data: bytes
+
+    def tensor(self) -> torch.Tensor:
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8)
 
 
 @dataclass
@@ -132,7 +136,7 @@ def prepare(paths: list[str], size: int) -> list[Raw | Done]:
             raise DataError(None, "data", f"{path}: cannot read image ({e.strerror or e})") from None
         kind = sniff(data)
         if kind in TO_GPU:
-            out.append(Raw(path, torch.frombuffer(bytearray(data), dtype=torch.uint8)))
+            out.append(Raw(path, data))
         else:
             out.append(Done(path, decode(path, size), kind))  # raises DataError naming a bad file
     return out
@@ -151,13 +155,13 @@ class Assemble:
     def _gpu(self, raws: list[Raw]) -> list[torch.Tensor | None]:
         """Decoded images, None where nvJPEG refused one."""
         try:
-            return list(self.decode([r.data for r in raws], self.device))
+            return list(self.decode([r.tensor() for r in raws], self.device))
         except RuntimeError as e:
             log.info("nvJPEG refused a batch of %d (%s); decoding one by one", len(raws), e)
         out: list[torch.Tensor | None] = []
         for r in raws:
             try:
-                out.append(self.decode([r.data], self.device)[0])
+                out.append(self.decode([r.tensor()], self.device)[0])
             except RuntimeError:
                 out.append(None)
         return out
