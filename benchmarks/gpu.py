@@ -2,7 +2,15 @@
 bf16 and fp16 (channels_last), and the small-set path (uint8 images already on the GPU,
 batched crop/flip, narrow AlexNet) on synthetic data. Needs only torch and torchvision.
 
-    PYTHONPATH=. python -m benchmarks.gpu [--seconds 20] [--device cuda]
+And the streamed ImageNet path on a generated ImageNet-shaped tree
+(benchmarks/make_imagenet_tree.py; --imagenet-classes 0 skips it): nvJPEG decoding
+images/s (batched decode_jpeg on the GPU, alone and with the worker's resize + centre crop
+to 256 px and its CPU fallback, files read by the loader's code), PIL on one CPU core for
+comparison, and a real pre-training task (AlexNet, 224 px crops of 256 px images, bf16,
+streamed with data_memory_gb 0): images/s of its first epoch (nvJPEG decoding into the
+decode cache on node-local disk) and of later epochs (reading the cache).
+
+    PYTHONPATH=. python -m benchmarks.gpu [--seconds 20] [--device cuda] [--imagenet-classes 100]
 """
 
 from __future__ import annotations
@@ -104,6 +112,84 @@ def small_rows(device: torch.device, seconds: float, n: int = 50_000) -> Iterato
         yield "narrow AlexNet 28 px, evaluation", "fp32", n, throughput(eval_step, n, seconds, device, 1)
 
 
+def imagenet_rows(device: torch.device, classes: int, per_class: int, epochs: int, workers: int) -> Iterator[tuple]:
+    """nvJPEG decoding and a streamed pre-training on a generated ImageNet-shaped tree."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from benchmarks.make_imagenet_tree import make_tree
+    from hpcxfer.data import nvjpeg
+    from hpcxfer.data.folders import decode
+    from hpcxfer.fileio import iter_jsonl
+    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.study import study_paths, write_study
+    from hpcxfer.worker import decode_cache, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        tree = make_tree(base / "tree", classes, per_class, 2, jobs=os.cpu_count() or 1)
+        files = [str(p) for p in tree.train[:2048]]
+        datas = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in files]
+        datas = [d for d in datas if nvjpeg.sniff(d.numpy().tobytes()) in nvjpeg.TO_GPU]  # not CMYK, PNG
+        batch = 256
+
+        def timed(fn, n_images: int, repeat: int = 3) -> float:
+            fn()
+            sync(device)
+            began = time.perf_counter()
+            for _ in range(repeat):
+                fn()
+            sync(device)
+            return repeat * n_images / (time.perf_counter() - began)
+
+        def decode_only() -> None:
+            for i in range(0, len(datas), batch):
+                nvjpeg.decode_jpegs(datas[i:i + batch], device)
+
+        assemble = nvjpeg.Assemble(256, device)
+
+        def decode_resize() -> None:
+            for i in range(0, len(files), batch):
+                assemble(nvjpeg.prepare(files[i:i + batch], 256))
+
+        yield "nvJPEG decode, 500x375-ish JPEGs", "uint8", batch, timed(decode_only, len(datas))
+        yield "nvJPEG + read + resize/crop to 256 (1 thread)", "uint8", batch, timed(decode_resize, len(files))
+        few = files[:200]
+        yield "PIL decode to 256 on one CPU core", "uint8", 1, timed(lambda: [decode(f, 256) for f in few], len(few), 1)
+        print(f"  fallbacks: {assemble.summary()}", flush=True)
+
+        os.environ["TMPDIR"] = str(base / "node")
+        (base / "node").mkdir()
+        os.environ.setdefault("HPCXFER_CACHE", str(base / "cache"))
+        grid_file = base / "grid.yaml"
+        grid_file.write_text(yaml.safe_dump({
+            "study": "gpu-imagenet", "root": str(base / "runs"), "arch": "alexnet",
+            "data": {**tree.data, "image_size": 256, "crop": 224, "verify": "none"},
+            "pretrain": {"epochs": epochs, "batch_size": 256},
+            "finetune": {"split": [0], "examples_per_class": [1], "epochs": 1},
+            "experiments": [{"protocol": ["common"]}],
+            "runtime": {"eval_every": 1, "tensorboard": False, "data_memory_gb": 0, "loader_workers": workers,
+                        "amp": "bf16", "device": device.type, "checkpoint_minutes": 60}}))
+        grid = load_grid(grid_file)
+        tasks = expand(grid)
+        paths = study_paths(grid)
+        write_study(paths, grid, tasks)
+        tp = paths.task(tasks[0].task_id)
+        result = train.run(paths, tp)
+        rates = [r["images_per_s"] for r in iter_jsonl(tp.metrics)]  # training only, one per epoch
+        print(f"  pre-training: {json.dumps({k: result[k] for k in ('val_acc', 'wall_s', 'precision')})}; "
+              f"images/s by epoch {[round(r) for r in rates]}; log: {tp.log}", flush=True)
+        what = f"AlexNet pre-training, {classes // 2 * per_class} streamed"
+        yield what, "bf16, epoch 1: nvJPEG + cache", 256, rates[0]
+        if len(rates) > 1:
+            yield what, "bf16, later: cache reads", 256, sorted(rates[1:])[len(rates[1:]) // 2]
+        decode_cache.remove_owned()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -111,6 +197,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--small-n", type=int, default=50_000, help="images of the synthetic small set")
+    ap.add_argument("--imagenet-classes", type=int, default=100, help="classes of the generated tree (0: skip)")
+    ap.add_argument("--imagenet-per-class", type=int, default=100, help="its training images per class")
+    ap.add_argument("--imagenet-epochs", type=int, default=3)
+    ap.add_argument("--loader-workers", type=int, default=8)
+    ap.add_argument("--imagenet-only", action="store_true", help="skip the synthetic rows")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -120,7 +211,12 @@ def main() -> None:
     print(f"device {name}, torch {torch.__version__}, {args.seconds:g} s per row")
     print(f"| {'workload':<42} | {'precision':<22} | {'batch':>6} | {'images/s':>10} |")
     print(f"|{'-' * 44}|{'-' * 24}|{'-' * 8}|{'-' * 12}|", flush=True)
-    for rows in (alexnet_rows(device, args.batch, args.seconds, args.size), small_rows(device, args.seconds, args.small_n)):
+    groups = [] if args.imagenet_only else [alexnet_rows(device, args.batch, args.seconds, args.size),
+                                            small_rows(device, args.seconds, args.small_n)]
+    if args.imagenet_classes:
+        groups.append(imagenet_rows(device, args.imagenet_classes, args.imagenet_per_class, args.imagenet_epochs,
+                                    args.loader_workers))
+    for rows in groups:
         for what, prec, batch, ips in rows:
             figure = f"{ips:,.0f}" if ips is not None else "n/a"
             print(f"| {what:<42} | {prec:<22} | {batch:>6} | {figure:>10} |", flush=True)

@@ -38,21 +38,53 @@ def test_small_grid_priced_by_hand(write_grid):
     assert total.su["dgxa100"] == pytest.approx(a100 * 16 * 4.5)
 
 
-def test_resident_sets_decode_once_and_large_sets_stream(write_grid):
+@pytest.mark.parametrize("runtime", [{}, {"gpu_decode": False}, {"decode_cache": "off", "gpu_decode": False}])
+def test_resident_sets_decode_once_and_large_sets_stream(write_grid, runtime):
     grid = load_grid(write_grid({**SMALL, "data": {"dataset": "imagenet", "image_size": 64, "crop": 56},
-                                 "cost": {"devices": {"v100": {"train": 1000, "eval": 4000, "decode_per_cpu": 10}},
+                                 "runtime": {**SMALL["runtime"], **runtime},
+                                 "gadi": {"jobfs_gb": 20, "gpus_per_job": 2},  # 9.8 GB a task: 6.4 GB fit
+                                 "cost": {"devices": {"v100": {"train": 1000, "eval": 4000, "decode_per_cpu": 10,
+                                                               "nvjpeg": 3000, "cache_read_mb_s": 6.144}},
                                           "startup_s": 10, "memory_gb": 1, "train_images": 1_000_000}}))
     m = model_for(grid)
     tasks = {t.examples_per_class: t for t in expand(grid) if t.stage == "finetune"}
     from hpcxfer.grid.cost import task_seconds
 
     decode = 10 * 12  # images/s: 10 per CPU, 12 CPUs per V100
-    # 10 per class: 5,000 + 25,000 images x 12,288 B fit in 1 GB: decoded once
+    # 10 per class: 5,000 + 25,000 images x 12,288 B fit in 1 GB: decoded once, by the CPUs
     assert task_seconds(tasks[10], m, "gpuvolta") == pytest.approx(
         10 + 30000 / decode + 4 * 5000 / 1000 + 2 * 25000 / 4000)
-    # full: 500,000 images do not fit: every pass decodes, at the CPUs' pace
-    assert task_seconds(tasks["full"], m, "gpuvolta") == pytest.approx(
-        10 + 4 * 500000 / decode + 2 * 25000 / decode)
+    # full: 500,000 images do not fit: streamed, 4 epochs and 2 evaluations
+    full = task_seconds(tasks["full"], m, "gpuvolta")
+    read = 6.144e6 / 12288  # the cache's disk: 500 images/s, slower than the GPU here
+    if not runtime:  # nvJPEG then training on one GPU in the first pass; the cache after
+        first_train, first_eval = 1 / (1 / 1000 + 1 / 3000), 1 / (1 / 4000 + 1 / 3000)
+        assert full == pytest.approx(10 + 500000 / first_train + 3 * 500000 / read
+                                     + 25000 / first_eval + 25000 / read)
+    elif "decode_cache" not in runtime:  # the CPUs decode the first pass, the cache after
+        assert full == pytest.approx(10 + 500000 / decode + 3 * 500000 / read + 25000 / decode + 25000 / read)
+    else:  # every pass decodes, at the CPUs' pace
+        assert full == pytest.approx(10 + 4 * 500000 / decode + 2 * 25000 / decode)
+        # as when the cache does not fit the node-local disk a task gets (here 4.9 GB)
+        small = load_grid(write_grid({**SMALL, "data": {"dataset": "imagenet", "image_size": 64, "crop": 56},
+                                      "runtime": {**SMALL["runtime"], "gpu_decode": False},
+                                      "gadi": {"jobfs_gb": 20, "gpus_per_job": 4},
+                                      "cost": grid.cost.model_dump()}, name="small.yaml"))
+        assert task_seconds(tasks["full"], model_for(small), "gpuvolta") == pytest.approx(full)
+
+
+def test_plan_says_which_rates_are_measured_and_which_assumed(write_grid):
+    from hpcxfer.grid.cost import assumptions
+
+    lines = assumptions(load_grid(write_grid({**SMALL, "data": {"dataset": "imagenet"}, "cost": {}})))
+    v100 = next(line for line in lines if line.startswith("v100"))
+    assert "decode 310/s per CPU" in v100 and "nvJPEG 3,900/s" in v100 and "cache read 2,000 MB/s" in v100
+    assert "decode: measured" in v100 and "nvJPEG: assumed" in v100 and "cache read: assumed" in v100
+    startup = next(line for line in lines if line.startswith("start-up"))
+    assert "decoded once" in startup and "197 KB an image" in startup
+    assert "rates at the precision the worker trains in (v100 fp16, a100 bf16, h200 bf16)" in lines
+    # ImageNet's half at 256 px: 640,584 + 25,000 images of 196,608 B
+    assert "130.9 GB on node-local disk" in lines[-1] and "does not fit" in lines[-1]
 
 
 def test_vgg11_is_slower_by_its_measured_factor(write_grid):
@@ -117,6 +149,7 @@ def test_protocol_groups_pay_start_up_and_decoding_once(write_grid):
     from hpcxfer.grid.cost import task_seconds
 
     streamed = load_grid(write_grid({**SMALL, "data": {"dataset": "imagenet", "image_size": 64, "crop": 56},
+                                     "runtime": {"eval_every": 3, "decode_cache": "off", "gpu_decode": False},
                                      "cost": {"devices": {"v100": {"train": 1000, "eval": 4000, "decode_per_cpu": 10}},
                                               "startup_s": 10, "memory_gb": 1, "train_images": 1_000_000}},
                                     name="streamed.yaml"))

@@ -22,11 +22,14 @@ class ImageSet:
     labels: the original class index of each image.
     load:   indices -> uint8 tensor [N, C, H, W] of decoded images.
     path:   index -> the image's file, for sets read from image files (else None).
+    size:   the stored size S of a set decoded from files (short side to S, centre
+            square; `hpcxfer.data.folders.decode`), else None.
     """
 
     labels: np.ndarray
     load: Callable[[np.ndarray], torch.Tensor]
     path: Callable[[int], str] | None = None
+    size: int | None = None
 
 
 @dataclass

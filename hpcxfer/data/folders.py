@@ -49,14 +49,37 @@ def decode(path: str, size: int) -> np.ndarray:
         raise DataError(None, "data", f"{path}: cannot decode image ({e})") from None
 
 
+#: How a whole file ends: JPEG's end-of-image marker, PNG's IEND chunk (and its CRC).
+_TRAILERS = {b"\xff\xd8": b"\xff\xd9", b"\x89P": b"IEND\xaeB`\x82"}
+#: A JPEG may carry a few bytes after its end marker (padding, camera junk).
+TAIL = 1024
+
+
+def complete(path: str) -> bool:
+    """Whether a JPEG or PNG file ends as a whole one does: its end marker within the last
+    TAIL bytes. Reads 2 bytes and the tail; other formats count as complete."""
+    with open(path, "rb") as f:
+        end = _TRAILERS.get(f.read(2))
+        if end is None:
+            return True
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - TAIL))
+        return end in f.read()
+
+
 def check_header(path: str) -> None:
-    """Open the file and parse its header (format and size), without decoding the pixels."""
+    """Open the file and parse its header (format and size) without decoding the pixels,
+    and look at its end: a JPEG or PNG cut short (a copy that stopped, a full disk) still
+    has a good header. A file without its end marker is decoded in full to decide, so only
+    a file that cannot be decoded is refused."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.size[0] < 1 or im.size[1] < 1:
                 raise ValueError("empty image")
+            if not complete(path):
+                im.load()  # raises "image file is truncated" unless it really is whole
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(None, "data", f"{path}: unreadable image ({e})") from None
 
@@ -91,7 +114,7 @@ def file_set(files: list[str], labels: np.ndarray, size: int) -> ImageSet:
                 list(pool.map(one, range(len(idx))))
         return torch.from_numpy(out)
 
-    return ImageSet(labels=np.asarray(labels, dtype=np.int64), load=load, path=lambda i: files[int(i)])
+    return ImageSet(labels=np.asarray(labels, dtype=np.int64), load=load, path=lambda i: files[int(i)], size=size)
 
 
 def flatten(found: Listing, class_index: dict[str, int], part: str) -> tuple[list[str], np.ndarray]:

@@ -9,11 +9,19 @@ training and evaluation arithmetic once per member; a streamed group's pass take
 longer of its members' GPU work and one decode of the set, which they share.
 
 Decoded images stay in GPU memory when they fit (`memory_gb` of the device): JPEGs are then
-decoded once, by the job's CPUs. A set that does not fit is streamed: decoded every pass,
-at the slower of the GPU and the CPUs. Rates are for AlexNet at 224 px; another
-architecture's rates scale by its speed relative to AlexNet (ARCH_SPEED). SU (docs/design.md §4) =
-rate per CPU-hour x CPUs per GPU x hours; a GPU's share of a node's memory is within its
-CPU share on every queue below, so the CPU count decides.
+decoded once, by the job's CPUs. A set that does not fit is streamed (hpcxfer/worker/feed.py):
+
+- its first pass decodes, by nvJPEG on the GPU when `runtime.gpu_decode` (the GPU decodes,
+  then trains: the two rates add up serially) or by the job's CPUs (in parallel with the
+  GPU: the slower of the two sets the pace);
+- with `runtime.decode_cache` (default auto) that pass writes the decoded images to
+  node-local disk and every later pass reads them back, at the slower of the GPU and the
+  disk (`cache_read_mb_s` / bytes per image); with `off` every pass decodes again.
+
+Rates are for AlexNet at 224 px; another architecture's rates scale by its speed relative
+to AlexNet (ARCH_SPEED). SU (docs/design.md §4) = rate per CPU-hour x CPUs per GPU x
+hours; a GPU's share of a node's memory is within its CPU share on every queue below, so
+the CPU count decides.
 
 Every figure in the tables says where it comes from; a grid's `cost:` section overrides
 any of them.
@@ -42,6 +50,8 @@ class Device:
     memory_gb: float        # decoded uint8 images a task may keep on the GPU
     source: str
     precision: str = "fp32"  # what the worker trains in there (runtime.amp: auto), which the rates are of
+    nvjpeg: float = 0.0             # batched nvJPEG decodes/s on the GPU (0: none; decode on the CPUs)
+    cache_read_mb_s: float = 2000.0  # the node-local disk's read rate, for the decode cache
 
 
 @dataclass(frozen=True)
@@ -52,19 +62,29 @@ class Queue:
 
 
 #: Seeded from published references (docs/design.md §5) and measurements; `source` says
-#: which is which. Rates are at the precision the worker uses there with `amp: auto` (bf16
-#: where the GPU has it, fp16 with a gradient scaler on V100), images resident on the GPU,
-#: batched random resized crop + flip included; `benchmarks/gpu.sh` and
-#: `benchmarks/throughput.py` measure them.
+#: which is which. Training and evaluation rates are at the precision the worker uses there
+#: with `amp: auto` (bf16 where the GPU has it, fp16 with a gradient scaler on V100), images
+#: resident on the GPU, batched random resized crop + flip included; `benchmarks/gpu.sh` and
+#: `benchmarks/throughput.py` measure them. Decoding per CPU core: the worker's PIL path
+#: (500x375 JPEG to 256 px), measured on the development VM's AMD EPYC cores (BENCHMARKS.md,
+#: "ImageNet at scale") and on the H200's host; Gadi's Xeons are not measured. nvJPEG and the
+#: node-local disk are not measured anywhere yet (`benchmarks/gpu.sh` measures nvJPEG on a GPU).
+DECODE_PER_CPU = 310  # measured: PIL, 500x375 JPEG to 256 px, one core of the development VM
+CACHE_SOURCE = ("cache read: assumed 2,000 MB/s node-local SSD, not measured (faster when the set "
+                "fits the node's page cache)")
 DEVICES: dict[str, Device] = {
-    "v100": Device(3900, 11700, 180, 24, "train: a published reference (TensorFlow, real data, precision "
-                   "not stated; fp16 not measured here, so likely an under-estimate); eval: assumed 3x train; "
-                   "decode: published PIL figure; images: 24 of 32 GB", "fp16"),
-    "a100": Device(7800, 23400, 180, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: published "
-                   "PIL figure; images: 64 of 80 GB", "bf16"),
+    "v100": Device(3900, 11700, DECODE_PER_CPU, 24, "train: a published reference (docs/design.md §5; "
+                   "TensorFlow, real data, precision not stated; fp16 not measured here, so likely an "
+                   "under-estimate); eval: assumed 3x train; decode: measured on the development VM's CPU, not "
+                   "Gadi's; nvJPEG: assumed half an A100's; " + CACHE_SOURCE + "; images: 24 of 32 GB",
+                   "fp16", nvjpeg=3900),
+    "a100": Device(7800, 23400, DECODE_PER_CPU, 64, "train: assumed 2x V100; eval: assumed 3x train; decode: "
+                   "measured on the development VM's CPU, not Gadi's; nvJPEG: a published figure (torchvision "
+                   "on an A100; not measured here); " + CACHE_SOURCE + "; images: 64 of 80 GB", "bf16", nvjpeg=7800),
     "h200": Device(35358, 85900, 360, 120, "train: measured on an H200 (benchmarks/gpu.sh, torch 2.11, batch 256, "
                    "bf16 channels_last; fp32 21,766); eval: measured (benchmarks/throughput.py, bf16); decode: "
-                   "measured, PIL on its host, 500x375 JPEG; images: 120 of 141 GB", "bf16"),
+                   "measured, PIL on its host, 500x375 JPEG; nvJPEG: assumed an A100's, not measured; "
+                   + CACHE_SOURCE + "; images: 120 of 141 GB", "bf16", nvjpeg=7800),
 }
 
 #: NCI Gadi (docs/design.md §4): the device, CPUs that come with each GPU, SU per CPU-hour;
@@ -110,6 +130,9 @@ class Model:
     speed: float
     eval_every: int
     group_max: int = 1  # runtime.group_max: protocol groups priced as one worker each
+    decode_cache: bool = True   # runtime.decode_cache is not off
+    gpu_decode: bool = True     # runtime.gpu_decode
+    cache_gb: float = math.inf  # node-local disk a task's decode cache may take
 
 
 @dataclass
@@ -139,7 +162,7 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
             lacking = [k for k in ("train", "eval", "decode_per_cpu") if k not in given]
             if lacking:
                 raise ConfigError(grid._source, f"cost.devices.{name}", f"a new device needs {', '.join(lacking)}")
-            devices[name] = Device(**given, memory_gb=0, source="grid cost.devices")
+            devices[name] = Device(**given, memory_gb=0, source="grid cost.devices")  # nvjpeg 0 unless given
         else:
             base = devices[name]
             devices[name] = replace(base, **given, source=f"grid cost.devices; else {base.source}")
@@ -162,7 +185,15 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
     startup = STARTUP_S_ARRAY if grid.data.dataset in ARRAY_DATASETS else STARTUP_S
     return Model(devices, queues, startup if over.startup_s is None else over.startup_s,
                  classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every,
-                 grid.runtime.group_max)
+                 grid.runtime.group_max, decode_cache=grid.runtime.decode_cache != "off",
+                 gpu_decode=grid.runtime.gpu_decode, cache_gb=cache_share_gb(grid))
+
+
+def cache_share_gb(grid: Grid) -> float:
+    """Node-local disk for one task's decode cache on Gadi: the job's jobfs shared by the
+    tasks it runs at once (one per GPU), less the worker's reserve (2 %, at least 1 GiB)."""
+    share = grid.gadi.jobfs_gb / grid.gadi.gpus_per_job
+    return max(0.0, min(share * 0.98, share - 1.074))
 
 
 def evaluations(epochs: int, eval_every: int) -> int:
@@ -183,6 +214,15 @@ def task_images(task: Task, m: Model) -> tuple[int, int]:
     return n_train, round(m.val_images * half / m.classes)
 
 
+def decoding_rate(work_rate: float, dev: Device, q: Queue, m: Model) -> float:
+    """Images/s of a streamed pass that decodes while the GPU works at `work_rate`."""
+    if not m.decodes:
+        return work_rate
+    if m.gpu_decode and dev.nvjpeg:
+        return 1 / (1 / work_rate + 1 / dev.nvjpeg)  # one GPU: decode, then train
+    return min(work_rate, dev.decode_per_cpu * q.cpus_per_gpu)  # CPUs and GPU side by side
+
+
 def task_seconds(task: Task, m: Model, queue: str, members: int = 1) -> float:
     """One worker's time: `task` alone, or a protocol group of `members` tasks like it
     (same data and epochs): start-up and decoding once, the arithmetic once per member."""
@@ -190,15 +230,22 @@ def task_seconds(task: Task, m: Model, queue: str, members: int = 1) -> float:
     dev = m.devices[q.device]
     n_train, n_val = task_images(task, m)
     evals = evaluations(task.epochs, m.eval_every)
-    decode_rate = dev.decode_per_cpu * q.cpus_per_gpu if m.decodes else math.inf
-    train_s = members * n_train / (dev.train * m.speed)  # one pass of every member
-    eval_s = members * n_val / (dev.eval * m.speed)
+    # A group's members each do the arithmetic: the set goes through the GPU `members`
+    # times as slowly, while decoding and reading the cache happen once for all of them.
+    train_rate, eval_rate = dev.train * m.speed / members, dev.eval * m.speed / members
     if (n_train + n_val) * m.bytes_per_image <= dev.memory_gb * 1e9:
+        decode_rate = dev.decode_per_cpu * q.cpus_per_gpu if m.decodes else math.inf
         decode_s = (n_train + n_val) / decode_rate
-    else:  # streamed: every pass decodes again, once for all members
-        decode_s = 0.0
-        train_s, eval_s = max(train_s, n_train / decode_rate), max(eval_s, n_val / decode_rate)
-    return m.startup_s + decode_s + task.epochs * train_s + evals * eval_s
+        return m.startup_s + decode_s + task.epochs * n_train / train_rate + evals * n_val / eval_rate
+    # streamed: the first pass over each set decodes; later ones read the cache, or decode again
+    first_train, first_eval = decoding_rate(train_rate, dev, q, m), decoding_rate(eval_rate, dev, q, m)
+    if m.decode_cache and m.decodes and (n_train + n_val) * m.bytes_per_image <= m.cache_gb * 1e9:
+        read = dev.cache_read_mb_s * 1e6 / m.bytes_per_image
+        later_train, later_eval = min(train_rate, read), min(eval_rate, read)
+    else:
+        later_train, later_eval = first_train, first_eval
+    return (m.startup_s + n_train / first_train + (task.epochs - 1) * n_train / later_train
+            + n_val / first_eval + (evals - 1) * n_val / later_eval)
 
 
 def workers(tasks: list[Task], m: Model) -> list[tuple[Task, int]]:
@@ -262,15 +309,46 @@ def fmt_images(n: float) -> str:
 
 def assumptions(grid: Grid) -> list[str]:
     m = model_for(grid)
-    lines = [f"{name}: train {d.train:,.0f}/s, eval {d.eval:,.0f}/s, decode {d.decode_per_cpu:,.0f}/s per CPU, "
-             f"{d.memory_gb:g} GB for images ({d.source})"
+    lines = [f"{name}: train {d.train:,.0f}/s, eval {d.eval:,.0f}/s, decode {d.decode_per_cpu:,.0f}/s per CPU"
+             + (f", nvJPEG {d.nvjpeg:,.0f}/s" if d.nvjpeg else "")
+             + f", cache read {d.cache_read_mb_s:,.0f} MB/s, {d.memory_gb:g} GB for images ({d.source})"
              for name, d in m.devices.items() if name in {q.device for q in m.queues.values()}]
+    if not m.decodes:
+        stream = "a set that does not fit is streamed from its arrays"
+    elif m.decode_cache:
+        how = "nvJPEG where the device has it, else the CPUs" if m.gpu_decode else "the CPUs"
+        stream = (f"a set that does not fit is decoded once ({how}) into a node-local cache "
+                  f"({m.bytes_per_image / 1e3:,.0f} KB an image; runtime.decode_cache) and read back every later pass")
+    else:
+        stream = "a set that does not fit is decoded every pass (runtime.decode_cache: off)"
     lines.append(f"start-up {m.startup_s:g} s per worker; eval every {m.eval_every} epochs; "
-                 f"{grid.arch} at {m.speed:.3g} x AlexNet's speed; a set that does not fit is decoded every pass")
+                 f"{grid.arch} at {m.speed:.3g} x AlexNet's speed; {stream}")
     precisions = ", ".join(f"{name} {d.precision}" for name, d in m.devices.items())
     lines.append(f"rates at the precision the worker trains in ({precisions})")
     if m.group_max != 1:
         lines.append("protocol groups (runtime.group_max " + (str(m.group_max) if m.group_max else "0 = automatic")
                      + "): start-up and decoding once per group, arithmetic once per member, members "
                      "looped (no gain assumed from fused execution)")
+    if m.decodes and m.decode_cache:
+        lines += cache_sizes(grid, m)
     return lines
+
+
+def cache_sizes(grid: Grid, m: Model) -> list[str]:
+    """The decode cache of the largest streamed task, against the node-local disk asked for."""
+    from hpcxfer.grid.expansion import expand
+
+    memory = min(d.memory_gb for n, d in m.devices.items() if n in {q.device for q in m.queues.values()})
+    try:
+        sizes = [task_images(t, m) for t in expand(grid)]
+    except UnknownSize:
+        return []
+    streamed = [(a, b) for a, b in sizes if (a + b) * m.bytes_per_image > memory * 1e9]
+    if not streamed:
+        return []
+    n_train, n_val = max(streamed)
+    gb = (n_train + n_val) * m.bytes_per_image / 1e9
+    fits = "fits" if gb <= m.cache_gb else "does not fit: such tasks decode every pass"
+    return [f"decode cache of the largest streamed task: {gb:,.1f} GB on node-local disk; a task's share of "
+            f"gadi.jobfs_gb {grid.gadi.jobfs_gb} over gpus_per_job {grid.gadi.gpus_per_job} is "
+            f"{m.cache_gb:,.1f} GB: it {fits}"]

@@ -235,6 +235,18 @@ FINETUNE_DEFAULTS: dict[str, list] = {
 }
 
 
+def _decode_cache(value: str) -> str:
+    """auto, off, or a folder the worker can resolve on its node (hpcxfer/worker/decode_cache.py)."""
+    if value in ("auto", "off"):
+        return value
+    if not value.startswith(("/", "~", "$")) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{value!r} is not auto, off or an absolute folder (/..., ~/... or $VAR/...)")
+    return value
+
+
+DecodeCache = Annotated[str, AfterValidator(_decode_cache)]
+
+
 class RuntimeSpec(Strict):
     """How tasks run; not part of a task's identity (changing it reruns nothing)."""
 
@@ -252,6 +264,12 @@ class RuntimeSpec(Strict):
     data_memory_gb: float = Field(8.0, ge=0, le=BIG, description="decoded images up to this size are kept "
                                   "in memory (on the GPU when there is one); larger sets are streamed")
     loader_workers: int = Field(4, ge=0, le=256, description="decoding processes of the streaming path")
+    decode_cache: DecodeCache = Field(
+        "auto", description="streamed sets are decoded once, to this node-local cache, and read back by "
+        "later epochs: auto ($PBS_JOBFS, $SLURM_TMPDIR, $TMPDIR; removed at exit), off, or a folder "
+        "(absolute, ~ or $VAR; kept for reuse)")
+    gpu_decode: bool = Field(True, description="on a GPU, decode streamed JPEGs with nvJPEG (CPU fallback for "
+                             "CMYK, PNG and what nvJPEG refuses)")
     tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
     profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
     group_max: int = Field(0, ge=0, le=4096, description="fine-tuning tasks that differ only in their protocol "
@@ -277,6 +295,8 @@ class DeviceSpeed(Strict):
     train: float | None = Field(None, gt=0, le=1e12)
     eval: float | None = Field(None, gt=0, le=1e12)
     decode_per_cpu: float | None = Field(None, gt=0, le=1e12)
+    nvjpeg: float | None = Field(None, ge=0, le=1e12, description="batched nvJPEG decodes/s on the GPU (0: none)")
+    cache_read_mb_s: float | None = Field(None, gt=0, le=1e12, description="node-local disk read rate (decode cache)")
 
 
 class CostSpec(Strict):

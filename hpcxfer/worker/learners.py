@@ -20,7 +20,7 @@ from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.worker import protocol
 from hpcxfer.worker.augment import Normalize, for_evaluation, for_training
-from hpcxfer.worker.feed import InMemory, Streamed, open_feed
+from hpcxfer.worker.feed import InMemory, Streamed, StreamOptions, open_feed
 from hpcxfer.worker.models import build_model
 from hpcxfer.worker.precision import Precision, resolve
 
@@ -126,9 +126,12 @@ def prepare_data(task: Task, data: dict, runtime: dict) -> Data:
     val_idx = first_per_class(ds.val.labels, classes, "full", what="validation set")
     budget = float(runtime.get("data_memory_gb", 8.0)) * 1e9
     workers = int(runtime.get("loader_workers", 4))
-    train = open_feed(ds.train, train_idx, remap(ds.train.labels[train_idx], classes), device, budget, workers)
+    stream = StreamOptions.from_runtime(runtime)
+    train = open_feed(ds.train, train_idx, remap(ds.train.labels[train_idx], classes), device, budget, workers,
+                      stream)
     in_memory = train.images.nbytes if isinstance(train, InMemory) else 0
-    val = open_feed(ds.val, val_idx, remap(ds.val.labels[val_idx], classes), device, budget - in_memory, workers)
+    val = open_feed(ds.val, val_idx, remap(ds.val.labels[val_idx], classes), device, budget - in_memory, workers,
+                    stream)
     return Data(precision=precision, train=train, val=val, normalize=Normalize(ds.mean, ds.std, device),
                 augment=for_training(ds), view=for_evaluation(ds), num_classes=len(classes), channels=ds.channels)
 
