@@ -23,8 +23,10 @@ from hpcxfer.errors import ConfigError, DataError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid
 from hpcxfer.study import study_paths, write_study
+from hpcxfer.grid.task import Task
 from hpcxfer.worker import decode_cache, train
 from hpcxfer.worker.feed import Streamed
+from hpcxfer.worker.learners import prepare_data
 
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 SMALL = {"image_size": 32, "crop": 32}
@@ -236,8 +238,8 @@ def test_training_is_bit_identical_with_and_without_the_cache(tmp_path, tree, ca
     built = [n for n in _files(cache_dirs) if n.endswith(".u8")]
     assert len(built) == 2 and not [n for n in _files(cache_dirs) if n.endswith(".partial")]
     # what the cache holds is exactly what decoding gives, slot by slot
-    p = train.prepare(train.Task.from_dict(read_json(tp.config)), read_json(tp.config)["data"],
-                      read_json(tp.config)["runtime"], paths)
+    config = read_json(tp.config)
+    p = prepare_data(Task.from_dict(config), config["data"], config["runtime"])
     assert isinstance(p.train, Streamed) and p.train._mode() == "read"
     assert np.array_equal(p.train.reader, p.train.images.load(p.train.indices).numpy())
     # a second task of the process (same set) reads it from the first step, decoding nothing
