@@ -121,6 +121,21 @@ def load_tasks(paths: StudyPaths) -> list[Task]:
     return [Task.from_dict(d) for d in load_index(paths)]
 
 
+def read_record(path: Path, missing: str = "run `hpcxfer submit` again to write it") -> dict:
+    """A JSON object that submit wrote (task.json, group.json); StudyError in one line when
+    it is missing, unreadable or not an object."""
+    hint = "run `hpcxfer submit` again to rewrite it"
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        raise StudyError(f"{path}: missing; {missing}") from None
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{path}: unreadable ({e}); {hint}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: damaged (not a JSON object); {hint}")
+    return data
+
+
 def write_groups(paths: StudyPaths, groups: list[Group]) -> None:
     """groups/<id>/group.json for each group about to be submitted (an existing one names
     the same members: its id is their hash)."""
@@ -134,13 +149,8 @@ def read_group(paths: StudyPaths, group_id: str) -> Group:
     """A group's record, checked: its members are task ids of the study's index."""
     gp = paths.group(group_id)
     hint = "run `hpcxfer submit` again to rewrite it"
-    try:
-        data = read_json(gp.config)
-    except FileNotFoundError:
-        raise StudyError(f"{gp.config}: missing; no such group in this study") from None
-    except (OSError, ValueError) as e:
-        raise StudyError(f"{gp.config}: unreadable ({e}); {hint}") from None
-    if not isinstance(data, dict) or data.get("group_id") != group_id:
+    data = read_record(gp.config, "no such group in this study")
+    if data.get("group_id") != group_id:
         raise StudyError(f"{gp.config}: damaged (not the record of group {group_id}); {hint}")
     members = data.get("members")
     if (not isinstance(members, list) or not members or len(set(map(str, members))) != len(members)

@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from benchmarks.make_imagenet_tree import make_tree
+from conftest import wait_for
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid
 from hpcxfer.study import study_paths, write_study
@@ -103,17 +104,6 @@ def _worker_pid(proc: subprocess.Popen) -> int:
     raise TimeoutError("unshare started no worker")
 
 
-def _wait_for(cond, proc: subprocess.Popen, timeout: float = 180) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.005)
-    raise TimeoutError("the worker made no progress")
-
-
 def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
@@ -154,7 +144,7 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
             # the worker checkpoints at its next step, exits 75 and removes the cache
             # files it built or adopted
             before = _files(cached)
-            if _wait_for(lambda: tp.log.read_text().count("first step") > stops, proc):
+            if wait_for(lambda: tp.log.read_text().count("first step") > stops, proc):
                 os.kill(_worker_pid(proc), signal.SIGTERM)
             status = proc.wait(timeout=120)
             if status == 75:
@@ -164,11 +154,11 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
                 assert status == 0, proc.stderr.read().decode()
         else:
             if action == "kill after an epoch":
-                if _wait_for(lambda: tp.metrics.exists() and len(list(iter_jsonl(tp.metrics))) >= 1 and fresh(),
+                if wait_for(lambda: tp.metrics.exists() and len(list(iter_jsonl(tp.metrics))) >= 1 and fresh(),
                              proc):
                     seen = _mtime(tp.checkpoint)
-                    _wait_for(fresh, proc)
-            elif _wait_for(fresh, proc):
+                    wait_for(fresh, proc)
+            elif wait_for(fresh, proc):
                 time.sleep(0 if action == "kill at once" else rng.uniform(0, 0.6))
             saw_partial |= any(name.endswith(".partial") for name in _files(cached))
             killed = proc.poll() is None

@@ -26,12 +26,12 @@ import time
 import traceback
 
 from hpcxfer import results
-from hpcxfer.errors import HpcxferError, StudyError
-from hpcxfer.fileio import atomic_write_json, read_json
+from hpcxfer.errors import HpcxferError
+from hpcxfer.fileio import atomic_write_json
 from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Lock, LockHeld, describe
-from hpcxfer.study import resolve_task
+from hpcxfer.study import read_record, resolve_task
 from hpcxfer.worker import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE
 from hpcxfer.worker.signals import Interrupted, StopFlag
 
@@ -119,15 +119,7 @@ def _run_locked(study: StudyPaths, paths: TaskPaths, config: dict, damaged: str 
 
 
 def _read_config(paths: TaskPaths) -> dict:
-    try:
-        config = read_json(paths.config)
-    except FileNotFoundError:
-        raise StudyError(f"{paths.config}: missing; run `hpcxfer submit` again to write it") from None
-    except (OSError, ValueError) as e:
-        raise StudyError(f"{paths.config}: unreadable ({e}); run `hpcxfer submit` again to rewrite it") from None
-    if not isinstance(config, dict):
-        raise StudyError(f"{paths.config}: damaged (not a JSON object); run `hpcxfer submit` again to rewrite it")
-    return config
+    return read_record(paths.config)
 
 
 def _fail(paths: TaskPaths, error: str, status: int, tb: str = "") -> None:
