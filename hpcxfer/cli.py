@@ -146,7 +146,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
         todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
         # Protocol groups are formed from what is left to run: a finished member is never rerun.
-        todo_units, groups = units(todo, grid.runtime.group_max)
+        todo_units, groups = units(todo, grid.runtime.group_max, backend.device_memory_gb(grid))
         write_groups(paths, groups)
         _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
 

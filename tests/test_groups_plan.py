@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from hpcxfer.grid import expand, load_grid
-from hpcxfer.grid.groups import GROUP_FREE, Group, group_key, is_group_id, make_groups
+from hpcxfer.grid.groups import GROUP_FREE, Group, group_key, is_group_id, make_groups, units
 
 
 def _grid(write_grid, **over):
@@ -57,3 +57,29 @@ def test_a_group_id_names_its_members_exactly(write_grid):
     assert {g.group_id for g in first} == {g.group_id for g in again}  # order does not matter
     fewer = make_groups(tasks[1:], 0)  # one member done: what is left is another group
     assert {g.group_id for g in fewer} != {g.group_id for g in first}
+
+
+def test_automatic_groups_fit_the_gpu_each_backend_names(write_grid):
+    """group_max 0 sizes groups to the GPU's memory: the Gadi queue's GPU, the grid's
+    `resources.gpu_memory_gb`, 32 GB where GPUs are asked for without saying which, and no
+    limit but AUTO_MAX on CPUs."""
+    from hpcxfer.backends import BACKENDS
+    from hpcxfer.grid.groups import AUTO_MAX, auto_max
+
+    assert [auto_max("alexnet", gb) for gb in (32, 80, 141)] == [11, 28, 49]
+    assert auto_max("alexnet", None) == auto_max("alexnet-narrow", 32) == AUTO_MAX
+    assert auto_max("vgg11", 32) == 5 and auto_max("alexnet", 1) == 1
+
+    def memory(backend, **over):
+        grid = load_grid(write_grid({"arch": "alexnet", "data": {"dataset": "imagenet"}, **over},
+                                    name=f"{backend}.yaml"))
+        return BACKENDS[backend]().device_memory_gb(grid)
+
+    assert memory("gadi", gadi={"queue": "gpuhopper"}) == 141 and memory("gadi") == 32  # gpuvolta: a V100
+    assert memory("slurm", resources={"gpus": 1}) == memory("pbs", resources={"gpus": 2}) == 32
+    assert memory("slurm", resources={"gpus": 1, "gpu_memory_gb": 80}) == 80
+    assert memory("slurm") is None and memory("local") is None
+    assert memory("local", resources={"gpu_memory_gb": 24}) == 24
+    tasks = _grid(write_grid, arch="alexnet")
+    assert [len(u.members) for u in units(tasks, 0, device_gb=32)[0]] == [1, 1, 8, 8, 8, 8]  # 8 of 11
+    assert [len(u.members) for u in units(tasks, 0, device_gb=4)[0]] == [1] * len(tasks)  # not even two fit

@@ -36,11 +36,22 @@ class Backend(Protocol):
         """Hand `units` (tasks alone or protocol groups; none done, none held already) to
         the scheduler: one array element, packed slot or local process each."""
 
+    def device_memory_gb(self, grid: Grid) -> float | None:
+        """Memory of the GPU one unit runs on (sizes automatic protocol groups); None when
+        the tasks run on CPUs or it is not known."""
+
     def held(self, paths: StudyPaths) -> set[str]:
         """Ids of the study's tasks this backend has queued or running."""
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """Cancel what the study has queued; returns the job ids cancelled."""
+
+
+def requested_gpu_memory_gb(grid: Grid) -> float | None:
+    """The grid's `resources.gpu_memory_gb`, or 32 GB (a V100's, the smallest of the site
+    tables) where it asks for GPUs without saying which."""
+    r = grid.resources
+    return r.gpu_memory_gb or (32.0 if r.gpus else None)
 
 
 def members(units: list[Unit]) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
-from hpcxfer.backends.resources import GADI_QUEUES, minutes
+from hpcxfer.backends.resources import GADI_QUEUES, GPU_MEMORY_GB, minutes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
 
@@ -79,6 +79,9 @@ class GadiBackend(PbsBackend):
     def walltime(grid: Grid) -> str:
         total = minutes(grid.gadi.walltime)
         return f"{total // 60:02d}:{total % 60:02d}:00"
+
+    def device_memory_gb(self, grid: Grid) -> float | None:
+        return grid.resources.gpu_memory_gb or GPU_MEMORY_GB[GADI_QUEUES[grid.gadi.queue].device]
 
     def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
         g = grid.gadi

@@ -154,6 +154,10 @@ class LocalBackend:
         sub.job_ids = [f"local:{proc.pid}"]
         return sub
 
+    def device_memory_gb(self, grid: Grid) -> float | None:
+        # This machine: a GPU's memory only when the grid states it (asking torch costs seconds).
+        return grid.resources.gpu_memory_gb
+
     def held(self, paths: StudyPaths) -> set[str]:
         return {t for run in live_runs(paths) for t in run["held"]}
 

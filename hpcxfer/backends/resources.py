@@ -63,6 +63,9 @@ class GadiQueue:
         return self.su_per_cpu_hour * gpus * self.cpus_per_gpu
 
 
+#: Memory of each GPU model the site tables name, in GB (what sizes a protocol group).
+GPU_MEMORY_GB: dict[str, float] = {"v100": 32, "a100": 80, "h200": 141}
+
 GADI_QUEUES: dict[str, GadiQueue] = {
     "gpuvolta": GadiQueue("gpuvolta", "v100", 4, 12, 95, 3.0),
     "dgxa100": GadiQueue("dgxa100", "a100", 8, 16, 125, 4.5),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hpcxfer.backends import records
-from hpcxfer.backends.base import Submission, members
+from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
 from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
@@ -164,6 +164,9 @@ class SchedulerBackend:
                 for u, element in zip(chunk, rec["elements"]):
                     element_of.update((m, element) for m in u.members)
         return sub
+
+    def device_memory_gb(self, grid: Grid) -> float | None:
+        return requested_gpu_memory_gb(grid)
 
     def view(self, paths: StudyPaths) -> dict[str, dict]:
         """task id -> what the scheduler says of the job that last ran it: {"state":

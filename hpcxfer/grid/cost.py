@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from hpcxfer.backends.resources import GADI_QUEUES
+from hpcxfer.backends.resources import GADI_QUEUES, GPU_MEMORY_GB
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
@@ -140,7 +140,7 @@ class Cost:
     """Totals for a set of tasks: images and, per queue, GPU-hours and SU."""
 
     tasks: int = 0
-    workers: int = 0  # worker processes: tasks alone plus protocol groups
+    workers: dict[str, int] = field(default_factory=dict)  # per queue: tasks alone plus protocol groups
     train_images: float = 0.0
     eval_images: float = 0.0
     gpu_hours: dict[str, float] = field(default_factory=dict)
@@ -248,20 +248,22 @@ def task_seconds(task: Task, m: Model, queue: str, members: int = 1) -> float:
             + n_val / first_eval + (evals - 1) * n_val / later_eval)
 
 
-def workers(tasks: list[Task], m: Model) -> list[tuple[Task, int]]:
-    """(a task standing for the worker, its member count) for each worker the tasks need."""
+def workers(tasks: list[Task], m: Model, queue: str) -> list[tuple[Task, int]]:
+    """(a task standing for the worker, its member count) for each worker the tasks need on
+    `queue`: automatic groups are as large as its GPU's memory allows."""
     from hpcxfer.grid.groups import Group, make_groups
 
     by_id = {t.task_id: t for t in tasks}
+    device_gb = GPU_MEMORY_GB.get(m.queues[queue].device)
     return [(by_id[u.members[0]], len(u.members)) if isinstance(u, Group) else (u, 1)
-            for u in make_groups(tasks, m.group_max)]
+            for u in make_groups(tasks, m.group_max, device_gb)]
 
 
 def price(tasks: list[Task], m: Model) -> Cost:
     cost = Cost(tasks=len(tasks))
-    units = workers(tasks, m)
-    cost.workers = len(units)
     for q in m.queues:
+        units = workers(tasks, m, q)
+        cost.workers[q] = len(units)
         hours = sum(task_seconds(t, m, q, k) for t, k in units) / 3600
         cost.gpu_hours[q] = hours
         cost.su[q] = hours * m.queues[q].cpus_per_gpu * m.queues[q].su_per_cpu_hour
@@ -299,7 +301,9 @@ def summary_line(total: Cost) -> str:
     """One line with the study's total, printed by both plan and submit."""
     per_queue = "; ".join(f"{q} {fmt_number(total.gpu_hours[q])} GPU-h = {fmt_number(total.su[q])} SU"
                           for q in total.su)
-    grouped = f" in {total.workers} workers" if total.workers != total.tasks else ""
+    counts = sorted(set(total.workers.values()))
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    grouped = f" in {span} workers" if counts and counts != [total.tasks] else ""
     return f"estimated cost of {total.tasks} tasks{grouped}: {fmt_images(total.images)} images; {per_queue}"
 
 

@@ -28,6 +28,23 @@ PREFIX = "g-"
 #: Members of a group when `runtime.group_max` is 0 (automatic) and the device does not
 #: say otherwise: the 42 protocols of a cell of the paper's study fit in one group.
 AUTO_MAX = 64
+#: Parameters of each architecture with a 500-class head (the narrow one: 5 classes).
+ARCH_PARAMS = {"alexnet": 59.1e6, "vgg11": 130.8e6, "alexnet-narrow": 0.1e6}
+#: Device memory a member takes, in multiples of its fp32 weights: weights, gradients and
+#: momentum (3), and as much again for activations and workspace at batch 256 (assumed).
+MEMBER_FACTOR = 6
+#: The share of a GPU's memory a group's members may take; the rest holds decoded images.
+GROUP_SHARE = 0.5
+
+
+def auto_max(arch: str, device_gb: float | None) -> int:
+    """Members of an automatic group (`runtime.group_max: 0`) that fit a device of
+    `device_gb` GB (None: not a GPU, or not known: AUTO_MAX). AlexNet: 11 on a V100,
+    28 on an A100, 49 on an H200."""
+    per_member = ARCH_PARAMS.get(arch, 0.0) * 4 * MEMBER_FACTOR
+    if device_gb is None or per_member <= 0:
+        return AUTO_MAX
+    return max(1, min(AUTO_MAX, int(device_gb * 1e9 * GROUP_SHARE // per_member)))
 
 
 def group_key(task: Task) -> tuple:
@@ -79,11 +96,12 @@ def is_group_id(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def make_groups(tasks: list[Task], group_max: int) -> list[Task | Group]:
+def make_groups(tasks: list[Task], group_max: int, device_gb: float | None = None) -> list[Task | Group]:
     """The units to run, in the order of `tasks`: a Group for every set of two or more
     fine-tuning tasks with one `group_key` (split into groups of at most `group_max`), the
-    task itself otherwise. group_max 1 runs every task alone; 0 means AUTO_MAX."""
-    limit = AUTO_MAX if group_max == 0 else group_max
+    task itself otherwise. group_max 1 runs every task alone; 0 sizes groups to the
+    device's memory (`auto_max`)."""
+    limit = group_max or (auto_max(tasks[0].arch, device_gb) if tasks else AUTO_MAX)
     by_key: dict[tuple, list[Task]] = {}
     for t in tasks:
         if t.stage == "finetune" and limit > 1:
@@ -105,11 +123,11 @@ def make_groups(tasks: list[Task], group_max: int) -> list[Task | Group]:
     return units
 
 
-def units(tasks: list[Task], group_max: int) -> tuple[list[Unit], list[Group]]:
+def units(tasks: list[Task], group_max: int, device_gb: float | None = None) -> tuple[list[Unit], list[Group]]:
     """`make_groups` as what backends schedule: (the units in order, the groups among them)."""
     by_id = {t.task_id: t for t in tasks}
     out, groups = [], []
-    for u in make_groups(tasks, group_max):
+    for u in make_groups(tasks, group_max, device_gb):
         if isinstance(u, Group):
             deps = tuple(sorted({d for m in u.members for d in by_id[m].depends_on}))
             out.append(Unit(u.group_id, "finetune", deps, u.members))

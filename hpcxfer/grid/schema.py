@@ -323,6 +323,8 @@ class ResourcesSpec(Strict):
     """What one task needs, translated by each scheduler backend into its own flags."""
 
     gpus: int = Field(0, ge=0, le=1024)
+    gpu_memory_gb: float | None = Field(None, gt=0, le=BIG, description="memory of one GPU, which sizes "
+                                        "automatic protocol groups (default: 32 where gpus > 0; Gadi: its queue's)")
     cpus: int = Field(1, ge=1, le=BIG)
     mem_gb: float = Field(4, gt=0, le=BIG)
     time: Walltime = "1:00:00"
