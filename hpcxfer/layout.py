@@ -39,9 +39,32 @@ def cache_root() -> Path:
 
 
 @dataclass(frozen=True)
-class TaskPaths:
+class _WorkerPaths:
+    """What every worker's folder holds, a task's or a protocol group's."""
+
     dir: Path
 
+    @property
+    def checkpoint(self) -> Path:
+        """The newest checkpoint (a group's: of every member and the shared position)."""
+        return self.dir / "checkpoint.pt"
+
+    @property
+    def checkpoint_prev(self) -> Path:
+        return self.dir / "checkpoint.prev.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "log.txt"
+
+    @property
+    def profile(self) -> Path:
+        """A torch.profiler trace of a few steps, when `runtime.profile` asks."""
+        return self.dir / "profile"
+
+
+@dataclass(frozen=True)
+class TaskPaths(_WorkerPaths):
     @property
     def task_id(self) -> str:
         return self.dir.name
@@ -69,39 +92,22 @@ class TaskPaths:
 
     @property
     def running(self) -> Path:
+        """The task's lock: the worker that runs it (hpcxfer/locks.py)."""
         return self.dir / "running.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
-    @property
-    def checkpoint_prev(self) -> Path:
-        return self.dir / "checkpoint.prev.pt"
 
     @property
     def weights(self) -> Path:
         return self.dir / "model.pt"
 
     @property
-    def log(self) -> Path:
-        return self.dir / "log.txt"
-
-    @property
     def tensorboard(self) -> Path:
         return self.dir / "tb"
 
-    @property
-    def profile(self) -> Path:
-        return self.dir / "profile"
-
 
 @dataclass(frozen=True)
-class GroupPaths:
+class GroupPaths(_WorkerPaths):
     """A protocol group's own files (hpcxfer/grid/groups.py); its members write their
     records in their own task folders."""
-
-    dir: Path
 
     @property
     def group_id(self) -> str:
@@ -111,24 +117,6 @@ class GroupPaths:
     def config(self) -> Path:
         """group.json: {"group_id", "members": [task ids]}, written by submit."""
         return self.dir / "group.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        """One checkpoint of every member and the shared position."""
-        return self.dir / "checkpoint.pt"
-
-    @property
-    def checkpoint_prev(self) -> Path:
-        return self.dir / "checkpoint.prev.pt"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "log.txt"
-
-    @property
-    def profile(self) -> Path:
-        """A torch.profiler trace of the group's steps, when `runtime.profile` asks."""
-        return self.dir / "profile"
 
 
 @dataclass(frozen=True)
