@@ -1,4 +1,4 @@
-"""AlexNet and its eight weight layers, numbered bottom-up (SPEC section 1).
+"""AlexNet and its eight weight layers, numbered bottom-up (docs/design.md §1).
 
 Layer k (1..8) is features[0, 3, 6, 8, 10] for conv1..conv5 and classifier[1, 4, 6] for
 fc6..fc8 in torchvision's AlexNet. The narrow variant keeps those indices, so the layer

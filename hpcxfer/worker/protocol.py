@@ -1,4 +1,4 @@
-"""The fine-tuning protocol of SPEC section 1, applied to a real model.
+"""The fine-tuning protocol of docs/design.md §1, applied to a real model.
 
 n = transfer_layers: layers 1..n copied from the source model, the rest keep their fresh
     initialisation; h = high_lr_layers: the top h layers start at lr_high, the others at
