@@ -192,7 +192,7 @@ def _dry_run(args, grid, backend, root: str, tasks, estimate: str) -> int:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    todo_units, groups = units(todo, grid.runtime.group_max)
+    todo_units, groups = units(todo, grid.runtime.group_max, backend.device_memory_gb(grid))
     console.print(estimate, highlight=False, markup=False)
     _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
     sub = backend.submit(paths, grid, todo_units, dry_run=True)

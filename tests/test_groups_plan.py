@@ -83,3 +83,17 @@ def test_automatic_groups_fit_the_gpu_each_backend_names(write_grid):
     tasks = _grid(write_grid, arch="alexnet")
     assert [len(u.members) for u in units(tasks, 0, device_gb=32)[0]] == [1, 1, 8, 8, 8, 8]  # 8 of 11
     assert [len(u.members) for u in units(tasks, 0, device_gb=4)[0]] == [1] * len(tasks)  # not even two fit
+
+
+def test_a_dry_run_on_gadi_sizes_groups_to_the_queue_gpu(write_grid, cli, tmp_path):
+    """14 AlexNet protocols of one cell: 11 fit a V100 (gpuvolta), all 14 an H200."""
+    over = {"arch": "alexnet", "data": {"dataset": "imagenet", "path": str(tmp_path / "none")},
+            "experiments": None, "gadi": {"project": "ab12"},
+            "finetune": {"split": [0], "examples_per_class": [10], "epochs": 2, "transfer_layers": [1, 2, 3, 4, 5, 6, 7],
+                         "high_lr_layers": [1, 8]}}
+    for queue, workers in (("gpuvolta", "3 workers, 2 of them"), ("gpuhopper", "2 workers, 1 of them")):
+        grid = write_grid({**over, "runtime": {"group_max": 0}, "gadi": {"project": "ab12", "queue": queue}},
+                          name=f"{queue}.yaml")
+        out = cli("submit", grid, "--backend", "gadi", "--dry-run", env={"PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0, out.stderr
+        assert f"submitting 15 to gadi ({workers} protocol groups)" in " ".join(out.stdout.split())
