@@ -123,3 +123,13 @@ def prepare_study(grid_path: Path, root: str | None = None):
     paths = study_paths(grid, root)
     write_study(paths, grid, expand(grid))
     return paths
+
+
+def newest_checkpoint(paths) -> dict:
+    """The checkpoint a resume starts from, in the worker's order (checkpoint.load_latest):
+    a kill between a save's two renames leaves the complete new one as checkpoint.pt.new."""
+    import torch
+
+    new = paths.checkpoint.with_suffix(".pt.new")
+    path = next(p for p in (paths.checkpoint, new, paths.checkpoint_prev) if p.exists())
+    return torch.load(path, weights_only=True)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 import torch
-from conftest import mtime, wait_for
+from conftest import mtime, newest_checkpoint, wait_for
 from group_study import make_study
 
 from hpcxfer.fileio import iter_jsonl, read_json
@@ -125,7 +125,7 @@ def test_sigkill_at_random_moments_changes_no_member(tmp_path, reference):
         proc.wait()
         if all(paths.task(t.task_id).result.exists() for t in members):
             break
-        state = torch.load(gp.checkpoint, weights_only=True)
+        state = newest_checkpoint(gp)
         resumed_from.append((state["epoch"], state["step"]))
     while not all(paths.task(t.task_id).result.exists() for t in members):
         proc = _start(paths.dir, group.group_id)

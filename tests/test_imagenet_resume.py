@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from benchmarks.make_imagenet_tree import make_tree
-from conftest import wait_for
+from conftest import newest_checkpoint, wait_for
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid
 from hpcxfer.study import study_paths, write_study
@@ -173,7 +173,7 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
                 stops, kills = stops + 1, kills + 1
         if tp.result.exists():
             break
-        state = torch.load(tp.checkpoint, weights_only=True)
+        state = newest_checkpoint(tp)
         resumed_from.append((state["epoch"], state["step"]))
     assert kills >= 3, "the task finished before it could be killed three times"
     assert resumed_from[0][0] == 0 and resumed_from[0][1] > 0 and saw_partial  # killed while building

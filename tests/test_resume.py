@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import TINY_GRID, merge, mtime, wait_for
+from conftest import TINY_GRID, merge, mtime, newest_checkpoint, wait_for
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid
@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_changes_nothing(tmp_path, reference):
         proc.wait()
         if tp.result.exists():
             break
-        state = torch.load(tp.checkpoint, weights_only=True)
+        state = newest_checkpoint(tp)
         resumed_from.append((state["epoch"], state["step"]))
     while not tp.result.exists():
         proc = _start(paths.dir)
