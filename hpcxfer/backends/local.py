@@ -184,6 +184,7 @@ class Runner:
         self.procs: dict[str, subprocess.Popen] = {}
         self.outcome: dict[str, str] = {}
         self.stopping = False
+        self.done: set[str] = set()  # dependencies with a valid result
 
     def _stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.stopping = True
@@ -225,7 +226,8 @@ class Runner:
     def _ready(self, task_id: str) -> bool | None:
         """True: start it; False: wait; None: never (a dependency cannot finish)."""
         for dep in self.tasks[task_id].depends_on:
-            if is_done(self.paths.task(dep)):
+            if dep in self.done or is_done(self.paths.task(dep)):
+                self.done.add(dep)  # asked every poll for every waiting unit: read its result once
                 continue
             if dep in self.procs or dep in self.todo:
                 return False

@@ -42,12 +42,19 @@ class Pack:
         self.deadline, self.min_left_s = deadline, min_left_s
         self.failed: list[str] = []
         self.stopping = False
+        self.done: set[str] = set()  # tasks with a valid result
 
     def _stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         self.stopping = True
 
     def _done(self, unit_id: str) -> bool:
-        return all(is_done(self.paths.task(m)) for m in self.members.get(unit_id, (unit_id,)))
+        # asked every poll for every waiting unit's dependencies: read a result once
+        for m in self.members.get(unit_id, (unit_id,)):
+            if m not in self.done:
+                if not is_done(self.paths.task(m)):
+                    return False
+                self.done.add(m)
+        return True
 
     def _next(self):
         """The next task ready to start: its dependencies done; None if none is ready now."""
