@@ -39,7 +39,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c "import hpcxfer, pytest, torch, torchvision, submitit, tensorboard" 2>/dev/null \
+if ! .venv/bin/python -c "import hpcxfer, pytest, torch, torchvision, tensorboard" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.hpcxfer-installed ]; then
   echo "setup: installing hpcxfer and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip

@@ -62,8 +62,8 @@ ROOTS = {
 }
 #: Refused everywhere: a line break or another control character.
 CONTROL = {"newline", "carriage-return", "line-separator", "paragraph-separator", "next-line", "tab"}
-#: Refused by one backend: submitit replaces %j in its folder; a backslash turns off SLURM's patterns.
-REFUSED_BY = {"slurm": {"percent-j", "backslash"}}
+#: Refused by one backend: a backslash turns off SLURM's patterns (%A_%a in the log path).
+REFUSED_BY = {"slurm": {"backslash"}}
 BACKENDS = ("local", "slurm", "pbs", "gadi")
 
 STUB = """#!/bin/sh
@@ -74,7 +74,7 @@ printf '%s\\0' "$(basename "$0")" "$@" > "$STUB_LOG/$(basename "$0").$$"
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """The folder the CLI runs in, stubs on PATH (submitit wants `srun` there), and the
+    """The folder the CLI runs in, stubs on PATH (the SLURM script runs `srun`), and the
     in-process CLI printing plain text."""
     work, stubs, log = tmp_path / "work", tmp_path / "stubs", tmp_path / "argv"
     for d in (work, stubs, log):
@@ -157,22 +157,23 @@ def test_hostile_roots(name, backend, scratch, tmp_path, capsys):
     assert len(calls) == len(scripts), calls
     for argv in (map(os.fsdecode, call) for call in calls):
         argv = list(argv)
-        if argv[0] == "srun":  # submitit's own command, after srun's options
-            assert argv[-1] == f"{study}/backends/slurm/submitit/%j", argv
-            assert argv[argv.index("--output", 3) + 1] == "all", argv
+        if argv[0] == "srun":  # the element runner after srun's options: study, task list, requeues
+            lists = f"{study}/backends/slurm/lists"
+            assert argv[-7:-3] == [str(stubs / "python"), "-P", "-m", "hpcxfer.backends.slurm_element"], argv
+            assert argv[-3] == str(study), argv
+            assert argv[-2].startswith(lists + "/") and argv[-1] == "10", argv
         else:
             assert argv[0] == "python" and str(study) in argv, argv
 
 
 def check_sbatch_logs(files: list[Path], study: Path) -> None:
-    """The #SBATCH log paths: the study directory's own `%` doubled, submitit's not."""
-    folder = slurm_escape(f"{study}/backends/slurm/submitit")
+    """The #SBATCH log path: the study directory's own `%` doubled, SLURM's patterns not."""
+    folder = slurm_escape(f"{study}/backends/slurm/logs")
     for f in files:
         lines = {line.split("=", 1)[0]: shlex.split(line.split("=", 1)[1])[0]
                  for line in f.read_text().splitlines() if line.startswith(("#SBATCH --output", "#SBATCH --error"))}
         job = "%A_%a" if "#SBATCH --array" in f.read_text() else "%j"
-        assert lines == {"#SBATCH --output": f"{folder}/{job}/{job}_0_log.out",
-                         "#SBATCH --error": f"{folder}/{job}/{job}_0_log.err"}, lines
+        assert lines == {"#SBATCH --output": f"{folder}/{job}.log"}, lines
 
 
 def test_every_backend_and_root_is_covered():

@@ -1,114 +1,35 @@
-"""SLURM through submitit: one array per stage and chunk, fine-tuning after its
-pre-training (`afterok`), arrays split to the cluster's MaxArraySize and renumbered from 0.
+"""SLURM: one array per stage and chunk, fine-tuning after its pre-training (`afterok`),
+arrays split to the cluster's MaxArraySize and renumbered from 0 (docs/design.md §4).
 
-Each array element runs `ArrayTask`: it reads its task id from the chunk's task list and
-runs the worker as a child process (`hpcxfer run-task`), so the job starts from the task
-directory rather than from pickled training state. submitit runs it under `srun` and asks
-for USR2 `signal_delay` seconds before the time limit; the signal reaches every process
-of the step, so the worker checkpoints while submitit's handler waits for it
-(`ArrayTask.checkpoint`) and then requeues the element.
+The sbatch script is rendered from pbs_templates/slurm_array.sh.j2 as PBS's are, so a dry
+run shows exactly what a submit hands to `sbatch`, and tests/golden/ holds it. Each element
+runs hpcxfer/backends/slurm_element.py under `srun`, which makes it a job step:
+`--signal=USR2@signal_delay` (without `B:`) reaches it and its worker, the worker
+checkpoints and exits 75, and the element requeues itself while the job is RUNNING.
 
-SLURM expands `%` patterns (`%j`, `%x`, `%u`...) in `--output`/`--error`, so in the
-`#SBATCH` lines the study directory's own `%` are doubled (`log_patterns`) while submitit's
-`%j` stays a pattern. srun's own handling of `%%` is not reliable (slurm 22.05 expands
-the path twice once it holds `%t`), so srun writes to the batch step's files (`--output
-all`: the same files submitit names, since each job runs one task). submitit itself
-replaces `%j %t %A %a` anywhere in its folder's path, so a study directory holding one of
-those is refused before anything is written (hpcxfer.grid.load.checked_root).
+SLURM expands `%` patterns (`%j`, `%A`, `%x`, `%u`...) in `--output`, so the study
+directory's own `%` are doubled there (`log_pattern`) while `%A_%a` / `%j` stay patterns.
+srun writes to the batch step's file (its default, `--output=all`).
 """
 
 from __future__ import annotations
 
 import getpass
-import logging
-import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-import submitit
-from submitit.slurm.slurm import _make_sbatch_string
-
-from hpcxfer.backends.base import worker_command
-from hpcxfer.backends.render import script_safe
+import hpcxfer
+from hpcxfer.backends.render import directives, render, script_safe
 from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
+from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
-from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
-log = logging.getLogger(__name__)
-
-#: How long the USR2 handler waits for the worker to write its checkpoint and exit.
-CHECKPOINT_WAIT_S = 60
 #: SLURM's MaxArraySize when slurm.conf does not set it (what a dry run assumes).
 DEFAULT_MAX_ARRAY_SIZE = 1001
-
-
-class TaskFailed(RuntimeError):
-    """The worker exited for a real error: the element ends FAILED and is not requeued."""
-
-
-class ArrayTask(submitit.helpers.Checkpointable):
-    """Element `index` of a chunk: runs the task on line index+1 of `list_file`."""
-
-    def __init__(self, study_dir: str, list_file: str, index: int, max_requeues: int):
-        self.study_dir, self.list_file, self.index, self.max_requeues = study_dir, list_file, index, max_requeues
-        self._proc: subprocess.Popen | None = None
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _proc=None)
-
-    def task_id(self) -> str:
-        return Path(self.list_file).read_text().splitlines()[self.index].strip()
-
-    def __call__(self) -> str:
-        task_id = self.task_id()
-        study = StudyPaths(Path(self.study_dir))
-        env = submitit.JobEnvironment()
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
-        child_env = {**os.environ, "HPCXFER_JOB_ID": f"slurm:{env.job_id}", "HPCXFER_THREADS": cpus,
-                     "OMP_NUM_THREADS": cpus}
-        self._proc = subprocess.Popen(worker_command(study, task_id),
-                                      env=child_env, stdin=subprocess.DEVNULL)
-        code = self._proc.wait()
-        if code == 0:
-            return task_id
-        if code == EXIT_BUSY:  # another live worker holds the task: not this element's failure
-            return f"{task_id} run by another worker"
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
-        if code == EXIT_RESUME:
-            # Checkpointed on a signal submitit does not requeue for. USR1 from a user
-            # (the job still RUNNING): put the element back in the queue. scancel, or a
-            # preemption or requeue SLURM is carrying out (the job no longer RUNNING): leave
-            # it to SLURM, so that a cancel is never undone; the next submit resumes it.
-            if restarts < self.max_requeues and job_state(env.job_id) == "RUNNING":
-                subprocess.run(["scontrol", "requeue", env.job_id], check=False)
-                return f"{task_id} requeued"
-            return f"{task_id} checkpointed"
-        raise TaskFailed(f"{task_id}: worker exited {code} (restarts {restarts}); see {study.task(task_id).log}")
-
-    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
-        # USR2 reached the worker too (same srun step): let it finish its checkpoint
-        # before submitit requeues this element and exits.
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=CHECKPOINT_WAIT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("worker did not exit %d s after the signal", CHECKPOINT_WAIT_S)
-        return super().checkpoint(*args, **kwargs)
-
-
-def job_state(job_id: str) -> str:
-    """JobState of one job or array element as slurmctld sees it ("" when unknown)."""
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False).stdout
-    m = re.search(r"\bJobState=(\S+)", out)
-    return m.group(1) if m else ""
 
 
 def max_array_size(retry: bool = True) -> int:
@@ -123,25 +44,46 @@ def slurm_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def log_patterns(folder: Path, array: bool) -> dict[str, str]:
-    """sbatch's --output/--error for submitit's folder `folder`/%j, as submitit writes them
-    (task 0's log files) but with `folder`'s own `%` escaped: submitit leaves them as they
-    are, to be expanded."""
-    job = "%A_%a" if array else "%j"
-    base = f"{slurm_escape(str(folder))}/{job}/{job}_0_log"
-    return {"output": f"{base}.out", "error": f"{base}.err"}
+def log_pattern(folder: Path, array: bool) -> str:
+    """sbatch's --output for the jobs' log folder `folder`: one file per element
+    (`<array>_<index>.log`, or `<job>.log`), `folder`'s own `%` escaped."""
+    return f"{slurm_escape(str(folder))}/{'%A_%a' if array else '%j'}.log"
 
 
-class _RenderOnly(submitit.SlurmExecutor):
-    """An executor that only renders sbatch scripts: a dry run needs no srun on PATH."""
+def task_indices(field: str) -> list[int] | None:
+    """squeue's `%K` -> the array indices it names: None for a job that is no array
+    ("N/A"), else every index of "4", "4-7%2", "[0-3,8]" or "1,3,5-9:2"."""
+    field = field.split("%")[0].strip().strip("[]")
+    if field in ("", "N/A"):
+        return None
+    out: list[int] = []
+    for part in field.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if not m:
+            raise SchedulerError(f"asking squeue: cannot read the array indices {field!r}")
+        first, last, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
+        out.extend(range(first, last + 1, step))
+    return out
 
-    @classmethod
-    def affinity(cls) -> int:
-        return 1
+
+def parse_squeue(out: str, job_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """`squeue -o %F|%K|%T|%r` lines -> element -> (state, reason) for the arrays and jobs
+    of `job_ids`. Pending elements of an array come as one line of ranges (`4-7%2`)."""
+    active = {}
+    for line in out.splitlines():
+        array_id, tasks, state, reason = (line.split("|") + [""] * 4)[:4]
+        if array_id not in job_ids:
+            continue
+        indices = task_indices(tasks)
+        reason = "" if reason == "None" else reason
+        for element in [array_id] if indices is None else [f"{array_id}_{i}" for i in indices]:
+            active[element] = (state, reason)
+    return active
 
 
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
+    template = "slurm_array.sh.j2"
 
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
         if dry_run:  # asked once if SLURM answers; a dry run needs none
@@ -152,75 +94,55 @@ class SlurmBackend(SchedulerBackend):
                                                 "SLURM's default")
         return max_array_size(), None
 
-    def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False,
-                 dry_run: bool = False) -> submitit.SlurmExecutor:
+    def options(self, paths: StudyPaths, grid: Grid, n_tasks: int, after: list[str]) -> dict:
+        """The #SBATCH options of one chunk of `n_tasks` tasks."""
         res, spec = Resources.of(grid), grid.slurm
-        folder = paths.backend_dir(self.name) / "submitit"
-        script_safe(folder)  # the study directory and the interpreter reach the script as text
+        array = n_tasks > 1
+        throttle = f"%{spec.array_parallelism}" if spec.array_parallelism else ""
+        return {"--job-name=": f"hpcxfer-{paths.name}", "--time=": res.minutes, "--cpus-per-task=": res.cpus,
+                "--mem=": f"{res.mem_mb}M", "--gpus-per-task=": res.gpus or None, "--ntasks=": 1, "--nodes=": 1,
+                "--signal=": f"USR2@{spec.signal_delay}", "--requeue": True, "--open-mode=": "append",
+                "--kill-on-invalid-dep=": "yes", "--output=": log_pattern(paths.backend_dir(self.name) / "logs", array),
+                "--array=": f"0-{n_tasks - 1}{throttle}" if array else None,
+                "--dependency=": "afterok:" + ":".join(after) if after else None,
+                **{f"--{key}=": getattr(spec, key) for key in ("partition", "account", "qos", "constraint")}}
+
+    def render_script(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
+                      after: list[str]) -> str:
         script_safe(sys.executable)
-        try:
-            ex = (_RenderOnly if dry_run else submitit.SlurmExecutor)(folder=folder / "%j",
-                                                                      max_num_timeout=spec.max_requeues)
-        except RuntimeError as e:  # submitit finds no srun
-            raise SchedulerError(f"submitting to SLURM: {e}") from None
-        logs = log_patterns(folder, array)
-        # additional_parameters replace submitit's own #SBATCH --output/--error; srun takes
-        # the last of repeated options, so srun_args replace the patterns of its srun line.
-        params = {"job_name": f"hpcxfer-{paths.name}", "time": res.minutes, "cpus_per_task": res.cpus,
-                  "mem": f"{res.mem_mb}M", "signal_delay_s": spec.signal_delay,
-                  "additional_parameters": {"kill_on_invalid_dep": "yes", **logs},
-                  "srun_args": ["--output", "all", "--error", "all"]}
-        if res.gpus:
-            params["gpus_per_task"] = res.gpus
-        if spec.array_parallelism:
-            params["array_parallelism"] = spec.array_parallelism
-        for key in ("partition", "account", "qos", "constraint"):
-            if getattr(spec, key):
-                params[key] = getattr(spec, key)
-        if after:
-            params["dependency"] = "afterok:" + ":".join(after)
-        for value in [*params.values(), *params["additional_parameters"].values(), *params["srun_args"]]:
-            script_safe(value)
-        ex.update_parameters(**params)
-        return ex
+        threads = grid.runtime.threads or grid.resources.cpus
+        return render(self.template, directives=directives("#SBATCH", self.options(paths, grid, len(task_ids), after)),
+                      version=hpcxfer.__version__, study_dir=str(paths.dir), what=f"{stage}, {len(task_ids)} task(s)",
+                      threads=threads, cpus=grid.resources.cpus, worker=sys.executable, list_file=str(list_file),
+                      max_requeues=grid.slurm.max_requeues)
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        ex = self.executor(paths, grid, after, array=len(task_ids) > 1, dry_run=dry_run)
+        script = list_file.with_suffix(".sbatch")
+        text = self.render_script(paths, grid, stage, task_ids, list_file, after)
+        command = ["sbatch", str(script)]
+        rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
-            params = dict(ex.parameters)
-            if len(task_ids) > 1:
-                params["map_count"] = len(task_ids)
-            script = list_file.with_suffix(".sbatch")
-            text = _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
-            return {"command": f"sbatch {shlex.quote(str(script))}", "script": str(script), "text": text}
-        fns = [ArrayTask(str(paths.dir), str(list_file), i, grid.slurm.max_requeues) for i in range(len(task_ids))]
-        try:
-            jobs = ex.submit_array(fns)
-        except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as e:
-            raise SchedulerError(f"sbatch refused the {stage} array of {len(task_ids)} tasks: {e}") from e
-        first = jobs[0]
-        job_id = first.job_id.split("_")[0]
-        script = str(first.paths.submission_file)
-        return {"job_id": job_id, "elements": [j.job_id for j in jobs], "script": script,
-                "logs": [str(j.paths.stderr) for j in jobs], "log": str(first.paths.stderr),
-                "command": f"sbatch {script}"}
+            return {**rec, "text": text}
+        atomic_write_bytes(script, text.encode())
+        logs = paths.backend_dir(self.name) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
+        m = re.search(r"^Submitted batch job (\d+)", out, re.M)
+        if not m:
+            raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
+        job_id = m.group(1)
+        elements = [f"{job_id}_{i}" for i in range(len(task_ids))] if len(task_ids) > 1 else [job_id]
+        return {**rec, "job_id": job_id, "elements": elements, "logs": [str(logs / f"{e}.log") for e in elements],
+                "log": str(logs / f"{elements[0]}.log")}
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["logs"][index]
 
     def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
         # All of the user's jobs at once (no -j: squeue fails on the whole list if one id has
-        # expired), not every user's.
-        out = run(["squeue", "-h", "-r", "-t", "all", "-u", getpass.getuser(), "-o", "%F|%K|%T|%r|%i"],
-                  "asking squeue")
-        active = {}
-        for line in out.splitlines():
-            array_id, task, state, reason, _ = (line.split("|") + [""] * 5)[:5]
-            if array_id not in job_ids:
-                continue
-            element = array_id if task in ("N/A", "") else f"{array_id}_{task}"
-            active[element] = (state, "" if reason == "None" else reason)
-        return active
+        # expired), not every user's; pending elements of an array come as one line.
+        out = run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%F|%K|%T|%r"], "asking squeue")
+        return parse_squeue(out, job_ids)
 
     def _cancel(self, job_ids: list[str]) -> None:
         run(["scancel", *job_ids], "cancelling")

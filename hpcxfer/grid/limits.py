@@ -34,7 +34,7 @@ MAX_SPLIT = 2**32 - 1
 #: Seeds: torch seeds (2**64-1 at most) with room for the worker's pre-training offset.
 MAX_SEED = 2**31 - 1
 #: Bytes of an absolute study directory: PATH_MAX (4096) less room for what is inside it
-#: (backends/slurm/submitit/<job>/<job>_<task>_log.err, tasks/<id>/checkpoint.prev.pt.tmp...).
+#: (backends/slurm/logs/<array>_<index>.log, tasks/<id>/checkpoint.prev.pt.tmp...).
 MAX_STUDY_DIR = 3800
 #: Bytes of one path component (NAME_MAX).
 MAX_COMPONENT = 255

@@ -215,19 +215,14 @@ def load_grid(path: str | Path) -> Grid:
     return grid
 
 
-#: What submitit replaces by job and task ids anywhere in its folder's path, the study
-#: directory included: such a study directory would have its files written elsewhere.
-SUBMITIT_TAGS = ("%j", "%t", "%A", "%a")
-
-
 def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> str:
     """The parent folder of the study directory: `--root` if given, else the grid's `root`.
 
     Refused (a ConfigError naming `--root`, or the grid file and `root`) before anything is
     written when the study directory it gives would break a job script or a file system:
     a control character anywhere in its absolute path (the current directory included), a
-    component over 255 bytes, a path too long for the files inside it, or on SLURM one of
-    submitit's `%j %t %A %a` tags or a backslash. The grid's own `root` was checked by the
+    component over 255 bytes, a path too long for the files inside it, or on SLURM a
+    backslash (its own `%` are escaped in the log paths, hpcxfer/backends/slurm.py). The grid's own `root` was checked by the
     schema already.
     """
     root = grid.root if option is None else option
@@ -248,10 +243,6 @@ def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> 
     except ValueError as e:
         raise refuse(str(e)) from None
     if backend == "slurm":
-        tag = next((t for t in SUBMITIT_TAGS if t in study_dir), None)
-        if tag:
-            raise refuse(f"the study directory {short(study_dir)} holds {tag!r}, which submitit replaces by a "
-                         "job id in every path under it; choose a folder without it")
         if "\\" in study_dir:
             raise refuse(f"the study directory {short(study_dir)} holds a backslash, which turns off SLURM's "
                          "%j in log paths (the job would fail to open its log); choose a folder without it")
