@@ -101,7 +101,10 @@ def mtime(path) -> int:
 
 @pytest.fixture(scope="session")
 def cluster() -> int:
-    """The cluster is up (started here if not); returns its MaxArraySize."""
+    """The test cluster of .ci/slurm-up.sh is up (started here if not) and SLURM's commands,
+    here and in the jobs, reach it and no other SLURM (SLURM_CONF); returns its MaxArraySize."""
+    folder = os.environ.get("HPCXFER_SLURM_DIR", "/var/lib/hpcxfer-slurm")
+    os.environ["SLURM_CONF"] = os.path.join(folder, "slurm.conf")
     if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         script = Path(__file__).resolve().parents[1] / ".ci" / "slurm-up.sh"
         up = subprocess.run(["bash", str(script)], capture_output=True, text=True)

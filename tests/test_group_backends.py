@@ -96,7 +96,7 @@ def test_a_pbs_element_and_a_gadi_slot_run_a_group(write_grid, cli, tmp_path, ba
 
 
 @pytest.mark.slurm
-@test_slurm.pytestmark  # skipped where SLURM is not installed
+@test_slurm.needs_slurm  # skipped where SLURM is not installed
 def test_a_slurm_element_runs_a_group(cluster, write_grid, cli, tmp_path):
     grid_path = write_grid({"runtime": {"threads": 1, "group_max": 0, "eval_every": 2},
                             "finetune": {**SLURM_GRID["finetune"], "seed": [0], "epochs": 2},
