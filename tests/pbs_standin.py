@@ -73,22 +73,35 @@ for f in sorted(os.listdir(os.path.join(spool, "jobs"))):
 '''
 
 
-def install(tmp_path: Path, max_array_size: int = 10000) -> dict:
-    """Stand-in qsub/qstat/qdel on PATH; returns the environment to run the CLI with."""
-    bindir, spool = tmp_path / "pbs-bin", tmp_path / "pbs-spool"
+def install_stand_ins(tmp_path: Path, kind: str, scripts: dict[str, str], max_array_size: int) -> dict:
+    """Python scripts (name -> body) as commands in tmp_path/<kind>-bin and an empty spool
+    tmp_path/<kind>-spool/jobs; returns the environment to run them with: PATH,
+    <KIND>_STANDIN_DIR (the spool) and <KIND>_STANDIN_MAX_ARRAY_SIZE."""
+    bindir, spool = tmp_path / f"{kind}-bin", tmp_path / f"{kind}-spool"
     (spool / "jobs").mkdir(parents=True)
     bindir.mkdir()
-    for name, body in (("qsub", QSUB), ("qstat", QSTAT), ("qdel", QDEL)):
+    for name, body in scripts.items():
         f = bindir / name
         f.write_text(f"#!{sys.executable}\n{body}")
         f.chmod(f.stat().st_mode | stat.S_IXUSR)
-    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "PBS_STANDIN_DIR": str(spool),
-            "PBS_STANDIN_MAX_ARRAY_SIZE": str(max_array_size)}
+    prefix = f"{kind.upper()}_STANDIN"
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", f"{prefix}_DIR": str(spool),
+            f"{prefix}_MAX_ARRAY_SIZE": str(max_array_size)}
+
+
+def spooled_jobs(spool: str) -> list[dict]:
+    """The jobs of a stand-in spool (<n>.json each), in order of submission."""
+    folder = Path(spool) / "jobs"
+    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"), key=lambda f: int(f.stem))]
+
+
+def install(tmp_path: Path, max_array_size: int = 10000) -> dict:
+    """Stand-in qsub/qstat/qdel on PATH; returns the environment to run the CLI with."""
+    return install_stand_ins(tmp_path, "pbs", {"qsub": QSUB, "qstat": QSTAT, "qdel": QDEL}, max_array_size)
 
 
 def jobs(env: dict) -> list[dict]:
-    folder = Path(env["PBS_STANDIN_DIR"]) / "jobs"
-    return [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"), key=lambda f: int(f.stem))]
+    return spooled_jobs(env["PBS_STANDIN_DIR"])
 
 
 def _save(env: dict, job: dict) -> None:
