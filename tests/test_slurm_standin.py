@@ -121,24 +121,29 @@ def test_elements_run_to_their_end_under_slurms_environment(write_grid, cli, tmp
     assert Path(fine["logs"][1]).is_file()
 
 
-@pytest.mark.parametrize("code, state, restarts, requeued, status", [
-    (75, "RUNNING", 0, True, 0),     # USR2 at the time limit, or USR1: back in the queue
-    (75, "RUNNING", 3, False, 0),    # max_requeues reached
-    (75, "CANCELLED", 0, False, 0),  # scancel: never undone
-    (73, "RUNNING", 0, False, 0),    # another worker holds the task
-    (1, "RUNNING", 0, False, 1),     # a real failure: FAILED, not requeued
+@pytest.mark.parametrize("code, state, restarts, requeued, status, done", [
+    (75, "RUNNING", 0, True, 0, False),     # USR2 at the time limit, or USR1: back in the queue
+    (-12, "RUNNING", 0, True, 0, False),    # USR2 before the worker's handlers: nothing lost either
+    (75, "RUNNING", 3, False, 0, False),    # max_requeues reached
+    (75, "CANCELLED", 0, False, 0, False),  # scancel: never undone
+    (73, "RUNNING", 0, False, 0, False),    # another worker holds the task
+    (1, "RUNNING", 0, False, 1, False),     # a real failure: FAILED, not requeued
+    (-12, "RUNNING", 0, False, 0, True),    # USR2 after the result was written: done
 ])
 def test_an_element_requeues_itself_only_after_a_checkpoint_while_running(
-        code, state, restarts, requeued, status, tmp_path, monkeypatch):
+        code, state, restarts, requeued, status, done, tmp_path, monkeypatch):
     stub = tmp_path / "bin" / "scontrol"
     stub.parent.mkdir()
     stub.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n"
                     f"[ \"$1\" = show ] && echo 'JobId=7 ArrayJobId=5 JobState={state} Reason=None'\nexit 0\n")
     stub.chmod(0o755)
     monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(slurm_element, "worker_command", lambda study, task: [sys.executable, "-c",
-                                                                              f"raise SystemExit({code})"])
+    body = f"import os; os.kill(os.getpid(), {-code})" if code < 0 else f"raise SystemExit({code})"
+    monkeypatch.setattr(slurm_element, "worker_command", lambda study, task: [sys.executable, "-c", body])
     (tmp_path / "list.txt").write_text("task-a\ntask-b\n")
+    if done:
+        (tmp_path / "tasks" / "task-b").mkdir(parents=True)
+        (tmp_path / "tasks" / "task-b" / "result.json").write_text('{"task_id": "task-b", "val_acc": 0.5}')
     environ = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "1",
                "SLURM_RESTART_COUNT": str(restarts)}
     assert slurm_element.run_element(str(tmp_path), str(tmp_path / "list.txt"), 3, environ) == status

@@ -4,7 +4,9 @@
 It runs the worker on the task of line SLURM_ARRAY_TASK_ID+1 of the chunk's task list, as
 a child process. `--signal=USR2@N` reaches every process of the step: the worker checkpoints
 and exits 75, and the element requeues itself (`scontrol requeue`, same id,
-SLURM_RESTART_COUNT + 1) while the job is still RUNNING, at most MAX_REQUEUES times. A
+SLURM_RESTART_COUNT + 1) while the job is still RUNNING, at most MAX_REQUEUES times; so
+does a worker the signal killed before its handlers were in place. A signal that comes
+after the task's result was written ends the element COMPLETED. A
 cancel, a preemption or a requeue that SLURM is carrying out (the job no longer RUNNING) is
 left to SLURM, so a cancel is never undone; the next submit resumes the task. A real failure
 ends the element FAILED, never requeued (docs/design.md §4).
@@ -22,7 +24,10 @@ import sys
 from pathlib import Path
 
 from hpcxfer.backends.base import worker_command
+from hpcxfer.fileio import read_json
+from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths
+from hpcxfer.study import is_done
 from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 from hpcxfer.worker.signals import STOP_SIGNALS
 
@@ -32,6 +37,13 @@ def job_state(job_id: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False).stdout
     m = re.search(r"\bJobState=(\S+)", out)
     return m.group(1) if m else ""
+
+
+def unit_done(study: StudyPaths, unit_id: str) -> bool:
+    """Whether the unit (a task, or a protocol group: its members) has valid results."""
+    group = study.group(unit_id).config
+    members = read_json(group)["members"] if is_group_id(unit_id) and group.is_file() else [unit_id]
+    return all(is_done(study.task(m)) for m in members)
 
 
 def element_id(environ: dict[str, str]) -> str:
@@ -55,13 +67,15 @@ def run_element(study_dir: str, list_file: str, max_requeues: int, environ: dict
     proc = subprocess.Popen(worker_command(study, task_id), env={**environ, "HPCXFER_JOB_ID": f"slurm:{element}"},
                             stdin=subprocess.DEVNULL)
     code = proc.wait()
-    if code == 0:
+    if code == 0 or unit_done(study, task_id):  # a signal after the result was written
         return 0
     if code == EXIT_BUSY:  # another live worker holds the task: not this element's failure
         print(f"{task_id} run by another worker", flush=True)
         return 0
     restarts = int(environ.get("SLURM_RESTART_COUNT") or 0)  # unset on the first run
-    if code == EXIT_RESUME:
+    # Killed by a stop signal: it came before the worker's handlers were in place (while it
+    # imported torch) and nothing was lost since the last checkpoint.
+    if code == EXIT_RESUME or -code in STOP_SIGNALS:
         if restarts < max_requeues and job_state(element) == "RUNNING":
             subprocess.run(["scontrol", "requeue", element], check=False)
             print(f"{task_id} checkpointed; requeued {element}", flush=True)
