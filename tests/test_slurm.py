@@ -163,6 +163,30 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
     assert table.returncode == 0 and "common" in table.stdout
 
 
+def test_usr2_to_the_job_step_checkpoints_and_the_element_requeues_itself(cluster, write_grid, cli, tmp_path,
+                                                                         cleanup):
+    """What `--signal=USR2@N` does before the time limit, sent now: USR2 to the job's steps
+    (not its batch shell) reaches the worker under srun, which checkpoints; the element
+    requeues itself and its next run resumes."""
+    grid = write_grid({"finetune": {"seed": [0]}}, base=GRID)
+    study = tmp_path / "runs" / "sl"
+    prepare_study(grid)
+    assert cli("submit", grid, "--backend", "slurm").returncode == 0
+    recs = records(study)
+    cleanup.extend(r["job_id"] for r in recs)
+    fine = recs[-1]
+    (task,), (element,) = fine["tasks"], fine["elements"]
+    tp = study / "tasks" / task
+    wait_for(lambda: (tp / "checkpoint.pt").exists(), 180, "the first epoch's checkpoint", poll=0.2)
+    assert not (tp / "result.json").exists(), "finished before the signal: make it longer"
+    sig = subprocess.run(["scancel", "--signal=USR2", element], capture_output=True, text=True)
+    assert sig.returncode == 0, sig.stderr
+    wait_for(lambda: (tp / "result.json").exists(), 240, "the requeued task's result")
+    assert read_json(tp / "result.json")["restarts"] >= 1 and restarts(element) == 1
+    text = Path(fine["logs"][0]).read_text()
+    assert f"{task} checkpointed; requeued {element}" in text, text
+
+
 def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_grid, cli, tmp_path, cleanup):
     grid = write_grid({"finetune": {"seed": 0, "epochs": 1}}, base=GRID)
     study = tmp_path / "runs" / "sl"
