@@ -1,7 +1,7 @@
 """Stop requests: a signal only sets a flag; the training loop checkpoints at its next step
 and the worker exits with status 75 ("resume me").
 
-SIGUSR2 is what submitit and `sbatch --signal=USR2@90` send before a SLURM walltime or a
+SIGUSR2 is what `sbatch --signal=USR2@90` (hpcxfer's SLURM jobs) sends before a walltime or a
 preemption; SIGUSR1 is the other common choice of sites and users; SIGTERM is what SLURM
 (without a user signal), PBS and `hpcxfer cancel` send before their SIGKILL. All three mean
 the same here: save and leave while there is still time.
