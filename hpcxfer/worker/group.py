@@ -261,6 +261,8 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     startup = fit(trainer, data, gen, pos, ckpt, records, runtime, gp.profile)
     info = {**run_info(ckpt, startup, data), "group": gp.group_id}
     done = [finish(tp, learner.task, learner.model, learner.last, info) for tp, learner in zip(todo, learners)]
+    for rec, learner, result in zip(records, learners, done):
+        rec.hparams(learner.task, result)
     if not runtime.get("keep_checkpoints", False):
         checkpoint.remove(gp)
         for tp in todo:

@@ -17,6 +17,12 @@ from hpcxfer.layout import TaskPaths
 from hpcxfer.worker.env import environment
 from hpcxfer.worker.observe import Scalars
 
+#: What a task's TensorBoard HParams entry holds: its protocol, size and split, and the
+#: settings a grid may vary (docs/design.md §1), with the final metrics of its result.
+HPARAMS = ("stage", "transfer_layers", "high_lr_layers", "initial_decay_epochs", "frozen_layers", "lr_high",
+           "lr_low", "examples_per_class", "split", "seed", "epochs", "batch_size", "arch", "dataset")
+FINAL = ("val_acc", "val_loss", "train_loss", "train_acc")
+
 if TYPE_CHECKING:
     from hpcxfer.worker.learners import Data
     from hpcxfer.worker.train import Checkpointer
@@ -39,6 +45,12 @@ class Records:
 
     def close(self) -> None:
         self.scalars.close()
+
+    def hparams(self, task: Task, result: dict) -> None:
+        """The finished task's HParams entry (TensorBoard), beside its scalars."""
+        fields = task.to_dict()
+        self.scalars.hparams({k: fields[k] for k in HPARAMS if k in fields},
+                             {k: result[k] for k in FINAL if isinstance(result.get(k), (int, float))})
 
 
 def run_info(ckpt: Checkpointer, startup_s: float | None, data: Data) -> dict:

@@ -207,6 +207,7 @@ def run(study: StudyPaths, paths: TaskPaths, stop: StopFlag | None = None) -> di
     records = Records(paths, runtime, pos.epoch)
     startup = fit(Looped([learner], data.precision), data, gen, pos, ckpt, [records], runtime, paths.profile)
     result = finish(paths, learner.task, learner.model, learner.last, run_info(ckpt, startup, data))
+    records.hparams(learner.task, result)
     if not runtime.get("keep_checkpoints", False):
         checkpoint.remove(paths)
     return result
