@@ -9,6 +9,7 @@ is left out, and `skipped_figures` says why.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,9 @@ class Series:
     x: list  # setting values (line) or sizes (bars)
     mean: list[float]  # accuracy, %
     std: list[float]
-    n: list[int]
+    n: list[int]  # replicates (splits) behind each point
+    size: object = None  # a line's target size: its colour (and its panel in small multiples)
+    style: tuple = ()  # the values of the other varied settings (e.g. d): its line style
 
 
 @dataclass
@@ -66,6 +69,20 @@ class FigureData:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def replicates(self) -> list[int]:
+        return sorted({k for se in self.series for k in se.n})
+
+    def over(self) -> str:
+        """How many splits each point averages: `4 splits`, or `2-4 splits` where some are missing."""
+        ks = self.replicates
+        text = str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+        return f"{text} split{'' if ks == [1] else 's'}"
+
+    @property
+    def caption(self) -> str:
+        return f"{self.spec.title}; mean ± std over {self.over()}"
 
 
 def _matches(cell: dict, fixed: dict) -> bool:
@@ -93,7 +110,8 @@ def line_figure(spec: Spec, cells: Sequence[dict]) -> FigureData:
         extra = "".join(f", {SHORT.get(a, a)} {first[a]}" for a in others)
         series.append(Series(_size(first["examples_per_class"]) + extra, [c[spec.x] for c in pts],
                              [c["val_acc_mean"] * 100 for c in pts], [c["val_acc_std"] * 100 for c in pts],
-                             [c["replicates"] for c in pts]))
+                             [c["replicates"] for c in pts], first["examples_per_class"],
+                             tuple(f"{SHORT.get(a, a)} {first[a]}" for a in others)))
     return FigureData(spec, [s for s in series if len(s.x) >= 2])
 
 
@@ -121,52 +139,142 @@ def paper_figures(cells: Sequence[dict]) -> tuple[list[FigureData], list[str]]:
     return made, skipped
 
 
+#: Colours by size (colour-blind safe, Okabe & Ito), line styles by the other varied setting.
+COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D")
+#: One axes holds at most this many series; more are drawn as small multiples, one per size.
+MAX_SERIES = 8
+#: Output: 300 dpi PNG for print, PDF and SVG as vectors (`collect --plots`).
+FORMATS = ("png", "pdf", "svg")
+DPI = 300
+#: Fixed so that the same study gives the same bytes (docs/design.md §2).
+RC = {"svg.hashsalt": "hpcxfer", "svg.fonttype": "path"}
+METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None, "Producer": None},
+            "svg": {"Date": None}}
+
+
+def _colour(sizes: list, size) -> str:
+    return COLOURS[sizes.index(size) % len(COLOURS)] if size in sizes else COLOURS[0]
+
+
+def _offsets(xs: list, k: int) -> list[float]:
+    """Horizontal shifts of k series' error bars at the same x, so that none hides another:
+    together they span a third of the smallest step between x values."""
+    steps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
+    span = (min(steps) if steps else 1) / 3
+    return [0.0] * k if k < 2 else [(i - (k - 1) / 2) * span / (k - 1) for i in range(k)]
+
+
+def _panels(data: FigureData) -> list[tuple[str | None, list[Series]]]:
+    """One panel, or one per size (small multiples) where one would hold too many series."""
+    if data.spec.x is None or len(data.series) <= MAX_SERIES:
+        return [(None, data.series)]
+    sizes = sorted({se.size for se in data.series}, key=size_key)
+    return [(_size(s), [se for se in data.series if se.size == s]) for s in sizes]
+
+
 def draw(data: FigureData) -> Figure:
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    if data.spec.x is None:
+        return _draw_bars(data)
+    panels = _panels(data)
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(7.5 if cols == 1 else 2.6 * cols + 1.6, 4.2 if rows == 1 else 2.5 * rows + 0.9),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+    sizes = sorted({se.size for se in data.series}, key=size_key)
+    styles = sorted({se.style for se in data.series})
+    xs = sorted({x for se in data.series for x in se.x})
+    gid = 0
+    for ax, (title, series) in zip(axes, panels):
+        shift = _offsets(xs, len(series))
+        for j, se in enumerate(series):
+            k = styles.index(se.style)
+            line, _, _ = ax.errorbar([x + shift[j] for x in se.x], se.mean, yerr=se.std, capsize=2.5,
+                                     color=_colour(sizes, se.size), linestyle=STYLES[k % len(STYLES)],
+                                     marker=MARKERS[k % len(MARKERS)], markersize=4, linewidth=1.3,
+                                     label=se.label if title is None else (", ".join(se.style) or se.label))
+            line.set_gid(f"series-{gid}")
+            gid += 1
+        if title is not None:
+            ax.set_title(title, fontsize=9)
+        ax.set_xticks(xs)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.supxlabel(LABELS.get(data.spec.x, data.spec.x), fontsize=9)
+    fig.supylabel("validation accuracy (%)", fontsize=9)
+    fig.suptitle(data.caption, fontsize=10)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(panels) > 1:  # every panel has the same styles; colour and title name the size
+        title = ", ".join(dict.fromkeys(part.split(" ")[0] for st in styles for part in st)) or None
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, title=title, title_fontsize=8)
+    else:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    return fig
+
+
+def _draw_bars(data: FigureData) -> Figure:
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if data.spec.x is None:
-        sizes = sorted({s for se in data.series for s in se.x}, key=size_key)
-        width = 0.8 / len(data.series)
-        for i, se in enumerate(data.series):
-            pos = [sizes.index(s) + (i - (len(data.series) - 1) / 2) * width for s in se.x]
-            bars = ax.bar(pos, se.mean, width, yerr=se.std, capsize=3, label=se.label)
-            for j, patch in enumerate(bars.patches):
-                patch.set_gid(f"series-{i}-bar-{j}")
-        ax.set_xticks(range(len(sizes)), [_size(s) for s in sizes])
-        ax.set_xlabel("target examples per class")
-    else:
-        for i, se in enumerate(data.series):
-            line, _, _ = ax.errorbar(se.x, se.mean, yerr=se.std, marker="o", capsize=3, label=se.label)
-            line.set_gid(f"series-{i}")
-        ax.set_xlabel(LABELS.get(data.spec.x, data.spec.x))
-        xs = sorted({x for se in data.series for x in se.x})
-        ax.set_xticks(xs)
-    ax.set_ylabel("validation accuracy (%), mean ± std over splits")
-    ax.set_title(data.spec.title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    sizes = sorted({s for se in data.series for s in se.x}, key=size_key)
+    width = 0.8 / len(data.series)
+    for i, se in enumerate(data.series):
+        pos = [sizes.index(s) + (i - (len(data.series) - 1) / 2) * width for s in se.x]
+        bars = ax.bar(pos, se.mean, width, yerr=se.std, capsize=3, label=se.label, color=COLOURS[i % len(COLOURS)])
+        for j, patch in enumerate(bars.patches):
+            patch.set_gid(f"series-{i}-bar-{j}")
+    ax.set_xticks(range(len(sizes)), [_size(s) for s in sizes])
+    ax.set_xlabel("target examples per class", fontsize=9)
+    ax.set_ylabel("validation accuracy (%)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(data.caption, fontsize=10)
+    fig.legend(loc="outside right upper", fontsize=8)
     return fig
 
 
 def render(fig: Figure, fmt: str) -> bytes:
+    """The figure's bytes in `fmt`; the same figure gives the same bytes (no date, salted ids)."""
+    import matplotlib
+
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+    with matplotlib.rc_context(RC):
+        fig.savefig(buf, format=fmt, dpi=DPI, metadata=METADATA.get(fmt))
     return buf.getvalue()
 
 
-def inline_svg(fig: Figure) -> str:
-    """The figure as an <svg> element to put inside HTML (XML prologue and doctype removed)."""
+_ID = re.compile(r'(\bid=")([^"]+)(")|(url\(#)([^)]+)(\))|(href=")#([^"]+)(")')
+
+
+def inline_svg(fig: Figure, prefix: str = "") -> str:
+    """The figure as an <svg> element to put inside HTML (XML prologue and doctype removed),
+    every id and reference to one prefixed with `prefix` so that figures on one page never
+    share an id."""
     text = render(fig, "svg").decode()
-    return text[text.index("<svg"):]
+    text = text[text.index("<svg"):]
+    if not prefix:
+        return text
+
+    def rename(m: re.Match) -> str:
+        if m.group(1):
+            return f'{m.group(1)}{prefix}{m.group(2)}{m.group(3)}'
+        if m.group(4):
+            return f"{m.group(4)}{prefix}{m.group(5)}{m.group(6)}"
+        return f'{m.group(7)}#{prefix}{m.group(8)}{m.group(9)}'
+
+    return _ID.sub(rename, text)
 
 
 def write_figures(figures: Sequence[FigureData], folder: Path) -> list[Path]:
-    """Each figure as <name>.png and <name>.svg in `folder`, written atomically."""
+    """Each figure as <name>.png (300 dpi), .pdf and .svg in `folder`, written atomically."""
     written = []
     for data in figures:
         fig = draw(data)
-        for fmt in ("png", "svg"):
+        for fmt in FORMATS:
             path = Path(folder) / f"{data.name}.{fmt}"
             atomic_write_bytes(path, render(fig, fmt))
             written.append(path)
