@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, TIE, _hashable, mean_std, protocol_label, sort_key)
+from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, TIE, _hashable, mean_std, protocol_label, size_key,
+                                       sort_key, varying)
+from hpcxfer.collect.views import Column, View, key, num, signed
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
 
@@ -153,8 +155,20 @@ def labels(rows: Iterable[dict]) -> list[str]:
     return sorted(out)
 
 
-def _has(rows: Sequence[dict], ref: str) -> bool:
-    return any(r.get("stage") == "finetune" and matches(r, ref) for r in rows)
+def _finetune(records) -> list[dict]:
+    return [r for r in getattr(records, "rows", records) if r.get("stage") == "finetune"]
+
+
+def reference(records, ref: str | None = None) -> str | None:
+    """`ref` if some finished task runs it, else a ConfigError (option `--ref`) naming the
+    labels available; without `ref`, the first of `DEFAULT_REFS` the study has, or None."""
+    rows = _finetune(records)
+    if ref is None:
+        return next((name for name in DEFAULT_REFS if any(matches(r, name) for r in rows)), None)
+    if not any(matches(r, ref) for r in rows):
+        raise ConfigError(None, "--ref", f"no finished task runs protocol {ref!r}",
+                          f"choose from {', '.join(labels(rows)) or 'nothing: no fine-tuning task has a result'}")
+    return ref
 
 
 def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY, metric: str = "val_acc") -> list[dict]:
@@ -175,19 +189,15 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
     Raises ConfigError (option `--ref`) for a reference no task of the study runs, naming
     the labels available, and for a `by` without the protocol and the size.
     """
-    rows = [r for r in getattr(records, "rows", records) if r.get("stage") == "finetune"]
+    rows = _finetune(records)
     by = tuple(by)
     lacking = [f for f in ("examples_per_class", *PROTOCOL_FIELDS) if f not in by]
     if lacking:
         raise ConfigError(None, "--by", f"a paired view needs the protocol and the size in its cells, not {lacking[0]!r}",
                           "leave --by out")
+    ref = reference(rows, ref)
     if ref is None:
-        ref = next((name for name in DEFAULT_REFS if _has(rows, name)), None)
-        if ref is None:
-            return []
-    elif not _has(rows, ref):
-        raise ConfigError(None, "--ref", f"no finished task runs protocol {ref!r}",
-                          f"choose from {', '.join(labels(rows)) or 'nothing: no fine-tuning task has a result'}")
+        return []
     key = [a for a in AXES if a not in by]
     context = [a for a in by if a not in PROTOCOL_FIELDS]
     cells: dict[tuple, list[dict]] = {}
@@ -212,3 +222,41 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
         out.append(row)
     out.sort(key=lambda r: sort_key(r, by))
     return out
+
+
+# ---------------------------------------------------------------- the view
+def _interval(r: dict) -> str:
+    if r["ci_low"] is None:
+        return "n/a"
+    return f"[{r['ci_low'] * 100:+.1f}, {r['ci_high'] * 100:+.1f}]"
+
+
+def paired_view(records, ref: str | None = None) -> View:
+    """`collect --view paired`: `paired_rows` with the method in its notes."""
+    chosen = reference(records, ref)
+    rows = paired_rows(records, chosen) if chosen else []
+    extra = varying(rows, [a for a in DEFAULT_BY if a not in ("examples_per_class", *PROTOCOL_FIELDS)])
+    columns = [key("examples_per_class", "per class", numeric=True), key("protocol")] + [key(a) for a in extra]
+    if len({r["ref"] for r in rows}) > 1:
+        columns.append(key("ref", "reference"))
+    columns += [key("pairs", numeric=True),
+                Column("protocol %", lambda r: num(r["protocol_mean"], 100)),
+                Column("reference %", lambda r: num(r["ref_mean"], 100)),
+                Column("difference", lambda r: signed(None if r["mean_diff"] is None else r["mean_diff"] * 100,
+                                                      unit=" pts")),
+                Column("95 % interval", _interval),
+                Column("wins / losses / ties", lambda r: f"{r['wins']} / {r['losses']} / {r['ties']}")]
+    notes = [f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
+             "seed: one pair per split and seed that both finished (the same images); protocol % and reference % "
+             "are means over those pairs",
+             "95 % interval = mean difference ± t(0.975, pairs - 1) x sd / sqrt(pairs) (Student's t over the pairs); "
+             "n/a with fewer than two pairs; an interval that excludes zero is a difference beyond the study's noise",
+             "wins / losses / ties: pairs where the protocol is above / below / level with the reference"]
+    if chosen is None:
+        notes.append("this study runs neither common nor scratch: name the reference with --ref "
+                     f"(one of: {', '.join(labels(_finetune(records))) or 'none finished yet'})")
+    few = sorted({str(r["examples_per_class"]) for r in rows if r["pairs"] < 2}, key=lambda s: size_key(s))
+    if few:
+        notes.append(f"fewer than two pairs at {', '.join(few)}/class: no interval there")
+    title = f"Paired differences from {chosen}, per size" if chosen else "Paired differences from a reference protocol"
+    return View("paired", title, columns, rows, notes, [*FIELDS, *extra])
