@@ -164,3 +164,10 @@ def test_table2_one_pair_is_no_evidence(tmp_path):
     t2 = _table2(write(tmp_path / "s", {ft(0, 10, 5): 0.9, ft(0, 10, 7): 0.1}))
     assert t2[10]["best"] is None and t2[10]["within_noise"] and t2[10]["pairs"] == 1
     assert t2[10]["margin_ci_low"] is None and t2[10]["margin"] == pytest.approx(0.8)
+
+
+def test_compare_counts_its_replicates(tmp_path):
+    rec = read_study(write(tmp_path / "s", STUDY))
+    rows = {r["examples_per_class"]: r for r in reports.compare(summarize(rec.rows, rec.missing)).rows}
+    assert (rows[10]["common_replicates"], rows[10]["scratch_replicates"], rows[10]["optimal_replicates"]) == (3, 4, 0)
+    assert (rows[25]["common_replicates"], rows[25]["scratch_replicates"]) == (1, 1)

@@ -98,7 +98,7 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
     if with_paper:
         columns += [Column(f"paper {s}/class", pair(s, "paper_")) for s in (10, 25, 50)]
         columns += [Column("paper gap", lambda r: num(r.get("paper_gap"), digits=2))]
-    notes = ["cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over splits; "
+    notes = ["cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over replicates (splits and seeds); "
              "avg gap = mean over sizes of validation minus training loss"]
     if not sel:
         notes.append("no cell with h = 8, d = 30, f = 0 in this study: Table 1 is empty")
@@ -212,6 +212,7 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
             cell = next((c for c in at if is_named(c, name)), None)
             row[f"{name}_mean"] = cell["val_acc_mean"] if cell else None
             row[f"{name}_std"] = cell["val_acc_std"] if cell else None
+            row[f"{name}_replicates"] = cell["replicates"] if cell else 0
         tied, _ = _best(at)
         row["best"] = tied[0]["protocol"] if tied else None
         row["best_mean"] = tied[0]["val_acc_mean"] if tied else None
@@ -236,12 +237,14 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
         columns += [Column("paper optimal %", lambda r: num(r.get("paper_optimal"))),
                     Column("paper common %", lambda r: num(r.get("paper_common"))),
                     Column("paper optimal vs common", lambda r: signed(r.get("paper_optimal_vs_common")))]
-    notes = ["relative improvement = (a / b - 1) x 100 of mean validation accuracies "
+    notes = ["mean ± std over replicates (splits and seeds, counted in the scratch_, common_ and "
+             "optimal_replicates fields); "
+             "relative improvement = (a / b - 1) x 100 of mean validation accuracies "
              "(the paper: optimal +47.8 % over common at 10/class)"]
     missing = [n for n in NAMES if all(r[f"{n}_mean"] is None for r in rows)]
     if missing:
         notes.append(f"this study has no finished {', '.join(missing)} cells")
-    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std")), "best",
+    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std", "replicates")), "best",
               "best_mean", "optimal_vs_common", "optimal_vs_scratch", "common_vs_scratch", "best_vs_common"]
     return View("compare", "Optimal vs common vs scratch", columns, rows, notes, fields)
 
