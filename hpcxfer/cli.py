@@ -439,7 +439,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     _check_target(args.plots, "--plots", folder=True)
     collected = _collect(args)
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
-    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs)
+    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
     if args.plots:
         from hpcxfer.collect.figures import paper_figures, write_figures
 
@@ -667,8 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("collect")
     p.add_argument("study_dir")
     p.add_argument("--view", action="append", metavar="NAME",
-                   help="cells (default), table1, table2, compare, paper, incomplete, curves (reads every "
+                   help="cells (default), table1, table2, compare, paired (each protocol's difference from "
+                        "--ref, paired by split and seed), paper, incomplete, curves (reads every "
                         "metrics record), or all; repeat or comma-separate for several")
+    p.add_argument("--ref", metavar="PROTOCOL", help="the paired view's reference: common, scratch, optimal, a "
+                   "label such as 'n5 h8 d30 f0' (default: common if the study has it, else scratch)")
     p.add_argument("--by", metavar="AXES", help="comma-separated task fields that make a cell (default: the "
                    "protocol and every setting except split and seed); the rest are averaged over")
     p.add_argument("--format", choices=FORMATS, help="default: from --out's extension (.csv .md .json .txt), "
