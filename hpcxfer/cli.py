@@ -468,18 +468,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpcxfer.collect.build import ALL, build_views
-    from hpcxfer.collect.figures import paper_figures
-    from hpcxfer.collect.html import report_html
+    from hpcxfer.collect.html import build_report
 
     _check_target(args.out, "--out")
     collected = _collect(args)
-    views = build_views(collected, ALL, explicit=False)
-    figures, left_out = paper_figures(collected.protocol_cells)
-    paths = collected.records.paths
     _print_summary(collected)
-    html = report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures, left_out)
-    _write_out(args.out or str(paths.dir / "report.html"), html.encode())
+    html = build_report(collected)
+    _write_out(args.out or str(collected.records.paths.dir / "report.html"), html.encode())
     return 0
 
 
