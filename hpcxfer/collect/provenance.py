@@ -32,21 +32,21 @@ class Provenance:
 def _counted(values: Counter) -> str:
     """`a (12 tasks); b (3 tasks)`, most frequent first, then by name (a fixed order)."""
     if not values:
-        return "not recorded"
+        return "no result yet"
     items = sorted(values.items(), key=lambda kv: (-kv[1], kv[0]))
     return "; ".join(f"{v} ({n} task{'s' * (n != 1)})" for v, n in items)
 
 
-def _versions(v) -> str:
+def _versions(v) -> str | None:
     if not isinstance(v, dict) or not v:
-        return "not recorded"
+        return None
     return ", ".join(f"{k} {v[k]}" for k in sorted(v))
 
 
-def _determinism(result: dict) -> str:
+def _determinism(result: dict) -> str | None:
     d = result.get("deterministic")
     if not isinstance(d, dict):
-        return "not recorded"
+        return None
     return ", ".join(f"{k} {'on' if v else 'off'}" for k, v in sorted(d.items()))
 
 
@@ -126,14 +126,17 @@ def provenance(records: StudyRecords) -> Provenance:
     results = [records.results[t] for t in sorted(records.results)]
 
     def count(get) -> Counter:
-        return Counter(v for v in (get(r) for r in results) if v is not None)
+        return Counter(get(r) or "not recorded" for r in results)
+
+    def revision(r: dict) -> str | None:
+        return (r["git_revision"] or "not a checkout") if "git_revision" in r else None
 
     facts = [
-        ("versions", _counted(count(lambda r: _versions(r.get("versions")) if "versions" in r else None))),
-        ("git revision", _counted(count(lambda r: r.get("git_revision") or ("not a checkout" if "host" in r else None)))),
+        ("versions", _counted(count(lambda r: _versions(r.get("versions"))))),
+        ("git revision", _counted(count(revision))),
         ("hosts", _counted(count(lambda r: r.get("host")))),
         ("devices", _counted(count(lambda r: r.get("device")))),
-        ("CPU threads", _counted(count(lambda r: str(r["threads"]) if "threads" in r else "not recorded"))),
+        ("CPU threads", _counted(count(lambda r: str(r["threads"]) if "threads" in r else None))),
         ("deterministic settings", _counted(count(_determinism))),
     ]
     return Provenance(date, grids, facts, compute(records.results))
