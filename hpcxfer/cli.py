@@ -672,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="default: from --out's extension (.csv .md .json .txt), "
                    "else a table")
     p.add_argument("--out", help="write to this file instead of the terminal")
-    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as PNG and SVG into DIR")
+    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as 300 dpi PNG, PDF and SVG into DIR")
     p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
 

@@ -6,6 +6,10 @@ A loss may be NaN or +Infinity (the worker writes what a diverged run measured: 
 it would diverge again), an accuracy never (it is a count over a count). Anything else is
 a damaged result: `status` reports the task as failed with the reason, `collect` counts it
 among the skipped tasks, and the next `submit` trains the task again.
+
+What a result says about its run (versions, host, device, `threads`, `deterministic`:
+hpcxfer/worker/env.py) is reported, not validated: a result written before a field existed
+still loads, and the report's provenance shows it as not recorded.
 """
 
 from __future__ import annotations
