@@ -441,9 +441,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
     views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
     if args.plots:
-        from hpcxfer.collect.figures import paper_figures, write_figures
+        from hpcxfer.collect.figures import study_figures, write_figures
 
-        figures, left_out = paper_figures(collected.protocol_cells)
+        figures, left_out = study_figures(collected, args.ref)
         try:
             written = write_figures(figures, Path(args.plots))
         except OSError as e:

@@ -73,6 +73,7 @@ def test_figures_have_one_series_per_size(study, tmp_path, cli):
         ET.fromstring(svg)
         assert len(set(re.findall(r'id="series-(\d+)', svg))) == len(data.series)
     assert not list((tmp_path / "plots").glob("fig5*"))
+    assert _png_dpi((tmp_path / "plots" / "delta.png").read_bytes()) == 300  # the paired view's figure too
     assert len(draw(by_name["fig3"]).axes[0].containers) == 4  # one error-bar container per line
 
 

@@ -201,6 +201,21 @@ def delta_figure(rows: Sequence[dict]) -> FigureData | None:
     return FigureData(spec, series)
 
 
+def study_figures(collected, ref: str | None = None) -> tuple[list[FigureData], list[str]]:
+    """Figs. 1-6 and the delta figure (each protocol's paired difference from `ref`, default
+    common else scratch) of a collected study (collect/build.py), and a line for each left out."""
+    from hpcxfer.collect.paired import paired_rows, reference
+
+    figures, left_out = paper_figures(collected.protocol_cells)
+    chosen = reference(collected.records, ref)
+    delta = delta_figure(paired_rows(collected.records, chosen)) if chosen else None
+    if delta:
+        figures.append(delta)
+    else:
+        left_out.append("Difference from the reference: left out (no protocol paired with common or scratch)")
+    return figures, left_out
+
+
 #: Colours by size (colour-blind safe, Okabe & Ito), line styles by the other varied setting.
 COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442")
 STYLES = ("-", "--", ":", "-.")
@@ -269,7 +284,7 @@ def _legend(fig: Figure, axes: list, title: str | None = None) -> None:
         for h, label in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(label, h)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8, title=title,
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=8, title=title,
                    title_fontsize=8)
 
 

@@ -61,18 +61,13 @@ def build_report(collected, jobs: int | None = None) -> str:
     """The report of a collected study (collect/build.py `collect`): every view `all` shows
     plus the paired view, Figs. 1-6, the delta figure, learning curves and provenance."""
     from hpcxfer.collect.build import ALL, build_views
-    from hpcxfer.collect.figures import curve_figure, delta_figure, paper_figures
+    from hpcxfer.collect.figures import curve_figure, study_figures
     from hpcxfer.collect.metrics import merge_metrics
-    from hpcxfer.collect.paired import paired_rows, reference
     from hpcxfer.collect.provenance import provenance
 
     records = collected.records
     views = build_views(collected, [*ALL, "paired"], explicit=False, jobs=jobs)
-    figures, left_out = paper_figures(collected.protocol_cells)
-    ref = reference(records)
-    delta = delta_figure(paired_rows(records, ref)) if ref else None
-    if delta:
-        figures.append(delta)
+    figures, left_out = study_figures(collected)
     curves = curve_figure(merge_metrics(records, jobs=jobs))
     paths = records.paths
     return report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures,
