@@ -1,9 +1,18 @@
-"""The paper's Figs. 1-6 from a study's cells: accuracy against the varied setting, one line
-(or bar group) per size, error bars one standard deviation over splits.
+"""The paper's Figs. 1-6 from a study's cells, the paired differences from a reference
+(`delta`) and learning curves (issue #12's presentation).
 
-Building a figure's data (`paper_figures`) is pure; drawing uses matplotlib's object API on
-the Agg canvas (no pyplot state, no display). A figure whose setting the study does not vary
-is left out, and `skipped_figures` says why.
+Accuracy against the varied setting, one line (or bar group) per size, error bars one
+standard deviation over splits. A line's colour is its size (the same colour for a size in
+every figure) and its line style the other varied setting (Fig. 3's d); where one axes
+would hold more than MAX_SERIES lines the figure becomes small multiples, a panel per
+size. Error bars at one x are shifted apart, legends sit outside the data, and every title
+says over how many splits a point is averaged.
+
+Building a figure's data (`paper_figures`, `delta_figure`, `curve_figure`) is pure; drawing
+uses matplotlib's object API on the Agg canvas (no pyplot state, no display). A figure
+whose setting the study does not vary is left out, and `skipped_figures` says why. Output
+is a 300 dpi PNG, a PDF and an SVG, the same bytes for the same study (no dates, salted
+SVG ids).
 """
 
 from __future__ import annotations
