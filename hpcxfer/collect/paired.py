@@ -19,6 +19,7 @@ of a cell, `pairs` the paired differences between two cells.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -83,9 +84,10 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
     """The p quantile of Student's t with `df` > 0 degrees of freedom (scipy.stats.t.ppf),
-    by bisection on `t_cdf` to double precision."""
+    by bisection on `t_cdf` to double precision (remembered: a study asks for few df)."""
     if not 0.0 < p < 1.0 or not df > 0:
         raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, not p={p}, df={df}")
     if p == 0.5:
