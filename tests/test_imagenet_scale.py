@@ -26,6 +26,7 @@ from hpcxfer.study import study_paths, write_study
 from hpcxfer.grid.task import Task
 from hpcxfer.worker import decode_cache, train
 from hpcxfer.worker.feed import Streamed
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.worker.learners import prepare_data
 
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -239,7 +240,7 @@ def test_training_is_bit_identical_with_and_without_the_cache(tmp_path, tree, ca
     assert len(built) == 2 and not [n for n in _files(cache_dirs) if n.endswith(".partial")]
     # what the cache holds is exactly what decoding gives, slot by slot
     config = read_json(tp.config)
-    p = prepare_data(Task.from_dict(config), config["data"], config["runtime"])
+    p = prepare_data(Task.from_dict(config), config["data"], RuntimeSettings.of_config(config))
     assert isinstance(p.train, Streamed) and p.train._mode() == "read"
     assert np.array_equal(p.train.reader, p.train.images.load(p.train.indices).numpy())
     # a second task of the process (same set) reads it from the first step, decoding nothing

@@ -26,7 +26,7 @@ try:
     from orjson import loads as _loads
 except ImportError:  # orjson is a dependency; without it everything still reads, about 5x slower
     _loads = json.loads
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.task import QUIET_DEFAULTS, Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.results import METRICS
 from hpcxfer.study import task_state
@@ -35,8 +35,9 @@ from hpcxfer.study import task_state
 TASK_DEFAULTS = {"frozen_layers": 0, "seed": 0, "lr_gamma": 0.1, "decay_every": 30,
                  "momentum": 0.9, "weight_decay": 5e-4, "lr_high": 0.01, "lr_low": 0.001,
                  "depends_on": []}
-#: Task fields without which a line is not a task.
-REQUIRED = tuple(f for f in Task.__dataclass_fields__ if f not in TASK_DEFAULTS)
+#: Task fields without which a line is not a task (a default-valued `image_size` or
+#: `crop` is left out of every record: hpcxfer/grid/task.py QUIET_DEFAULTS).
+REQUIRED = tuple(f for f in Task.__dataclass_fields__ if f not in TASK_DEFAULTS and f not in QUIET_DEFAULTS)
 
 #: How many example paths `Skipped` keeps per reason.
 EXAMPLES = 3
@@ -140,7 +141,7 @@ def normalize_task(raw: dict, where: Path, skipped: Skipped) -> dict | None:
     if lacking:
         skipped.task(f"in tasks.jsonl without {lacking[0]!r}", where)
         return None
-    task = dict(raw)
+    task = {**QUIET_DEFAULTS, **raw}
     for name, value in TASK_DEFAULTS.items():
         if name not in task:
             task[name] = value
