@@ -31,7 +31,7 @@ def streamed(values: list[float], parts: int = 1) -> Moments:
     worker processes do)."""
     partials = [Moments.empty((1, 1)) for _ in range(parts)]
     for i, v in enumerate(values):
-        partials[i % parts].merge(Moments.single(np.array([[v]]), np.array([[True]])))
+        partials[i % parts].add(np.array([[v]]), slice(0, 1))
     total = Moments.empty((1, 1))
     for p in partials:
         total.merge(p)
@@ -48,6 +48,15 @@ def test_streamed_moments_give_the_two_pass_mean_and_std():
             assert float(m.mean[0, 0]) == pytest.approx(mean, rel=1e-15)
             assert float(m.std()[0, 0]) == pytest.approx(std, rel=1e-7, abs=1e-15)  # HARD: 1e-8 ulps
     assert math.isnan(Moments.empty((1, 1)).std()[0, 0])  # nothing added: no std
+
+
+def test_a_missing_value_adds_nothing_to_its_entry():
+    m = Moments.empty((1, 2))
+    m.add(np.array([[1.0, math.nan]]), slice(0, 1))
+    m.add(np.array([[3.0, 5.0]]), slice(0, 1))
+    m.add(np.array([[math.nan, 7.0]]), np.array([0]))  # rows by index, as a curve with a gap
+    assert m.count.tolist() == [[2.0, 2.0]] and m.mean.tolist() == [[2.0, 6.0]]
+    assert m.std().tolist() == [[math.sqrt(2), math.sqrt(2)]]
 
 
 def test_curves_and_cells_agree_on_a_small_spread_around_a_large_mean(tmp_path):

@@ -86,7 +86,7 @@ def add_curve(sums: Moments, epochs: np.ndarray, values: np.ndarray) -> None:
     sums.grow(last + 1)
     # the common case, epochs first..last with none left out, adds into a slice (no gather/scatter)
     at = slice(first, last + 1) if last - first + 1 == len(epochs) else epochs
-    sums.merge(Moments.single(values, ~np.isnan(values)), at)
+    sums.add(values, at)
 
 
 @dataclass

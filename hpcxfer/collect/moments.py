@@ -41,16 +41,32 @@ class Moments:
     def empty(cls, shape: tuple[int, ...]) -> Moments:
         return cls(*(np.zeros(shape) for _ in range(3)))
 
-    @classmethod
-    def single(cls, values: np.ndarray, present: np.ndarray) -> Moments:
-        """One observation per entry where `present`, none elsewhere."""
-        return cls(present.astype(float), np.where(present, values, 0.0), np.zeros(values.shape))
-
     def grow(self, rows: int) -> None:
         """Room for `rows` rows (the epochs of a longer curve)."""
         if rows > len(self.count):
             pad = ((0, rows - len(self.count)), *((0, 0),) * (self.count.ndim - 1))
             self.count, self.mean, self.m2 = (np.pad(a, pad) for a in (self.count, self.mean, self.m2))
+
+    def add(self, values: np.ndarray, at: slice | np.ndarray) -> None:
+        """One observation per entry of the rows `at` (NaN: none there): Welford's update,
+        which is `merge` with a count of one and no spread, in fewer steps (the curves add
+        every task this way)."""
+        count, mean = self.count[at], self.mean[at]
+        missing = np.isnan(values)
+        if missing.any():
+            present = ~missing
+            n = count + present
+            delta = np.where(present, values - mean, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = mean + np.where(present, delta / n, 0.0)
+            self.m2[at] += delta * np.where(present, values - mean, 0.0)
+        else:
+            n = count + 1.0
+            delta = values - mean
+            mean = mean + delta / n
+            self.m2[at] += delta * (values - mean)
+        self.mean[at] = mean
+        self.count[at] = n
 
     def merge(self, other: Moments, at: slice | np.ndarray | None = None) -> None:
         """Add `other`'s observations into the rows `at` (default: its first rows)."""
