@@ -69,7 +69,9 @@ def run_group(study_dir: str, group_id: str) -> int:
     if not todo:
         return EXIT_DONE  # finished already: a re-run array task does nothing
     configs = [_read_config(tp) for tp in todo]
-    threads = _threads(RuntimeSettings.of_config(configs[0], todo[0].config))  # bad settings: exit 2
+    for tp, config in zip(todo, configs):  # bad settings: exit 2, nothing touched
+        RuntimeSettings.of_config(config, tp.config)
+    threads = _threads(RuntimeSettings.of_config(configs[0]))
     handler = _log_to(gp)
     if threads:
         torch.set_num_threads(threads)
