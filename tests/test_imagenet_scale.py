@@ -218,6 +218,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+@pytest.mark.slow  # trains
 def test_training_is_bit_identical_with_and_without_the_cache(tmp_path, tree, cache_dirs, caplog):
     paths, tp = _study(tmp_path, tree.data, decode_cache="off")
     plain = train.run(paths, tp)
@@ -357,6 +358,7 @@ def test_a_cache_too_big_for_the_disk(tmp_path, tree, cache_dirs, monkeypatch, c
 
 
 # ---------------------------------------------------------------- a file that fails at run time
+@pytest.mark.slow  # a worker process
 def test_an_unreadable_file_at_run_time_fails_the_task_naming_it(tmp_path, tree, cli):
     root = tmp_path / "copy"
     bad = make_tree(root, classes=4, train_per_class=8, val_per_class=2)
