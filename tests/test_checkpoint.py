@@ -143,6 +143,7 @@ def _fresh(tp: TaskPaths, config: dict, **runtime) -> None:
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
+@pytest.mark.slow  # trains (the `task` fixture)
 def test_checkpoints_removed_on_completion_unless_kept_and_model_kept(task):
     paths, tp, config, reference, _, left = task
     assert left == ["metrics.jsonl", "model.pt", "result.json", "task.json"]
@@ -154,6 +155,7 @@ def test_checkpoints_removed_on_completion_unless_kept_and_model_kept(task):
     assert all(torch.equal(kept["model"][k], v) for k, v in torch.load(tp.weights, weights_only=True).items())
 
 
+@pytest.mark.slow  # trains
 def test_a_full_disk_mid_run_loses_nothing(task, monkeypatch, caplog):
     paths, tp, config, reference, _, _ = task
     _fresh(tp, config, checkpoint_minutes=1e-6)  # try to checkpoint after every step
@@ -165,6 +167,7 @@ def test_a_full_disk_mid_run_loses_nothing(task, monkeypatch, caplog):
     assert not list(tp.dir.glob(".*.tmp")) and not tp.checkpoint.exists()
 
 
+@pytest.mark.slow  # trains
 def test_streamed_path_equals_memory_and_resumes_exactly(task):
     paths, tp, config, reference, ref_metrics, _ = task
     # after an epoch's last step (before its end), and mid-epoch in the second epoch
@@ -180,6 +183,7 @@ def test_streamed_path_equals_memory_and_resumes_exactly(task):
         assert list(iter_jsonl(tp.metrics))[0]["val_loss"] == ref_metrics[0]["val_loss"]
 
 
+@pytest.mark.slow  # trains
 def test_tensorboard_scalars_and_profiler_trace(task):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -23,6 +23,8 @@ from hpcxfer.worker.group import run_group, train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
 
+pytestmark = pytest.mark.slow  # every test trains protocol groups and their members alone
+
 EXACT = ("val_acc", "val_loss", "train_loss", "train_acc")
 TIMING = ("wall_s", "images_per_s")
 RUNTIME = {"keep_checkpoints": True, "group_mode": "looped", "tensorboard": True}

@@ -20,11 +20,10 @@ from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
 from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.task import STAGES
 from hpcxfer.layout import StudyPaths
 
 log = logging.getLogger(__name__)
-
-STAGES = ("pretrain", "finetune")
 
 
 class SchedulerError(HpcxferError):
@@ -196,9 +195,6 @@ class SchedulerBackend:
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["log"].replace("%a", str(index))
-
-    def held(self, paths: StudyPaths) -> set[str]:
-        return {t for t, v in self.view(paths).items() if v["state"] in ("queued", "running")}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         view = self.view(paths)

@@ -28,7 +28,7 @@ def pretrain_task(grid: Grid, split: int) -> Task:
         examples_per_class=p.examples_per_class, transfer_layers=0, high_lr_layers=8, lr_high=p.lr, lr_low=p.lr,
         initial_decay_epochs=p.decay_every, frozen_layers=0, lr_gamma=p.lr_gamma,
         decay_every=p.decay_every, epochs=p.epochs, batch_size=p.batch_size, momentum=p.momentum,
-        weight_decay=p.weight_decay, seed=p.seed,
+        weight_decay=p.weight_decay, seed=p.seed, **grid.data.task_fields(),
     ).with_id()
 
 
@@ -107,7 +107,7 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
         pre = pretrain[split]
         tasks.append(Task(
             stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
-            examples_per_class=size, **proto, **values,
+            examples_per_class=size, **proto, **values, **grid.data.task_fields(),
             # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
             # scratch included, so that a study's stages stay simple to schedule and count.
             depends_on=(pre.task_id,),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, rewrite_jsonl
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import TaskPaths
 from hpcxfer.worker.env import environment
@@ -33,11 +34,11 @@ class Records:
     records for one epoch: what its checkpoint does not cover (records written after it,
     and a torn last line) is dropped on opening, and TensorBoard purges the same."""
 
-    def __init__(self, paths: TaskPaths, runtime: dict, resume_epoch: int):
+    def __init__(self, paths: TaskPaths, runtime: RuntimeSettings, resume_epoch: int):
         self.paths = paths
         kept = [r for r in iter_jsonl(paths.metrics) if r.get("epoch", 0) <= resume_epoch]
         rewrite_jsonl(paths.metrics, kept)
-        self.scalars = Scalars(paths.tensorboard, bool(runtime.get("tensorboard", True)), resume_epoch)
+        self.scalars = Scalars(paths.tensorboard, runtime.tensorboard, resume_epoch)
 
     def add(self, record: dict) -> None:
         append_jsonl(self.paths.metrics, record)
