@@ -42,7 +42,8 @@ class Backend(Protocol):
     def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
                wait: bool = False, **in_process_hooks) -> Submission:
         """Hand `units` (tasks alone or protocol groups; none done, none held already) to
-        the scheduler: one array element, packed slot or local process each."""
+        the scheduler: one array element, packed slot or local process each. Only an
+        `in_process` backend is given `wait=True` with the hooks `on_change` and `recorded`."""
 
     def view(self, paths: StudyPaths) -> dict[str, dict]:
         """task id -> what this backend says of the study's task it last ran: {"state":
