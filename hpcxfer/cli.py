@@ -1,5 +1,7 @@
 """The command line (docs/design.md §2). One handler turns every HpcxferError into one line
 and exit status 2; --debug (before or after the subcommand) shows the traceback instead.
+It parses arguments and renders; the use cases it runs are in hpcxfer/service.py
+(docs/design.md §7).
 
 Output is for terminals and pipes alike: piped, tables take their natural width (rich would
 crop them to 80 columns), and a reader that closes the pipe early (`| head`) ends the
