@@ -14,12 +14,12 @@ import pytest
 
 import pbs_standin
 from hpcxfer.backends.gadi import GadiBackend
-from hpcxfer.backends.resources import GADI_QUEUES
 from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand
 from hpcxfer.grid.groups import Unit
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
+from hpcxfer.sites import GADI_QUEUES
 from hpcxfer.study import write_study
 from test_pbs import golden
 

@@ -94,6 +94,7 @@ KILLED = {"FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEM
 
 class SchedulerBackend:
     name = "scheduler"
+    in_process = False  # submit hands jobs to the scheduler; --wait polls `view`
 
     # ------------------------------------------------------------ for subclasses
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcxfer.backends.resources import GADI_QUEUES
+from hpcxfer.sites import GADI_QUEUES
 from hpcxfer.collect.read import StudyRecords
 
 

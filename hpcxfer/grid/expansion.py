@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
@@ -124,9 +125,23 @@ def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
     return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]
 
 
-def expand(grid: Grid) -> list[Task]:
-    """Every task of the grid, pre-training first, each once, in a stable order."""
+@dataclass(frozen=True)
+class Expansion:
+    """A grid expanded once: every task (as `expand` gives them) and each sub-grid's
+    fine-tuning tasks (as `expand_by_block` does), for callers that need both."""
+
+    tasks: list[Task]
+    blocks: list[tuple[str, list[Task]]]
+
+
+def expand_study(grid: Grid) -> Expansion:
+    """The grid's tasks and its sub-grids' tasks, from one expansion."""
     by_block = expand_by_block(grid)
     finetune = list({t.task_id: t for _, ts in by_block for t in ts}.values())
     splits = sorted({t.split for t in finetune})
-    return [pretrain_task(grid, s) for s in splits] + finetune
+    return Expansion([pretrain_task(grid, s) for s in splits] + finetune, by_block)
+
+
+def expand(grid: Grid) -> list[Task]:
+    """Every task of the grid, pre-training first, each once, in a stable order."""
+    return expand_study(grid).tasks

@@ -396,6 +396,11 @@ class Grid(Strict):
     pbs: PbsSpec = PbsSpec()
     gadi: GadiSpec = GadiSpec()
 
+    @property
+    def source(self) -> str:
+        """The grid file it was loaded from (what an error about its fields names)."""
+        return self._source
+
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":
         blocks = self.experiments or [Experiment()]
