@@ -4,10 +4,11 @@
 setup:
 	./scripts/setup.sh
 
-# A small real transfer-learning study on the local backend, then its summary table.
+# A small real transfer-learning study on the local backend, then its summary table and
+# each protocol's paired difference from scratch (the README's quick-start table).
 quickstart: setup
 	.venv/bin/hpcxfer submit jobs/quickstart.yaml --backend local --wait
-	.venv/bin/hpcxfer collect runs/quickstart
+	.venv/bin/hpcxfer collect runs/quickstart --view cells,paired --ref scratch
 
 # The test suite; starts the one-node SLURM cluster the scheduler tests submit to.
 test: setup

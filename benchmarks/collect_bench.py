@@ -4,7 +4,7 @@
 
 Builds (once, cached in --dir) a study of --tasks tasks, each with --records metrics records
 (10,000 x 100 = a million lines) and a result.json, the way the worker writes them
-(hpcxfer.collect.synthetic). Then each method runs in its own process, so that its peak
+(benchmarks/synthetic.py). Then each method runs in its own process, so that its peak
 resident memory is its own:
 
   collect            what `hpcxfer collect` does by default: tasks.jsonl + every result.json
@@ -38,7 +38,7 @@ STUDY = "bench"
 
 
 def build(folder: Path, tasks: int, records: int) -> Path:
-    from hpcxfer.collect import synthetic
+    from benchmarks import synthetic
 
     root = folder / f"{STUDY}-{tasks}x{records}"
     if (root / ".complete").exists():

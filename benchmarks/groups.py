@@ -22,6 +22,7 @@ import torch
 from hpcxfer.grid.task import Task
 from hpcxfer.worker.fused import Fused
 from hpcxfer.worker.precision import resolve
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.worker.learners import Data, Looped, pick_device, prepare_model
 
 
@@ -32,7 +33,7 @@ def members(count: int, data: Data) -> list:
                     transfer_layers=0, high_lr_layers=1 + i % 8, lr_high=0.01, lr_low=0.001,
                     initial_decay_epochs=30, frozen_layers=0, lr_gamma=0.1, decay_every=30, epochs=1,
                     batch_size=8, momentum=0.9, weight_decay=5e-4, seed=0)
-        out.append(prepare_model(task, {}, None, data))  # n 0: nothing to transfer
+        out.append(prepare_model(task, RuntimeSettings(), None, data))  # n 0: nothing to transfer
     return out
 
 

@@ -1,5 +1,7 @@
 """The command line (docs/design.md §2). One handler turns every HpcxferError into one line
 and exit status 2; --debug (before or after the subcommand) shows the traceback instead.
+It parses arguments and renders; the use cases it runs are in hpcxfer/service.py
+(docs/design.md §7).
 
 Output is for terminals and pipes alike: piped, tables take their natural width (rich would
 crop them to 80 columns), and a reader that closes the pipe early (`| head`) ends the
@@ -14,6 +16,7 @@ import os
 import sys
 import textwrap
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -45,37 +48,34 @@ err_console = _console(stderr=True)
 
 # ---------------------------------------------------------------- plan
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hpcxfer.grid import expand, load_grid
-    from hpcxfer.grid.expansion import expand_by_block
+    from hpcxfer import service
 
-    grid = load_grid(args.grid)
-    tasks = expand(grid)
+    planned = service.plan(args.grid)
+    tasks = planned.tasks
     if args.json:
         for t in tasks:
             sys.stdout.write(json.dumps(t.to_dict(), sort_keys=True) + "\n")
         return 0
-    _task_table(tasks, f"{grid.study}: {len(tasks)} tasks", limit=args.limit)
+    _task_table(tasks, f"{planned.grid.study}: {len(tasks)} tasks", limit=args.limit)
     counts = Table(title="tasks by stage and sub-grid")
     counts.add_column("stage / sub-grid")
     counts.add_column("tasks", justify="right")
     for stage, n in Counter(t.stage for t in tasks).items():
         counts.add_row(stage, str(n))
-    blocks = expand_by_block(grid)
-    if len(blocks) > 1:
-        for name, block in blocks:
+    if len(planned.blocks) > 1:
+        for name, block in planned.blocks:
             counts.add_row(Text(f"  finetune: {name}"), str(len({t.task_id for t in block})))
     console.print(counts)
-    _cost_table(grid)
+    _cost_table(planned)
     return 0
 
 
-def _cost_table(grid) -> None:
-    from hpcxfer.grid import cost
+def _cost_table(planned) -> None:
+    from hpcxfer.service import fmt_images, fmt_number
 
-    try:
-        rows = cost.price_study(grid)
-    except cost.UnknownSize as e:
-        console.print(f"no cost estimate: {e}", highlight=False, markup=False)
+    rows = planned.cost_rows
+    if rows is None:
+        console.print(planned.summary(), highlight=False, markup=False)
         return
     queues = list(rows[-1][1].su)
     table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
@@ -85,12 +85,12 @@ def _cost_table(grid) -> None:
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
         table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
     for name, c in rows:
-        table.add_row(Text(name), str(c.tasks), cost.fmt_images(c.images),
-                      *(cost.fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
+        table.add_row(Text(name), str(c.tasks), fmt_images(c.images),
+                      *(fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
     console.print(table)
-    for line in cost.assumptions(grid):
+    for line in planned.assumptions():
         console.print(f"  {line}", highlight=False, markup=False)
-    console.print(cost.summary_line(rows[-1][1]), highlight=False)
+    console.print(planned.summary(), highlight=False)
 
 
 def _task_table(tasks, title: str, limit: int) -> None:
@@ -109,95 +109,68 @@ def _task_table(tasks, title: str, limit: int) -> None:
 
 # ---------------------------------------------------------------- submit
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpcxfer.backends import get_backend
-    from hpcxfer.grid import cost, expand, load_grid
-    from hpcxfer.grid.load import checked_root
+    from hpcxfer import service
 
     if args.scripts and not args.dry_run:
         raise ConfigError(None, "--scripts", "goes with --dry-run (a real submit writes its scripts into the study)")
     _check_target(args.scripts, "--scripts", folder=True)
-    grid = load_grid(args.grid)
-    backend = get_backend(args.backend)
-    root = checked_root(grid, args.root, backend.name)  # before anything is written
-    tasks = expand(grid)
-    try:
-        estimate = cost.summary_line(cost.price_study(grid)[-1][1])
-    except cost.UnknownSize as e:
-        estimate = f"no cost estimate: {e}"
+    req = service.prepare(args.grid, args.backend, args.root)
     if args.dry_run:
-        return _dry_run(args, grid, backend, root, tasks, estimate)
-    from hpcxfer.extras import require_train
-
-    require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
-    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
-    from hpcxfer.grid.groups import units
-    from hpcxfer.locks import submit_lock
-    from hpcxfer.study import study_paths, study_states, write_groups, write_study
-
-    check_data(grid._source, grid.data, tasks)
-    console.print(estimate, highlight=False, markup=False)
-    paths = study_paths(grid, root)
-    # One submit at a time decides and records what to submit (two would each submit all).
-    with submit_lock(paths) as lock:
-        write_study(paths, grid, tasks)
-
-        wanted = {t.task_id for t in tasks}
-        held = _held(paths)
-        states = {s.task_id: s for s in study_states(paths, held) if s.task_id in wanted}
-        todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-        # Protocol groups are formed from what is left to run: a finished member is never rerun.
-        todo_units, groups = units(todo, grid.runtime.group_max, backend.device_memory_gb(grid))
-        write_groups(paths, groups)
-        _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
-
-        if args.wait and backend.name == "local" and todo:
-            sub = _submit_local_with_progress(backend, paths, grid, todo_units, recorded=lock.release)
-        else:
-            sub = backend.submit(paths, grid, todo_units)
-    if sub.job_ids:
-        console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}", markup=False)
-    if args.wait:
-        if backend.name != "local":
-            _wait_for_scheduler(paths, wanted)
-        states = study_states(paths, _held(paths))
-        bad = [s for s in states if s.task_id in wanted and s.state != "done"]
-        for s in bad:
-            console.print(Text(s.task_id, style="red") + Text(f" {s.state}: {s.detail} {s.log or ''}"))
-        return 1 if bad else 0
-    return 0
+        return _dry_run(args, service.dry_run(req), req.estimate)
+    outcome = service.submit(req, _SubmitReport(), wait=args.wait)
+    if outcome.unfinished is None:
+        return 0
+    for s in outcome.unfinished:
+        console.print(Text(s.task_id, style="red") + Text(f" {s.state}: {s.detail} {s.log or ''}"))
+    return 1 if outcome.unfinished else 0
 
 
-def _say_plan(paths, tasks, states, todo, todo_units, groups, backend: str) -> None:
-    by_state = Counter(s.state for s in states.values())
-    grouped = f" ({len(todo_units)} workers, {len(groups)} of them protocol groups)" if groups else ""
-    console.print(f"study {paths.dir}: {len(tasks)} tasks; " + ", ".join(
-        f"{n} {s}" for s, n in sorted(by_state.items())) + f"; submitting {len(todo)} to {backend}"
+def _say_plan(plan) -> None:
+    grouped = f" ({len(plan.units)} workers, {len(plan.groups)} of them protocol groups)" if plan.groups else ""
+    console.print(f"study {plan.paths.dir}: {len(plan.tasks)} tasks; " + ", ".join(
+        f"{n} {s}" for s, n in sorted(plan.counts().items())) + f"; submitting {len(plan.todo)} to {plan.backend}"
         + grouped, markup=False, highlight=False)
 
 
-def _dry_run(args, grid, backend, root: str, tasks, estimate: str) -> int:
+class _SubmitReport:
+    """How a submit shows itself on the console (hpcxfer/service.py `Reporter`)."""
+
+    def estimate(self, line: str) -> None:
+        console.print(line, highlight=False, markup=False)
+
+    def plan(self, plan) -> None:
+        _say_plan(plan)
+
+    def submitted(self, sub) -> None:
+        if sub.job_ids:
+            console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}", markup=False)
+
+    @contextmanager
+    def watch(self, kind: str, paths, wanted: set[str], total: int):
+        with _progress(paths, wanted) as progress:
+            bar = progress.add_task("workers" if kind == "workers" else "tasks", total=total, detail="")
+
+            def workers(counts: dict) -> None:
+                finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
+                detail = Text(f"{counts.get('running', 0)} running")
+                for k in ("failed", "skipped"):
+                    if counts.get(k):
+                        detail += Text(f", {counts[k]} {k}", style="red")
+                progress.update(bar, completed=finished, detail=detail)
+
+            def tasks(counts: dict) -> None:
+                detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if k != "done")
+                progress.update(bar, completed=counts.get("done", 0) + counts.get("failed", 0), detail=detail)
+
+            yield workers if kind == "workers" else tasks
+
+
+def _dry_run(args, dry, estimate: str) -> int:
     """What a submit would do, written nowhere but to stdout (or the scripts into
     --scripts DIR): no scheduler asked, the data set not opened, the study left as it is."""
-    from hpcxfer.grid.groups import units
-    from hpcxfer.study import TaskState, check_records, study_paths, study_states
-
-    paths = study_paths(grid, root)
-    check_records(paths, grid)  # what the real submit would refuse, refused here too
-    notes: list[str] = []
-    if paths.tasks_index.is_file():  # an existing study: read (never written) for what is left
-        held = _held(paths, warnings=notes)
-        wanted = {t.task_id for t in tasks}
-        states = {s.task_id: s for s in study_states(paths, held, tasks) if s.task_id in wanted}
-    else:
-        states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
-                  for t in tasks}
-    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    todo_units, groups = units(todo, grid.runtime.group_max, backend.device_memory_gb(grid))
+    sub = dry.submission
     console.print(estimate, highlight=False, markup=False)
-    _say_plan(paths, tasks, states, todo, todo_units, groups, backend.name)
-    sub = backend.submit(paths, grid, todo_units, dry_run=True)
-    notes = [f"data not checked (dry run): {grid.data.dataset} at {grid.data.path or 'its default places'} is "
-             "opened and checked by the real submit", *notes, *sub.notes]
+    _say_plan(dry.plan)
     if args.scripts:
         folder = Path(args.scripts)
         try:
@@ -213,10 +186,11 @@ def _dry_run(args, grid, backend, root: str, tasks, estimate: str) -> int:
             console.print(Text(f"# {script}\n{sub.files[script]}"), soft_wrap=True)
     for cmd in sub.commands:
         console.print(Text(cmd), soft_wrap=True)
-    for note in notes:
+    for note in dry.notes:
         console.print(Text(f"note: {note}"), soft_wrap=True)
-    console.print(f"dry run: {len(todo)} tasks would be submitted; nothing was submitted and nothing written"
-                  + (f" but the scripts in {args.scripts}" if args.scripts else ""), markup=False, highlight=False)
+    console.print(f"dry run: {len(dry.plan.todo)} tasks would be submitted; nothing was submitted and nothing "
+                  "written" + (f" but the scripts in {args.scripts}" if args.scripts else ""),
+                  markup=False, highlight=False)
     return 0
 
 
@@ -231,23 +205,15 @@ class _Running:
     def __call__(self, task) -> Text:  # rich calls a column with the progress task
         import time
 
-        from hpcxfer.grid.task import Task
-        from hpcxfer.study import last_epoch, task_running
+        from hpcxfer import service
 
         if time.monotonic() - self.read_at < self.every_s:
             return self.text
         self.read_at = time.monotonic()
         bits = []
-        for task_id in self.wanted:
-            tp = self.paths.task(task_id)
-            if tp.running.exists() and task_running(tp):
-                epoch = last_epoch(tp)
-                try:
-                    epochs = Task.from_dict(json.loads(tp.config.read_text())).epochs
-                except (OSError, ValueError, TypeError, KeyError):
-                    epochs = None
-                at = "starting" if epoch is None else f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
-                bits.append(f"{task_id} {at}")
+        for task_id, epoch, epochs in service.running(self.paths, self.wanted):
+            at = "starting" if epoch is None else f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
+            bits.append(f"{task_id} {at}")
         more = f" +{len(bits) - 3}" if len(bits) > 3 else ""
         self.text = Text("; ".join(bits[:3]) + more, style="dim")
         return self.text
@@ -270,106 +236,30 @@ def _progress(paths, wanted: set[str]):
                     TimeRemainingColumn(), RunningColumn(_Running(paths, wanted)), console=console)
 
 
-def _wait_for_scheduler(paths, wanted: set[str], poll_s: float = 10.0) -> None:
-    """Until the scheduler holds none of the study's tasks: a bar of finished tasks with an
-    ETA, and each running task at its epoch."""
-    import time
-
-    from hpcxfer.study import study_states
-
-    with _progress(paths, wanted) as progress:
-        bar = progress.add_task("tasks", total=len(wanted), detail="")
-        while True:
-            counts = Counter(s.state for s in study_states(paths, _held(paths)) if s.task_id in wanted)
-            detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if k != "done")
-            progress.update(bar, completed=counts.get("done", 0) + counts.get("failed", 0), detail=detail)
-            if not counts.get("queued") and not counts.get("running"):
-                return
-            time.sleep(poll_s)
-
-
-def _submit_local_with_progress(backend, paths, grid, todo, recorded=None):
-    with _progress(paths, {m for u in todo for m in u.members}) as progress:
-        bar = progress.add_task("workers", total=len(todo), detail="")
-
-        def on_change(counts: dict) -> None:
-            finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
-            detail = Text(f"{counts.get('running', 0)} running")
-            for k in ("failed", "skipped"):
-                if counts.get(k):
-                    detail += Text(f", {counts[k]} {k}", style="red")
-            progress.update(bar, completed=finished, detail=detail)
-
-        return backend.submit(paths, grid, todo, wait=True, on_change=on_change, recorded=recorded)
-
-
-def _held(paths, ask_scheduler: bool = True, warnings: list[str] | None = None) -> dict[str, dict]:
-    """task id -> what the backend that last submitted it says: queued, running or (ended
-    by the scheduler) failed. Only backends this study has used are asked; with
-    `ask_scheduler` False, only the local backend (its run files). With a `warnings` list,
-    a scheduler that cannot be reached adds a line to it instead of raising (status shows
-    what is on disk); submit lets it raise (it must not submit what may be queued)."""
-    from hpcxfer.backends import BACKENDS
-    from hpcxfer.backends.scheduler import SchedulerError
-
-    held: dict[str, dict] = {}
-    for name, cls in BACKENDS.items():
-        if not paths.backend_dir(name).is_dir() or (name != "local" and not ask_scheduler):
-            continue
-        backend = cls()
-        try:
-            view = backend.view(paths) if hasattr(backend, "view") else {
-                t: {"state": "queued"} for t in backend.held(paths)}
-        except SchedulerError as e:
-            if warnings is None:
-                raise
-            warnings.append(f"{name} could not be asked ({e}); the states below are what is on disk: "
-                            "queued tasks show as pending, running ones as running only while their worker's "
-                            "lock is fresh")
-            continue
-        held.update(view)
-    return held
-
-
 # ---------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcxfer import overview
-    from hpcxfer.fileio import read_json
-    from hpcxfer.grid.task import Task
-    from hpcxfer.layout import StudyPaths
-    from hpcxfer.study import STATES, read_index, study_states, task_progress
+    from hpcxfer import overview, service
 
     wanted_states = _states_option(args.state)
-    paths = StudyPaths.existing(args.study_dir)
-    index, problems = read_index(paths)
-    tasks = [Task.from_dict(d) for d in index]
-    warnings: list[str] = []
-    states = study_states(paths, _held(paths, warnings=warnings), tasks)
-    for line in problems + warnings:  # said, and the rest of the study still shown
+    st = service.status(args.study_dir)
+    paths, tasks, states, counts = st.paths, st.tasks, st.states, st.counts
+    for line in st.problems + st.warnings:  # said, and the rest of the study still shown
         err_console.print(Text(f"warning: {line}"), soft_wrap=True)
-    counts = {s: 0 for s in STATES}
-    counts.update(Counter(s.state for s in states))
     chosen = [s for s in states if not wanted_states or s.state in wanted_states]
     if args.json:
-        task_of = {t.task_id: t for t in tasks}
         shown = chosen if args.limit is None else chosen[:args.limit]
         rows = []
         for s in shown:
-            p = task_progress(paths, task_of[s.task_id], s)
+            p = st.progress(s)
             rows.append({**s.to_dict(), **{k: p[k] for k in ("epochs", "val_acc", "wall_s", "host")}})
-        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": warnings}) + "\n")
+        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": st.warnings}) + "\n")
         return 0
     if args.detailed or wanted_states:
         console.print(Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                            + (f"; showing {', '.join(sorted(wanted_states))}" if wanted_states else "")))
         console.print(overview.task_table(paths, tasks, chosen, args.limit))
         return 0
-    try:
-        study = read_json(paths.study_json)
-    except (OSError, ValueError):
-        study = None
-    blocks = overview.subgrids(paths, study if isinstance(study, dict) else None)
-    for part in overview.overview(paths, tasks, states, blocks, counts, args.study_dir):
+    for part in overview.overview(paths, tasks, states, st.subgrids(), counts, args.study_dir):
         console.print(part)
     if not console.is_terminal:  # a pipe or a file: every task too, so that grep finds any
         console.print(overview.task_table(paths, tasks, states, args.limit))
@@ -377,7 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _states_option(values: list[str] | None) -> set[str]:
-    from hpcxfer.study import STATES
+    from hpcxfer.service import STATES
 
     chosen = {v.strip() for text in values or [] for v in text.split(",") if v.strip()}
     bad = sorted(chosen - set(STATES))
@@ -439,11 +329,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     _check_target(args.plots, "--plots", folder=True)
     collected = _collect(args)
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
-    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs)
+    views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
     if args.plots:
-        from hpcxfer.collect.figures import paper_figures, write_figures
+        from hpcxfer.collect.figures import study_figures, write_figures
 
-        figures, left_out = paper_figures(collected.protocol_cells)
+        figures, left_out = study_figures(collected, args.ref)
         try:
             written = write_figures(figures, Path(args.plots))
         except OSError as e:
@@ -468,18 +358,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpcxfer.collect.build import ALL, build_views
-    from hpcxfer.collect.figures import paper_figures
-    from hpcxfer.collect.html import report_html
+    from hpcxfer.collect.html import build_report
 
     _check_target(args.out, "--out")
     collected = _collect(args)
-    views = build_views(collected, ALL, explicit=False)
-    figures, left_out = paper_figures(collected.protocol_cells)
-    paths = collected.records.paths
     _print_summary(collected)
-    html = report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures, left_out)
-    _write_out(args.out or str(paths.dir / "report.html"), html.encode())
+    html = build_report(collected)
+    _write_out(args.out or str(collected.records.paths.dir / "report.html"), html.encode())
     return 0
 
 
@@ -522,12 +407,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from hpcxfer.backends import BACKENDS
-    from hpcxfer.layout import StudyPaths
+    from hpcxfer import service
 
-    paths = StudyPaths.existing(args.study_dir)
-    cancelled = [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir()
-                 for j in cls().cancel(paths)]
+    cancelled = service.cancel(args.study_dir)
     console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel", markup=False)
     return 0
 
@@ -667,14 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("collect")
     p.add_argument("study_dir")
     p.add_argument("--view", action="append", metavar="NAME",
-                   help="cells (default), table1, table2, compare, paper, incomplete, curves (reads every "
+                   help="cells (default), table1, table2, compare, paired (each protocol's difference from "
+                        "--ref, paired by split and seed), paper, incomplete, curves (reads every "
                         "metrics record), or all; repeat or comma-separate for several")
+    p.add_argument("--ref", metavar="PROTOCOL", help="the paired view's reference: common, scratch, optimal, a "
+                   "label such as 'n5 h8 d30 f0' (default: common if the study has it, else scratch)")
     p.add_argument("--by", metavar="AXES", help="comma-separated task fields that make a cell (default: the "
                    "protocol and every setting except split and seed); the rest are averaged over")
     p.add_argument("--format", choices=FORMATS, help="default: from --out's extension (.csv .md .json .txt), "
                    "else a table")
     p.add_argument("--out", help="write to this file instead of the terminal")
-    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as PNG and SVG into DIR")
+    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as 300 dpi PNG, PDF and SVG into DIR")
     p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
 

@@ -6,6 +6,10 @@ A loss may be NaN or +Infinity (the worker writes what a diverged run measured: 
 it would diverge again), an accuracy never (it is a count over a count). Anything else is
 a damaged result: `status` reports the task as failed with the reason, `collect` counts it
 among the skipped tasks, and the next `submit` trains the task again.
+
+What a result says about its run (versions, host, device, `threads`, `deterministic`:
+hpcxfer/worker/env.py) is reported, not validated: a result written before a field existed
+still loads, and the report's provenance shows it as not recorded.
 """
 
 from __future__ import annotations
@@ -15,10 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-try:
-    from orjson import loads as _fast_loads
-except ImportError:  # a declared dependency; without it results still read, more slowly
-    _fast_loads = json.loads
+from hpcxfer.fileio import loads
 
 #: Metrics a result carries and collect aggregates.
 METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
@@ -85,12 +86,9 @@ def load(path: Path, task_id: str) -> tuple[dict | None, str | None]:
     if len(data) > MAX_BYTES:
         return None, f"larger than {MAX_BYTES} bytes"
     try:
-        result = _fast_loads(data)
+        result = loads(data)  # NaN and Infinity too (a diverged loss)
     except ValueError:
-        try:
-            result = json.loads(data)  # NaN and Infinity (a diverged loss) are Python's json only
-        except ValueError:
-            return None, "empty" if not data.strip() else "not JSON"
+        return None, "empty" if not data.strip() else "not JSON"
     why = problem(result, task_id)
     return (None, why) if why else (result, None)
 

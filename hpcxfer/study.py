@@ -37,7 +37,7 @@ def task_config(task: Task, grid: Grid) -> dict:
     data = grid.data.model_dump()
     if data.get("path"):
         data["path"] = str(Path(data["path"]).absolute())
-    return {**task.to_dict(), "data": data, "runtime": grid.runtime.model_dump()}
+    return {**task.to_dict(), "data": data, "runtime": grid.runtime.settings().to_dict()}
 
 
 def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:

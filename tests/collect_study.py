@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hpcxfer.collect import synthetic
+from benchmarks import synthetic
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 

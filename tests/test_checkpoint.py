@@ -143,6 +143,7 @@ def _fresh(tp: TaskPaths, config: dict, **runtime) -> None:
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
+@pytest.mark.slow  # trains (the `task` fixture)
 def test_checkpoints_removed_on_completion_unless_kept_and_model_kept(task):
     paths, tp, config, reference, _, left = task
     assert left == ["metrics.jsonl", "model.pt", "result.json", "task.json"]
@@ -154,6 +155,7 @@ def test_checkpoints_removed_on_completion_unless_kept_and_model_kept(task):
     assert all(torch.equal(kept["model"][k], v) for k, v in torch.load(tp.weights, weights_only=True).items())
 
 
+@pytest.mark.slow  # trains
 def test_a_full_disk_mid_run_loses_nothing(task, monkeypatch, caplog):
     paths, tp, config, reference, _, _ = task
     _fresh(tp, config, checkpoint_minutes=1e-6)  # try to checkpoint after every step
@@ -165,6 +167,7 @@ def test_a_full_disk_mid_run_loses_nothing(task, monkeypatch, caplog):
     assert not list(tp.dir.glob(".*.tmp")) and not tp.checkpoint.exists()
 
 
+@pytest.mark.slow  # trains
 def test_streamed_path_equals_memory_and_resumes_exactly(task):
     paths, tp, config, reference, ref_metrics, _ = task
     # after an epoch's last step (before its end), and mid-epoch in the second epoch
@@ -180,6 +183,7 @@ def test_streamed_path_equals_memory_and_resumes_exactly(task):
         assert list(iter_jsonl(tp.metrics))[0]["val_loss"] == ref_metrics[0]["val_loss"]
 
 
+@pytest.mark.slow  # trains
 def test_tensorboard_scalars_and_profiler_trace(task):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -189,7 +193,38 @@ def test_tensorboard_scalars_and_profiler_trace(task):
     assert result["val_loss"] == reference["val_loss"]  # observing changes nothing
     events = EventAccumulator(str(tp.tensorboard))
     events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("val/val_loss")] == [(2, pytest.approx(result["val_loss"]))]
-    assert "lr/lr_high" in events.Tags()["scalars"]
+    assert [(e.step, e.value) for e in events.Scalars("val/loss")] == [(2, pytest.approx(result["val_loss"]))]
+    assert {"train/loss", "train/acc", "val/acc", "lr/high", "run/images_per_s", "run/wall_s"} <= \
+        set(events.Tags()["scalars"])
+    assert not [t for t in events.Tags()["scalars"] if t.split("/")[1].startswith(t.split("/")[0])]  # no "val/val_acc"
+    # the HParams entry, in the task's own run folder (no sub-run): protocol, size, split, final metrics
+    assert [p for p in tp.tensorboard.iterdir() if p.is_dir()] == []
+    hp = _hparams(tp.tensorboard)
+    assert hp["hparams"]["examples_per_class"] == config["examples_per_class"] == 20
+    assert {k: hp["hparams"][k] for k in ("stage", "split", "transfer_layers", "high_lr_layers")} == \
+        {"stage": "pretrain", "split": config["split"], "transfer_layers": 0, "high_lr_layers": 8}
+    assert hp["metrics"] == ["train/acc", "train/loss", "val/acc", "val/loss"]
     traces = list(tp.profile.glob("*.pt.trace.json*"))
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+def _hparams(folder) -> dict:
+    """The HParams plugin's entry in a run folder, read back from its event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out: dict = {"hparams": {}, "metrics": []}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != "hparams":
+                    continue
+                data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                if data.HasField("session_start_info"):
+                    for k, v in data.session_start_info.hparams.items():
+                        kind = v.WhichOneof("kind")
+                        out["hparams"][k] = int(v.number_value) if kind == "number_value" and \
+                            v.number_value.is_integer() else getattr(v, kind)
+                if data.HasField("experiment"):
+                    out["metrics"] = sorted(m.name.tag for m in data.experiment.metric_infos)
+    return out

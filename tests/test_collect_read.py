@@ -188,14 +188,14 @@ def test_nan_in_a_result_is_read_and_written_as_null(two, cli):
 
 
 def test_the_standard_json_module_reads_the_same(two, monkeypatch):
-    import hpcxfer.collect.read as read
+    import hpcxfer.fileio as fileio
 
     paths, a, b = two
     m = paths.task(a.task_id).metrics
     m.write_bytes(m.read_bytes() + b"garbage\n" + b'{"epoch": 9')
     fast = read_study(paths)
     fast_curves = [list(c.rows()) for c in merge_metrics(fast, jobs=1)]
-    monkeypatch.setattr(read, "_loads", json.loads)
+    monkeypatch.setattr(fileio, "_fast_loads", json.loads)
     slow = read_study(paths)
     assert [list(c.rows()) for c in merge_metrics(slow, jobs=1)] == fast_curves
     assert slow.skipped.lines == fast.skipped.lines and sum(fast.skipped.lines.values()) == 2

@@ -79,6 +79,10 @@ ONE_TASK = {"pretrain": {"epochs": 1}, "experiments": [{"name": "named", "protoc
             "local": {"max_parallel": 1}}
 
 
+#: Tests of a real finished study (the `study` fixture) wait for it to be trained first.
+TRAINED = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A real finished study: one pre-training and one fine-tuning task."""
@@ -105,6 +109,7 @@ def study(finished, tmp_path):
     return grid, copy
 
 
+@TRAINED
 def test_a_damaged_result_is_trained_again_by_the_next_submit(study, cli):
     grid_path, study_dir = study
     fine = [t for t in expand(load_grid(grid_path)) if t.stage == "finetune"][0]
@@ -152,6 +157,7 @@ def _damage(study_dir, case: str) -> None:
         (fine / "task.json").write_text("[]")
 
 
+@TRAINED
 @pytest.mark.parametrize("case", ["failed.json a list", "failed.json error in rich markup", "task id a number",
                                   "random bytes in tasks.jsonl", "task.json a list"])
 def test_damaged_studies_are_reported_not_tracebacks(study, cli, case, tmp_path):
@@ -193,6 +199,7 @@ def test_damaged_studies_are_reported_not_tracebacks(study, cli, case, tmp_path)
     (["status", "{tmp}/nowhere"], "not a study directory"),
     (["collect", "{s}", "--view", "[red]x"], "unknown view '[red]x'"),
 ])
+@TRAINED
 def test_careless_arguments_get_one_line_and_exit_2(study, cli, tmp_path, args, words):
     grid_path, study_dir = study
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -203,6 +210,7 @@ def test_careless_arguments_get_one_line_and_exit_2(study, cli, tmp_path, args, 
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+@TRAINED
 def test_a_task_folder_gone_read_only_at_the_end_is_one_line(study, monkeypatch, capsys):
     """The last writes fail (result.json, failed.json, removing running.json): the task
     fails with exit 1 and says so in a line or two, not three chained tracebacks."""

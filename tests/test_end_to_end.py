@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import prepare_study
 from hpcxfer.grid import expand, load_grid
 
 
+@pytest.mark.slow  # a real study trained end to end
 def test_tiny_study_end_to_end(write_grid, cli, tmp_path):
     grid_path = write_grid({"finetune": {"split": [0, 1]}})
     tasks = expand(load_grid(grid_path))
@@ -42,6 +45,7 @@ def test_tiny_study_end_to_end(write_grid, cli, tmp_path):
     assert f"{len(tasks)} done; submitting 0" in again.stdout
 
 
+@pytest.mark.slow
 def test_half_finished_study_runs_only_what_is_left(write_grid, cli, tmp_path):
     grid_path = write_grid()
     tasks = expand(load_grid(grid_path))

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import pbs_standin
 from hpcxfer.backends.gadi import GadiBackend
-from hpcxfer.backends.resources import GADI_QUEUES
 from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand
 from hpcxfer.grid.groups import Unit
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
+from hpcxfer.sites import GADI_QUEUES
 from hpcxfer.study import write_study
 from test_pbs import golden
 
@@ -62,6 +64,7 @@ def test_packed_jobs_never_share_a_task(tmp_path):
     assert not set(finetune[0]) & set(finetune[1])
 
 
+@pytest.mark.slow  # trains a study in packed jobs
 def test_packed_job_killed_at_walltime_is_finished_by_the_next_submit(write_grid, cli, tmp_path):
     env = pbs_standin.install(tmp_path)
     grid = write_grid(base=GRID)

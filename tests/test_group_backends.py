@@ -15,6 +15,8 @@ from test_slurm import GRID as SLURM_GRID
 from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand, load_grid
 
+pytestmark = pytest.mark.slow  # every test trains a group and its members alone
+
 #: Three protocols of one cell (split 0, 10 per class) form one group of three.
 GROUPED = {"runtime": {"eval_every": 1, "group_max": 0},
            "experiments": [{"name": "named", "protocol": ["scratch", "common"]},
@@ -96,7 +98,7 @@ def test_a_pbs_element_and_a_gadi_slot_run_a_group(write_grid, cli, tmp_path, ba
 
 
 @pytest.mark.slurm
-@test_slurm.needs_slurm  # skipped where SLURM is not installed
+@test_slurm.NEEDS_SLURM  # skipped where SLURM is not installed
 def test_a_slurm_element_runs_a_group(cluster, write_grid, cli, tmp_path):
     grid_path = write_grid({"runtime": {"threads": 1, "group_max": 0, "eval_every": 2},
                             "finetune": {**SLURM_GRID["finetune"], "seed": [0], "epochs": 2},

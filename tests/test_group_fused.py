@@ -32,6 +32,8 @@ from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
 from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 
+pytestmark = pytest.mark.slow  # every test trains protocol groups
+
 EXACT = ("val_acc", "val_loss", "train_loss", "train_acc")
 
 

@@ -23,6 +23,8 @@ from hpcxfer.worker.group import run_group, train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
 
+pytestmark = pytest.mark.slow  # every test trains protocol groups and their members alone
+
 EXACT = ("val_acc", "val_loss", "train_loss", "train_acc")
 TIMING = ("wall_s", "images_per_s")
 RUNTIME = {"keep_checkpoints": True, "group_mode": "looped", "tensorboard": True}
@@ -100,7 +102,7 @@ def test_what_a_group_writes_and_where(runs):
         assert not tp.running.exists() and not tp.failed.exists() and not tp.checkpoint.exists()
         events = EventAccumulator(str(tp.tensorboard))
         events.Reload()
-        assert [(e.step, e.value) for e in events.Scalars("val/val_loss")] == \
+        assert [(e.step, e.value) for e in events.Scalars("val/loss")] == \
             [(r["epoch"], pytest.approx(r["val_loss"])) for r in _metrics(tp)]
     assert run_group(str(grouped.dir), group.group_id) == EXIT_DONE  # all done: nothing to do
 

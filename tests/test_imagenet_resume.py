@@ -131,7 +131,9 @@ def _files(folder: Path) -> set[str]:
 def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
     study, env, cached, reference = setup
     paths, tp = study("killed", checkpoint_minutes=0.0005)  # a checkpoint every few steps
-    rng = random.Random(os.environ.get("HPCXFER_KILL_SEED", time.time_ns()))
+    seed = int(os.environ.get("HPCXFER_KILL_SEED") or time.time_ns())
+    print(f"kill seed {seed} (replay: HPCXFER_KILL_SEED={seed})")  # shown with a failure's output
+    rng = random.Random(seed)
     stops, kills, termed, resumed_from, saw_partial = 0, 0, False, [], False
     # the first kill lands at once (epoch 1, the cache half built); the second at a random
     # moment (a step, a checkpoint write, an evaluation, a cache rename); then a stop
@@ -175,7 +177,7 @@ def test_sigkill_mid_epoch_with_loader_workers_and_cache_resumes_exactly(setup):
             break
         state = newest_checkpoint(tp)
         resumed_from.append((state["epoch"], state["step"]))
-    assert kills >= 3, "the task finished before it could be killed three times"
+    assert kills >= 3, f"the task finished before it could be killed three times (seed {seed})"
     assert resumed_from[0][0] == 0 and resumed_from[0][1] > 0 and saw_partial  # killed while building
     assert any(epoch >= 1 for epoch, _ in resumed_from)  # and while reading
     while not tp.result.exists():

@@ -26,6 +26,7 @@ from hpcxfer.study import study_paths, write_study
 from hpcxfer.grid.task import Task
 from hpcxfer.worker import decode_cache, train
 from hpcxfer.worker.feed import Streamed
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.worker.learners import prepare_data
 
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
@@ -217,6 +218,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+@pytest.mark.slow  # trains
 def test_training_is_bit_identical_with_and_without_the_cache(tmp_path, tree, cache_dirs, caplog):
     paths, tp = _study(tmp_path, tree.data, decode_cache="off")
     plain = train.run(paths, tp)
@@ -239,7 +241,7 @@ def test_training_is_bit_identical_with_and_without_the_cache(tmp_path, tree, ca
     assert len(built) == 2 and not [n for n in _files(cache_dirs) if n.endswith(".partial")]
     # what the cache holds is exactly what decoding gives, slot by slot
     config = read_json(tp.config)
-    p = prepare_data(Task.from_dict(config), config["data"], config["runtime"])
+    p = prepare_data(Task.from_dict(config), config["data"], RuntimeSettings.of_config(config))
     assert isinstance(p.train, Streamed) and p.train._mode() == "read"
     assert np.array_equal(p.train.reader, p.train.images.load(p.train.indices).numpy())
     # a second task of the process (same set) reads it from the first step, decoding nothing
@@ -356,6 +358,7 @@ def test_a_cache_too_big_for_the_disk(tmp_path, tree, cache_dirs, monkeypatch, c
 
 
 # ---------------------------------------------------------------- a file that fails at run time
+@pytest.mark.slow  # a worker process
 def test_an_unreadable_file_at_run_time_fails_the_task_naming_it(tmp_path, tree, cli):
     root = tmp_path / "copy"
     bad = make_tree(root, classes=4, train_per_class=8, val_per_class=2)

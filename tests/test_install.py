@@ -193,11 +193,16 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_outside_the_clone(tmp_path):
     assert not (work / "runs").exists()
 
     # Analysis of a finished study needs no torch: a synthetic one, status, collect, report.
-    study = tmp_path / "study"
+    # The writer is a benchmark fixture, not in the wheel: a copy of it, beside no hpcxfer
+    # source, runs on the installed package.
+    study, fixture = tmp_path / "study", tmp_path / "fixture"
+    fixture.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "synthetic.py", fixture)
     subprocess.run([str(venv / "bin/python"), "-P", "-c",
-                    "import sys; from hpcxfer.collect.synthetic import finetune_task, pretrain_task, write_study; "
+                    "import sys; sys.path.insert(0, sys.argv[2]); "
+                    "from synthetic import finetune_task, pretrain_task, write_study; "
                     "write_study(sys.argv[1], [pretrain_task(0)] + [finetune_task(s, 10, n) for s in (0, 1) "
-                    "for n in (0, 7)])", str(study)], check=True, cwd=work, env=run_env, timeout=120)
+                    "for n in (0, 7)])", str(study), str(fixture)], check=True, cwd=work, env=run_env, timeout=120)
     assert "5 done" in hpcxfer("status", str(study)).stdout
     assert "val acc" in hpcxfer("collect", str(study)).stdout
     hpcxfer("report", str(study), "--out", str(tmp_path / "r.html"))

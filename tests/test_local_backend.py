@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from hpcxfer.grid import expand, load_grid
+
+pytestmark = pytest.mark.slow  # a real study trained by the local runner
 
 
 def _status(cli, study) -> dict:

@@ -64,6 +64,7 @@ def test_grid_values_cannot_reach_a_shell(write_grid, cli, tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.slow  # trains a study in PBS array jobs
 def test_arrays_run_to_completion_under_pbs_environment(write_grid, cli, tmp_path):
     env = pbs_standin.install(tmp_path, max_array_size=2)
     root = tmp_path / "r$(touch${IFS}pwned)"  # quoted everywhere, or this file appears

@@ -206,6 +206,7 @@ def _epochs(tp) -> list[int]:
     return [r["epoch"] for r in iter_jsonl(tp.metrics)]
 
 
+@pytest.mark.slow  # trains
 def test_two_workers_of_one_task_train_it_once(write_grid):
     _, paths, tasks = make_study(write_grid, {"finetune": {"epochs": 2}})
     index = next(i for i, t in enumerate(tasks) if not t.depends_on)
@@ -224,6 +225,7 @@ def test_two_workers_of_one_task_train_it_once(write_grid):
     assert tp.result.is_file() and not tp.failed.exists() and not tp.running.exists()
 
 
+@pytest.mark.slow  # trains
 def test_a_stale_task_lock_is_taken_over_and_a_live_one_is_not(write_grid):
     _, paths, tasks = make_study(write_grid, {"pretrain": {"epochs": 1}, "finetune": {"epochs": 1}})
     first = next(i for i, t in enumerate(tasks) if not t.depends_on)  # the pre-training
@@ -286,6 +288,7 @@ def test_a_held_lock_beats_and_is_removed_on_release(tmp_path):
 
 
 # ------------------------------------------------------------------ the study lock
+@pytest.mark.slow  # waits out the study lock
 def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli, tmp_path):
     # A real submit (a dry run takes no lock: it writes nothing), to PBS stand-ins that only record.
     env = pbs_standin.install(tmp_path)
@@ -314,6 +317,7 @@ def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli, tmp_pa
 
 
 @needs_namespace
+@pytest.mark.slow  # several seconds
 def test_two_submits_at_once_submit_each_task_once(write_grid):
     grid_path = write_grid({"pretrain": {"epochs": 30}, "local": {"max_parallel": 1}, "runtime": {"eval_every": 30}})
     tasks = expand(load_grid(grid_path))

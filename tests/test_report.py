@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import struct
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -15,6 +17,14 @@ from hpcxfer.collect.build import ALL, build_views, collect
 from hpcxfer.collect.figures import draw, paper_figures
 
 SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _png_dpi(png: bytes) -> int:
+    """The resolution a PNG's pHYs chunk states, in dots per inch."""
+    at = png.index(b"pHYs") + 4
+    per_metre = struct.unpack(">I", png[at:at + 4])[0]
+    assert png[at + 8] == 1  # the unit is the metre
+    return round(per_metre * 0.0254)
 
 
 @pytest.fixture
@@ -57,10 +67,13 @@ def test_figures_have_one_series_per_size(study, tmp_path, cli):
     for name, data in by_name.items():
         png = (tmp_path / "plots" / f"{name}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        assert _png_dpi(png) == 300
+        assert (tmp_path / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF-")
         svg = (tmp_path / "plots" / f"{name}.svg").read_text()
         ET.fromstring(svg)
         assert len(set(re.findall(r'id="series-(\d+)', svg))) == len(data.series)
     assert not list((tmp_path / "plots").glob("fig5*"))
+    assert _png_dpi((tmp_path / "plots" / "delta.png").read_bytes()) == 300  # the paired view's figure too
     assert len(draw(by_name["fig3"]).axes[0].containers) == 4  # one error-bar container per line
 
 
@@ -70,18 +83,33 @@ def test_report_is_one_valid_html_file_with_every_table(study, cli):
     text = (study.dir / "report.html").read_text()
     assert text.startswith("<!DOCTYPE html>")
     root = ET.fromstring(text.split("\n", 1)[1])  # well-formed: parses as XML
-    views = build_views(collect(study), ALL, explicit=False)
-    assert [v.name for v in views] == ["cells", "table1", "table2", "compare", "incomplete"]
+    views = {v.name: v for v in build_views(collect(study), [*ALL, "paired"], explicit=False)}
+    assert set(views) == {"cells", "table1", "table2", "compare", "paired", "incomplete"}
+    # the paper's tables first, the raw cells and unfinished tasks last, collapsed
+    order = ["table2", "compare", "paired", "table1", "cells", "incomplete"]
+    sections = [s.get("id") for s in root.findall("./body/section")]
+    assert sections == order[:4] + ["figures", "learning-curves", "provenance"] + order[4:]
+    assert [s.get("id") for s in root.findall("./body/section[details]")][-2:] == ["cells", "incomplete"]
+    assert root.find("./body/section[@id='table2']/details") is None
     tables = root.findall(".//table")
-    assert [t.find("caption").text for t in tables] == [v.title for v in views]
-    for table, view in zip(tables, views):
+    assert [t.find("caption").text for t in tables] == [views[n].title for n in order]
+    for table, name in zip(tables, order):
+        view = views[name]
         assert len(table.findall("./tbody/tr")) == len(view.rows)
         assert [th.text for th in table.findall("./thead/tr/th")] == [c.header for c in view.columns]
-    cells = {tuple(td.text for td in tr) for tr in tables[2].findall("./tbody/tr")}
-    assert ("10", "optimal (n6 h1 d10 f6)", "60.0 ± 0.0") in {c[:3] for c in cells}
+        # numeric headers are aligned with their numbers
+        assert [th.get("class") == "num" for th in table.findall("./thead/tr/th")] == [c.numeric for c in view.columns]
+    cells = {tuple(td.text for td in tr) for tr in tables[0].findall("./tbody/tr")}
+    # two pairs, +5 and +4 points: Student's t with 1 df holds zero, so no best at 10/class
+    assert ("10", "tied within noise: optimal (n6 h1 d10 f6), common (n7 h8 d30 f0)", "60.0 ± 0.0") in {c[:3] for c in cells}
+    assert "td.num, th.num { white-space: nowrap; font-variant-numeric: tabular-nums; }" in text
     figures = root.findall(".//figure")
-    assert [f.get("id") for f in figures] == ["fig1", "fig2", "fig3", "fig4", "fig6"]
+    assert [f.get("id") for f in figures] == ["fig1", "fig2", "fig3", "fig4", "fig6", "delta", "curves"]
     assert all(f.find(f"{SVG}svg") is not None for f in figures)  # embedded, not linked
+    # every caption says over how many splits (split 1 of n 3 at 25/class was cut: 1-2)
+    captions = [f.find("figcaption").text for f in figures]
+    assert "mean ± std over 1-2 splits" in captions[0] and "mean ± std over 2 splits" in captions[1]
+    assert "mean of 1-2 splits paired differences" in captions[5]
     assert "src=" not in text and "href=\"http" not in text
     assert "cut" in root.find(".//ul[@id='summary']/li").text
 
@@ -114,3 +142,125 @@ def test_formats_and_out(study, tmp_path, cli):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".all.json")]  # no temporary left behind
     table = cli("collect", study.dir, "--view", "table2").stdout
     assert "Table 2" in table and "optimal" in table
+
+
+# ---------------------------------------------------------------- issue #12: figures and report
+@pytest.fixture
+def wide(tmp_path):
+    """Fig. 3's shape with more series than one axes holds: 5 sizes x d in {5, 30}, n 3 and 6
+    at h 1, two splits (10 series)."""
+    results = {}
+    for s in (0, 1):
+        for size in (10, 25, 50, 100, 250):
+            for d in (5, 30):
+                for n in (3, 6):
+                    results[ft(s, size, n, h=1, d=d)] = 0.3 + 0.01 * n + 0.001 * size + 0.02 * s + (0.05 if d == 5 else 0)
+    return write(tmp_path / "wide", results)
+
+
+def test_a_crowded_figure_becomes_small_multiples_coloured_by_size(wide):
+    from matplotlib.colors import to_hex
+
+    from hpcxfer.collect.figures import MAX_SERIES
+
+    figures, _ = paper_figures(collect(wide).protocol_cells)
+    fig3 = next(f for f in figures if f.name == "fig3")
+    assert len(fig3.series) == 10 > MAX_SERIES
+    fig = draw(fig3)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["10/class", "25/class", "50/class", "100/class", "250/class"]
+    for ax in panels:
+        lines = [c.lines[0] for c in ax.containers]
+        assert len(lines) == 2  # d 5 and d 30
+        assert len({to_hex(line.get_color()) for line in lines}) == 1  # one colour: the size's
+        assert len({line.get_linestyle() for line in lines}) == 2  # a line style for each d
+        # error bars shifted apart: the two lines' points are not at the same x
+        xs = [list(line.get_xdata()) for line in lines]
+        assert [b - a for a, b in zip(*xs)] == [1.0, 1.0]  # a third of the step between n 3 and 6
+        assert [(a + b) / 2 for a, b in zip(*xs)] == [3, 6]
+    assert len({to_hex(ax.containers[0].lines[0].get_color()) for ax in panels}) == 5  # every size its own colour
+    # one legend, outside every panel
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in panels)
+    assert legend.get_title().get_text() == "d"
+    assert "mean ± std over 2 splits" in fig._suptitle.get_text()
+
+
+def test_report_is_the_same_bytes_twice_with_unique_ids(wide, cli, tmp_path):
+    from hpcxfer.collect.html import build_report
+
+    for tp in wide.tasks_dir.iterdir():
+        if (tp / "result.json").exists():
+            os.utime(tp / "result.json", (1_600_000_000, 1_600_000_000))
+    first = build_report(collect(wide), jobs=1)
+    assert build_report(collect(wide), jobs=1) == first
+    out = cli("report", wide.dir, "--out", tmp_path / "r.html")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r.html").read_text() == first
+    # the date is the latest record's, not now
+    assert "latest record 2020-09-13 12:26:40 UTC" in first
+    ids = re.findall(r'\bid="([^"]+)"', first)
+    assert len(ids) > 100 and len(ids) == len(set(ids))
+    refs = set(re.findall(r'url\(#([^)]+)\)', first)) | set(re.findall(r'href="#([^"]+)"', first))
+    assert refs and refs <= set(ids)  # every reference inside an SVG still finds its element
+    ET.fromstring(first.split("\n", 1)[1])
+
+
+def test_provenance_says_what_ran_where_and_what_it_cost(tmp_path):
+    from hpcxfer.collect.html import build_report
+
+    base = {"val_loss": 1.0, "train_loss": 0.5, "train_acc": 0.9, "epochs": 40, "restarts": 0,
+            "versions": {"hpcxfer": "0.1.0", "torch": "2.4.0"}, "git_revision": "abc123"}
+    v100 = {**base, "host": "gadi-gpu-v100-0001", "device": "cuda: Tesla V100-SXM2-32GB", "threads": 12,
+            "deterministic": {"algorithms": False, "cudnn_benchmark": False, "cudnn_deterministic": False}}
+    paths = write(tmp_path / "p", {
+        # two members of one protocol group: one run of an hour, counted once
+        ft(0, 10, 7): {**v100, "val_acc": 0.5, "wall_s": 3600.0, "group": "g-1"},
+        ft(0, 10, 0): {**v100, "val_acc": 0.4, "wall_s": 3600.0, "group": "g-1"},
+        ft(1, 10, 7): {**base, "val_acc": 0.5, "wall_s": 1800.0, "host": "dgx", "device": "cuda: NVIDIA A100-SXM4-80GB",
+                       "threads": 16, "deterministic": {"algorithms": True, "cudnn_benchmark": False,
+                                                        "cudnn_deterministic": True}},
+        ft(1, 10, 0): {"val_acc": 0.4, "wall_s": 360.0},  # an old result: no environment at all
+    })
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("study: p  # the grid as written, comments & all\n")
+    paths.study_json.write_text(json.dumps({"study": "p", "grids": [str(grid), str(tmp_path / "gone.yaml")]}))
+    text = build_report(collect(paths), jobs=1)
+    root = ET.fromstring(text.split("\n", 1)[1])
+    grids = root.findall(".//section[@id='provenance']/details")
+    assert [d.find("summary").text for d in grids] == [f"grid {tmp_path / 'gone.yaml'}", f"grid {grid}"]
+    assert grids[1].find("pre").text == grid.read_text() and grids[0].find("pre") is None
+    facts = dict(zip([dt.text for dt in root.iter("dt")], [dd.text for dd in root.iter("dd")]))
+    # the two synthetic pre-trainings (collect_study.write): host "synthetic", no threads, 150 s each
+    assert facts["CPU threads"] == "not recorded (3 tasks); 12 (2 tasks); 16 (1 task)"
+    assert facts["deterministic settings"] == (
+        "not recorded (3 tasks); algorithms off, cudnn_benchmark off, cudnn_deterministic off (2 tasks); "
+        "algorithms on, cudnn_benchmark off, cudnn_deterministic on (1 task)")
+    assert facts["hosts"] == "gadi-gpu-v100-0001 (2 tasks); synthetic (2 tasks); dgx (1 task); not recorded (1 task)"
+    assert facts["git revision"] == "abc123 (3 tasks); not a checkout (2 tasks); not recorded (1 task)"
+    assert facts["versions"] == "hpcxfer 0.1.0, torch 2.4.0 (3 tasks); not recorded (3 tasks)"
+    assert facts["runs"].startswith("5 (6 results")
+    # 1 h on a V100 (gpuvolta: 12 CPUs x 3.0 SU) + 0.5 h on an A100 (dgxa100: 16 x 4.5 SU)
+    assert facts["GPU-hours"].startswith("1.500 (")
+    assert facts["SU"].startswith(f"{1 * 36 + 0.5 * 72:.1f} at Gadi's rates")
+    assert facts["wall time"] == f"{(3600 + 1800 + 360 + 2 * 150) / 3600:.3f} h summed over runs"
+
+
+def test_delta_figure_is_the_paired_view(study):
+    from hpcxfer.collect.figures import delta_figure
+    from hpcxfer.collect.paired import paired_rows
+
+    records = collect(study).records
+    rows = paired_rows(records, "common")
+    data = delta_figure(rows)
+    at10 = {se.label: se for se in data.series if se.size == 10}
+    for r in (r for r in rows if r["examples_per_class"] == 10 and r["mean_diff"] is not None):
+        se = at10[r["protocol"]]
+        assert se.mean == [pytest.approx(r["mean_diff"] * 100)] and se.n == [r["pairs"]]
+        if r["ci_low"] is not None:
+            assert (se.low, se.high) == ([pytest.approx(r["ci_low"] * 100)], [pytest.approx(r["ci_high"] * 100)])
+    assert "common (n7 h8 d30 f0)" not in at10  # the reference is the zero line, not a point
+    fig = draw(data)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["10/class", "25/class"]

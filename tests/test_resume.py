@@ -64,25 +64,28 @@ def reference(tmp_path_factory):
     return result
 
 
-def _assert_identical(tp, reference) -> dict:
+def _assert_identical(tp, reference, run: str = "") -> dict:
+    """`run` (e.g. the kill seed) goes into every assertion's message."""
     ref_result, ref_metrics, ref_weights = reference()
     result = read_json(tp.result)
     for key in EXACT:
-        assert result[key] == ref_result[key], key  # identical, not approximately equal
+        assert result[key] == ref_result[key], f"{key} {run}"  # identical, not approximately equal
     metrics = list(iter_jsonl(tp.metrics))
-    assert [r["epoch"] for r in metrics] == [1, 2, 3]
+    assert [r["epoch"] for r in metrics] == [1, 2, 3], run
     for mine, ref in zip(metrics, ref_metrics):
-        assert {k: mine[k] for k in EXACT} == {k: ref[k] for k in EXACT}
+        assert {k: mine[k] for k in EXACT} == {k: ref[k] for k in EXACT}, run
     weights = torch.load(tp.weights, weights_only=True)
-    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
-    assert not tp.checkpoint.exists() and not tp.checkpoint_prev.exists()  # removed when done
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights), run
+    assert not tp.checkpoint.exists() and not tp.checkpoint_prev.exists(), run  # removed when done
     return result
 
 
 def test_sigkill_at_random_moments_changes_nothing(tmp_path, reference):
     # checkpoint_minutes 0.0005 (30 ms): a checkpoint every step or two
     paths, tp = _study(tmp_path, "killed", {"checkpoint_minutes": 0.0005})
-    rng = random.Random(os.environ.get("HPCXFER_KILL_SEED", time.time_ns()))
+    seed = int(os.environ.get("HPCXFER_KILL_SEED") or time.time_ns())
+    print(f"kill seed {seed} (replay: HPCXFER_KILL_SEED={seed})")  # shown with a failure's output
+    rng = random.Random(seed)
     kills, resumed_from = 0, []
     for _ in range(4):
         proc = _start(paths.dir)
@@ -102,9 +105,9 @@ def test_sigkill_at_random_moments_changes_nothing(tmp_path, reference):
     while not tp.result.exists():
         proc = _start(paths.dir)
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
-    assert kills >= 3, "the task finished before it could be killed three times"
-    result = _assert_identical(tp, reference)
-    assert result["restarts"] == kills
+    assert kills >= 3, f"the task finished before it could be killed three times (seed {seed})"
+    result = _assert_identical(tp, reference, f"(kill seed {seed}; replay: HPCXFER_KILL_SEED={seed})")
+    assert result["restarts"] == kills, f"seed {seed}"
     print(f"killed {kills} times; resumed from (epoch, step) {resumed_from}")
 
 

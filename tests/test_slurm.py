@@ -20,12 +20,12 @@ from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Skips where SLURM is not installed (test_group_backends.py uses it too).
-needs_slurm = pytest.mark.skipif(
+NEEDS_SLURM = pytest.mark.skipif(
     not os.path.exists("/usr/bin/sbatch") and not any(
         os.access(os.path.join(p, "sbatch"), os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep)),
     reason="SLURM is not installed (CI installs slurm-wlm and starts a cluster with .ci/slurm-up.sh)")
-pytestmark = [pytest.mark.slurm, needs_slurm]
+#: Every test here needs the cluster, and most train a real study on it.
+pytestmark = [NEEDS_SLURM, pytest.mark.slurm, pytest.mark.slow]
 
 #: One short pre-training job, then a fine-tuning array of 2 (two seeds), one CPU each;
 #: 4 epochs of 500 images with one evaluation at the end, so a requeue lands mid-training.

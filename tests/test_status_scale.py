@@ -24,7 +24,7 @@ from hpcxfer import cli as hpcxfer_cli
 from hpcxfer.backends import scheduler
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.backends.slurm import SlurmBackend
-from hpcxfer.collect.synthetic import big_grid, write_study
+from benchmarks.synthetic import big_grid, write_study
 from hpcxfer.fileio import append_jsonl
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId

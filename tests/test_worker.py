@@ -11,6 +11,8 @@ from hpcxfer.study import study_paths, write_study
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.models import build_model, layer_prefixes
 
+pytestmark = pytest.mark.slow  # trains a real pre-training and fine-tuning: a minute or more on two cores
+
 ARCH = "alexnet-narrow"
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
+from hpcxfer.sites import GPU_MEMORY_GB, SMALLEST_GPU
 
 
 @dataclass
@@ -29,12 +30,26 @@ class Submission:
 
 
 class Backend(Protocol):
+    """A backend, as the service layer (hpcxfer/service.py) uses it; docs/design.md §7."""
+
     name: str
+    #: True: `submit(..., wait=True)` runs the units in this process and returns when they
+    #: have ended, calling `on_change` with its counts as they change and `recorded` once
+    #: the units are recorded as held (the local runner). False: `submit` hands them to a
+    #: scheduler and returns; `submit --wait` then polls `view` until none is held.
+    in_process: bool
 
     def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
-               wait: bool = False) -> Submission:
+               wait: bool = False, **in_process_hooks) -> Submission:
         """Hand `units` (tasks alone or protocol groups; none done, none held already) to
-        the scheduler: one array element, packed slot or local process each."""
+        the scheduler: one array element, packed slot or local process each. Only an
+        `in_process` backend is given `wait=True` with the hooks `on_change` and `recorded`."""
+
+    def view(self, paths: StudyPaths) -> dict[str, dict]:
+        """task id -> what this backend says of the study's task it last ran: {"state":
+        queued|running|failed|stopped, and where known "job", "scheduler_state", "detail",
+        "log"} (what hpcxfer/study.py's `task_state` joins with the task's files). Raises
+        SchedulerError when the scheduler cannot be asked."""
 
     def device_memory_gb(self, grid: Grid) -> float | None:
         """Memory of the GPU one unit runs on (sizes automatic protocol groups); None when
@@ -49,9 +64,9 @@ class Backend(Protocol):
 
 def requested_gpu_memory_gb(grid: Grid) -> float | None:
     """The grid's `resources.gpu_memory_gb`, or 32 GB (a V100's, the smallest of the site
-    tables) where it asks for GPUs without saying which."""
+    tables, hpcxfer/sites.py) where it asks for GPUs without saying which."""
     r = grid.resources
-    return r.gpu_memory_gb or (32.0 if r.gpus else None)
+    return r.gpu_memory_gb or (float(GPU_MEMORY_GB[SMALLEST_GPU]) if r.gpus else None)
 
 
 def members(units: list[Unit]) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """NCI Gadi: PBS Pro without arrays. Each stage's tasks are dealt into at most
 `gadi.max_jobs` packed jobs; each job asks for `gpus_per_job` GPUs on a queue of the table
-in resources.py (with the CPUs and memory Gadi requires per GPU), `-l storage` so /g/data
+in hpcxfer/sites.py (with the CPUs and memory Gadi requires per GPU), `-l storage` so /g/data
 and /scratch are mounted, node-local `jobfs`, `wd`, and runs one task per GPU at a time
 (`hpcxfer.backends.pack`) until its list or its walltime runs out. What a walltime kill
 leaves unfinished resumes from its checkpoint at the next `hpcxfer submit`.
@@ -20,9 +20,10 @@ from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
-from hpcxfer.backends.resources import GADI_QUEUES, GPU_MEMORY_GB, minutes
+from hpcxfer.backends.resources import minutes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
+from hpcxfer.sites import GADI_QUEUES, GPU_MEMORY_GB
 
 #: A Gadi project's folder on each file system, and the name `-l storage` gives it.
 _STORAGE = re.compile(r"^/(?:(scratch)|g/(data))/([a-z0-9]+)(?:/|$)")

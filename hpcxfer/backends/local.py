@@ -97,6 +97,7 @@ def live_runs(paths: StudyPaths) -> list[dict]:
 
 class LocalBackend:
     name = "local"
+    in_process = True  # submit --wait runs the units here, in a pool of worker processes
 
     def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,
                wait: bool = False, on_change: Callable[[dict], None] | None = None,
@@ -160,6 +161,10 @@ class LocalBackend:
 
     def held(self, paths: StudyPaths) -> set[str]:
         return {t for run in live_runs(paths) for t in run["held"]}
+
+    def view(self, paths: StudyPaths) -> dict[str, dict]:
+        """Every task a live runner holds, as queued: whether it runs yet its lock says."""
+        return {t: {"state": "queued"} for t in self.held(paths)}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """SIGTERM to each live runner of the study (its process group when it leads one):

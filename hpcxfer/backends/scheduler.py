@@ -20,11 +20,10 @@ from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
 from hpcxfer.errors import HpcxferError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.task import STAGES
 from hpcxfer.layout import StudyPaths
 
 log = logging.getLogger(__name__)
-
-STAGES = ("pretrain", "finetune")
 
 
 class SchedulerError(HpcxferError):
@@ -95,6 +94,7 @@ KILLED = {"FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEM
 
 class SchedulerBackend:
     name = "scheduler"
+    in_process = False  # submit hands jobs to the scheduler; --wait polls `view`
 
     # ------------------------------------------------------------ for subclasses
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
@@ -196,9 +196,6 @@ class SchedulerBackend:
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["log"].replace("%a", str(index))
-
-    def held(self, paths: StudyPaths) -> set[str]:
-        return {t for t, v in self.view(paths).items() if v["state"] in ("queued", "running")}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         view = self.view(paths)

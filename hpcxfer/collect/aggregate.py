@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from hpcxfer.collect.moments import mean_std
 from hpcxfer.collect.read import METRICS
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
@@ -43,16 +44,6 @@ def protocol_label(task: dict) -> str:
     names = names_of({**task, "stage": "finetune"})
     fields = f"n{task['transfer_layers']} h{task['high_lr_layers']} d{task['initial_decay_epochs']} f{task['frozen_layers']}"
     return f"{'/'.join(names)} ({fields})" if names else fields
-
-
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (0 for one value; None for none)."""
-    if not values:
-        return None, None
-    m = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 def size_key(size) -> float:

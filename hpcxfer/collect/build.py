@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from hpcxfer.collect import paper, reports
 from hpcxfer.collect.aggregate import DEFAULT_BY, summarize
 from hpcxfer.collect.metrics import merge_metrics
+from hpcxfer.collect.paired import paired_view
 from hpcxfer.collect.read import StudyRecords, read_study
 from hpcxfer.collect.views import View
 from hpcxfer.errors import ConfigError
 from hpcxfer.layout import StudyPaths
 
 #: Named views; `curves` is the only one that reads every metrics record.
-VIEWS = ("cells", "table1", "table2", "compare", "paper", "incomplete", "curves")
+VIEWS = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete", "curves")
 #: What `--view all` and the HTML report show (paper only for an ImageNet study, and
 #: incomplete only while some task has no result).
 ALL = ("cells", "table1", "table2", "compare", "paper", "incomplete")
@@ -58,14 +59,17 @@ def parse_views(names: Sequence[str] | None) -> list[str]:
     return out or ["cells"]
 
 
-def build_views(c: Collected, names: Sequence[str], *, explicit: bool = True, jobs: int | None = None) -> list[View]:
+def build_views(c: Collected, names: Sequence[str], *, explicit: bool = True, jobs: int | None = None,
+                ref: str | None = None) -> list[View]:
     """The named views. With `explicit` False (`all`, the report) the paper view is left out
-    of a study that is not ImageNet's, and the incomplete view of a finished study."""
+    of a study that is not ImageNet's, and the incomplete view of a finished study. `ref`:
+    the paired view's reference protocol (collect/paired.py; default common, else scratch)."""
     dataset, cells = c.dataset, c.protocol_cells
     make = {
         "cells": lambda: reports.cells_view(c.cells, c.by, c.records.paths.name),
         "table1": lambda: reports.table1(cells, dataset),
-        "table2": lambda: reports.table2(cells, dataset),
+        "table2": lambda: reports.table2(cells, dataset, c.records.rows),
+        "paired": lambda: paired_view(c.records, ref),
         "compare": lambda: reports.compare(cells, dataset),
         "paper": lambda: reports.paper_numbers(cells, dataset),
         "incomplete": lambda: reports.incomplete(c.records),

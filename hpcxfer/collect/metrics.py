@@ -1,10 +1,10 @@
 """Every metrics record of every fine-tuning task, merged into learning curves per cell.
 
 Only views that need the per-epoch records read them (the final numbers are in
-result.json). Each task's file is parsed once and added into running sums per
-(cell, epoch) (count, sum, sum of squares, as numpy arrays indexed by epoch), so memory grows
-with cells x epochs, never with the number of lines. Tasks are split across processes,
-each returning its partial sums: parsing JSON is the cost, and it parallelises.
+result.json). Each task's file is parsed once and added into running moments per
+(cell, epoch) (count, mean and M2, as numpy arrays indexed by epoch: hpcxfer/collect/moments.py),
+so memory grows with cells x epochs, never with the number of lines. Tasks are split across
+processes, each returning its partial moments: parsing JSON is the cost, and it parallelises.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from operator import itemgetter
 import numpy as np
 
 from hpcxfer.collect.aggregate import DEFAULT_BY, PROTOCOL_FIELDS, protocol_label, sort_key
+from hpcxfer.collect.moments import Moments
 from hpcxfer.collect.read import METRICS, Skipped, StudyRecords, read_jsonl
 from hpcxfer.layout import StudyPaths
 
@@ -79,44 +80,13 @@ def curve_matrix(records: list[dict], metrics: Sequence[str], where, skipped: Sk
     return _matrix(curve, metrics) if curve else None
 
 
-@dataclass
-class Sums:
-    """count, sum and sum of squares of each metric at each epoch, for one cell."""
-
-    count: np.ndarray  # (epochs, metrics)
-    total: np.ndarray
-    squares: np.ndarray
-
-    @classmethod
-    def empty(cls, epochs: int, k: int) -> "Sums":
-        return cls(*(np.zeros((epochs, k)) for _ in range(3)))
-
-    def grow(self, epochs: int) -> None:
-        if epochs > len(self.count):
-            pad = ((0, epochs - len(self.count)), (0, 0))
-            self.count, self.total, self.squares = (np.pad(a, pad) for a in (self.count, self.total, self.squares))
-
-    def add(self, epochs: np.ndarray, values: np.ndarray) -> None:
-        """One task's curve; its epochs are unique and increasing."""
-        first, last = int(epochs[0]), int(epochs[-1])
-        self.grow(last + 1)
-        # the common case, epochs first..last with none left out, adds into a slice (no gather/scatter)
-        at = slice(first, last + 1) if last - first + 1 == len(epochs) else epochs
-        missing = np.isnan(values)
-        if missing.any():
-            self.count[at] += ~missing
-            values = np.where(missing, 0.0, values)
-        else:
-            self.count[at] += 1.0
-        self.total[at] += values
-        self.squares[at] += values * values
-
-    def merge(self, other: "Sums") -> None:
-        self.grow(len(other.count))
-        n = len(other.count)
-        self.count[:n] += other.count
-        self.total[:n] += other.total
-        self.squares[:n] += other.squares
+def add_curve(sums: Moments, epochs: np.ndarray, values: np.ndarray) -> None:
+    """One task's curve into its cell's moments; its epochs are unique and increasing."""
+    first, last = int(epochs[0]), int(epochs[-1])
+    sums.grow(last + 1)
+    # the common case, epochs first..last with none left out, adds into a slice (no gather/scatter)
+    at = slice(first, last + 1) if last - first + 1 == len(epochs) else epochs
+    sums.add(values, at)
 
 
 @dataclass
@@ -146,9 +116,9 @@ def _key(task: dict, by: Sequence[str]) -> tuple:
 
 
 def _partial(paths: StudyPaths, tasks: list[dict], by: Sequence[str], metrics: Sequence[str]
-             ) -> tuple[dict[tuple, Sums], Skipped]:
-    """Sums of a share of the tasks (what one process does)."""
-    sums: dict[tuple, Sums] = {}
+             ) -> tuple[dict[tuple, Moments], Skipped]:
+    """Moments of a share of the tasks (what one process does)."""
+    sums: dict[tuple, Moments] = {}
     skipped = Skipped()
     for task in tasks:
         path = paths.task(task["task_id"]).metrics
@@ -159,8 +129,8 @@ def _partial(paths: StudyPaths, tasks: list[dict], by: Sequence[str], metrics: S
         key = _key(task, by)
         cell = sums.get(key)
         if cell is None:
-            cell = sums[key] = Sums.empty(int(epochs.max()) + 1, len(metrics))
-        cell.add(epochs, values)
+            cell = sums[key] = Moments.empty((int(epochs.max()) + 1, len(metrics)))
+        add_curve(cell, epochs, values)
     return sums, skipped
 
 
@@ -182,7 +152,7 @@ def merge_metrics(records: StudyRecords, by: Sequence[str] = DEFAULT_BY,
         shares = [tasks[i::jobs] for i in range(jobs)]
         with ProcessPoolExecutor(jobs) as pool:
             parts = list(pool.map(_partial, [records.paths] * jobs, shares, [by] * jobs, [metrics] * jobs))
-    sums: dict[tuple, Sums] = {}
+    sums: dict[tuple, Moments] = {}
     for part, skipped in parts:
         records.skipped.merge(skipped)
         for key, cell in part.items():
@@ -199,11 +169,9 @@ def merge_metrics(records: StudyRecords, by: Sequence[str] = DEFAULT_BY,
         cell = {"protocol": protocol_label(t)} if all(f in by for f in PROTOCOL_FIELDS) else {}
         cell.update({a: t[a] for a in by})
         reached = np.flatnonzero(s.count.max(axis=1) > 0)
-        count, total, squares = s.count[reached], s.total[reached], s.squares[reached]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count
-            var = np.maximum(0.0, (squares - total * mean) / (count - 1))
-            std = np.where(count > 1, np.sqrt(var), np.where(count == 1, 0.0, np.nan))
+        count = s.count[reached]
+        mean = np.where(count > 0, s.mean[reached], np.nan)
+        std = s.std()[reached]
         curves.append(Curve(cell, metrics, reached, count.max(axis=1).astype(int), mean, std))
     curves.sort(key=lambda c: sort_key(c.cell, by))
     return curves

@@ -14,19 +14,14 @@ learning rates were kept per group) reads as `lr_high` = `lr_low` = `lr`.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcxfer import results
 from hpcxfer.errors import StudyError
-
-try:
-    from orjson import loads as _loads
-except ImportError:  # orjson is a dependency; without it everything still reads, about 5x slower
-    _loads = json.loads
-from hpcxfer.grid.task import Task
+from hpcxfer.fileio import parse_jsonl
+from hpcxfer.grid.task import QUIET_DEFAULTS, Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.results import METRICS
 from hpcxfer.study import task_state
@@ -35,8 +30,9 @@ from hpcxfer.study import task_state
 TASK_DEFAULTS = {"frozen_layers": 0, "seed": 0, "lr_gamma": 0.1, "decay_every": 30,
                  "momentum": 0.9, "weight_decay": 5e-4, "lr_high": 0.01, "lr_low": 0.001,
                  "depends_on": []}
-#: Task fields without which a line is not a task.
-REQUIRED = tuple(f for f in Task.__dataclass_fields__ if f not in TASK_DEFAULTS)
+#: Task fields without which a line is not a task (a default-valued `image_size` or
+#: `crop` is left out of every record: hpcxfer/grid/task.py QUIET_DEFAULTS).
+REQUIRED = tuple(f for f in Task.__dataclass_fields__ if f not in TASK_DEFAULTS and f not in QUIET_DEFAULTS)
 
 #: How many example paths `Skipped` keeps per reason.
 EXAMPLES = 3
@@ -89,49 +85,17 @@ class Skipped:
                 "examples": self.examples}
 
 
-def parse_jsonl(data: bytes, path: Path, skipped: Skipped) -> list[dict]:
-    """The whole JSON objects of a JSONL file's bytes; everything else is counted in `skipped`.
-
-    The common case (every line whole) is parsed as one JSON array by orjson, many times
-    faster than a json.loads per line; any damage (or a NaN, which only the standard
-    library reads) falls back to line by line.
-    """
-    if not data:
-        return []
-    if not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        skipped.line("truncated (the last line of a file, never finished)", path)
-        data = data[:cut]
-        if not data:
-            return []
-    try:
-        records = _loads(b"[" + data[:-1].replace(b"\n", b",") + b"]")
-        if set(map(type, records)) == {dict}:
-            return records
-    except ValueError:
-        pass
-    lines = data.split(b"\n")
-    lines.pop()  # the empty string after the final newline
-    records = []
-    for raw in lines:
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            skipped.line("not JSON" if raw.strip() else "blank", path)
-            continue
-        if type(rec) is dict:
-            records.append(rec)
-        else:
-            skipped.line("not a JSON object", path)
-    return records
-
-
 def read_jsonl(path: Path, skipped: Skipped) -> list[dict]:
+    """The whole JSON objects of a JSONL file (hpcxfer/fileio.py parse_jsonl); every other
+    line is counted in `skipped` with its reason."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    return parse_jsonl(data, path, skipped)
+    records, problems = parse_jsonl(data)
+    for why in problems:
+        skipped.line(why, path)
+    return records
 
 
 def normalize_task(raw: dict, where: Path, skipped: Skipped) -> dict | None:
@@ -140,7 +104,7 @@ def normalize_task(raw: dict, where: Path, skipped: Skipped) -> dict | None:
     if lacking:
         skipped.task(f"in tasks.jsonl without {lacking[0]!r}", where)
         return None
-    task = dict(raw)
+    task = {**QUIET_DEFAULTS, **raw}
     for name, value in TASK_DEFAULTS.items():
         if name not in task:
             task[name] = value

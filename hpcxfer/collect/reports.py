@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from hpcxfer.collect import paper
 from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, cell_fields, size_key, value_key, varying
+from hpcxfer.collect.paired import compare_rows
 from hpcxfer.collect.read import StudyRecords
 from hpcxfer.collect.views import Column, View, key, num, pm, signed
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
@@ -97,7 +98,7 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
     if with_paper:
         columns += [Column(f"paper {s}/class", pair(s, "paper_")) for s in (10, 25, 50)]
         columns += [Column("paper gap", lambda r: num(r.get("paper_gap"), digits=2))]
-    notes = ["cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over splits; "
+    notes = ["cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over replicates (splits and seeds); "
              "avg gap = mean over sizes of validation minus training loss"]
     if not sel:
         notes.append("no cell with h = 8, d = 30, f = 0 in this study: Table 1 is empty")
@@ -108,50 +109,90 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
 
 
 # ---------------------------------------------------------------- Table 2
-def table2(cells: Sequence[dict], dataset: str | None = None) -> View:
+def _members(rows: Sequence[dict], cell: dict) -> list[dict]:
+    """The finished tasks of a protocol cell (one per split and seed)."""
+    return [r for r in rows if r.get("stage") == "finetune" and all(r.get(a) == cell[a] for a in DEFAULT_BY)]
+
+
+def table2(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[dict] | None = None) -> View:
+    """The best protocol per size. Given the finished task `rows` (StudyRecords.rows), the
+    leader is marked best only when the 95 % interval of its paired difference from the
+    runner-up (collect/paired.py) excludes zero; otherwise the two are tied within the
+    study's noise and `best` is None. Without rows, the highest mean is the best."""
     extra, with_paper = varying(cells, SETTINGS), paper.applies(dataset)
-    rows, notes = [], []
+    out, notes = [], []
     for s in _sizes(cells):
         at = [c for c in cells if c["examples_per_class"] == s]
         tied, runner = _best(at)
         unfinished = sum(1 for c in at if c["missing"])
-        row: dict = {"examples_per_class": s, "best": None, "tie": len(tied) > 1, "cells": len(at),
-                     "unfinished_cells": unfinished}
+        row: dict = {"examples_per_class": s, "best": None, "leader": None, "tie": len(tied) > 1,
+                     "within_noise": None, "cells": len(at), "unfinished_cells": unfinished}
         if tied:
             b = tied[0]
-            row.update({"best": " = ".join(label(c, extra) for c in tied),
+            leader = " = ".join(label(c, extra) for c in tied)
+            row.update({"leader": leader,
                         **{f: (b[f] if all(c[f] == b[f] for c in tied) else [c[f] for c in tied]) for f in PROTOCOL_FIELDS},
                         "val_acc_mean": b["val_acc_mean"], "val_acc_std": b["val_acc_std"],
                         "replicates": min(c["replicates"] for c in tied),
                         "missing": max(c["missing"] for c in tied),
                         "runner_up": label(runner, extra) if runner else None,
-                        "margin": (b["val_acc_mean"] - runner["val_acc_mean"]) if runner else None})
+                        "margin": (b["val_acc_mean"] - runner["val_acc_mean"]) if runner else None,
+                        "pairs": None, "margin_ci_low": None, "margin_ci_high": None})
+            if rows is not None and runner is not None and len(tied) == 1:
+                st = compare_rows(_members(rows, b), _members(rows, runner))
+                row.update({"pairs": st["pairs"], "margin_ci_low": st["ci_low"], "margin_ci_high": st["ci_high"]})
+                row["within_noise"] = st["ci_low"] is None or st["ci_low"] <= 0.0 <= st["ci_high"]
+            elif rows is not None:
+                row["within_noise"] = len(tied) > 1
+            row["best"] = None if row["tie"] or row["within_noise"] else leader
         if with_paper:
             published = paper.TABLE2.get(s)
             if published:
                 row.update({f"paper_{f}": published[f] for f in ("transfer_layers", "initial_decay_epochs", "frozen_layers")})
                 row["paper_val_acc"] = published["val_acc"]
-        rows.append(row)
+        out.append(row)
         if len(tied) > 1:
             notes.append(f"{s}/class: {len(tied)} protocols tie at {tied[0]['val_acc_mean'] * 100:.2f} %")
+        elif row["within_noise"]:
+            why = (f"{row['pairs']} pair{'s' if row['pairs'] != 1 else ''}, too few for an interval"
+                   if row["margin_ci_low"] is None else "the paired 95 % interval holds zero")
+            notes.append(f"{s}/class: {row['leader']} and {row['runner_up']} are tied within the study's noise ({why})")
         if not tied:
             notes.append(f"{s}/class: no cell has a result yet")
         elif unfinished:
             notes.append(f"{s}/class: {unfinished} of {len(at)} cells still miss tasks; the best may change")
-    columns = [key("examples_per_class", "per class", numeric=True), key("best", "best protocol"),
+
+    def best(r: dict) -> str:
+        if r["best"] or not r["leader"]:
+            return r["best"] or "-"
+        return f"tied: {r['leader']}" if r["tie"] else f"tied within noise: {r['leader']}, {r['runner_up']}"
+
+    def interval(r: dict) -> str:
+        if r.get("margin_ci_low") is None:
+            return "n/a" if r.get("pairs") is not None else "-"
+        return f"[{r['margin_ci_low'] * 100:+.2f}, {r['margin_ci_high'] * 100:+.2f}]"
+
+    columns = [key("examples_per_class", "per class", numeric=True), Column("best protocol", best, numeric=False),
                Column("val acc %", lambda r: pm(r.get("val_acc_mean"), r.get("val_acc_std"), 100)),
                key("replicates", numeric=True), key("runner_up", "runner-up"),
-               Column("margin", lambda r: num(r.get("margin"), 100, 2)),
-               Column("cells done", lambda r: f"{r['cells'] - r['unfinished_cells']}/{r['cells']}")]
+               Column("margin", lambda r: num(r.get("margin"), 100, 2))]
+    if rows is not None:
+        columns += [key("pairs", numeric=True), Column("margin 95 % interval", interval)]
+    columns += [Column("cells done", lambda r: f"{r['cells'] - r['unfinished_cells']}/{r['cells']}")]
     if with_paper:
         columns += [Column("paper n d f", lambda r: (f"{r['paper_transfer_layers']} {r['paper_initial_decay_epochs']} "
                                                      f"{r['paper_frozen_layers']}") if "paper_val_acc" in r else "-"),
                     Column("paper acc %", lambda r: num(r.get("paper_val_acc")))]
-    notes.insert(0, "best = highest mean validation accuracy over splits; means within 1e-9 tie; "
-                    "margin = points over the runner-up")
-    fields = ["examples_per_class", "best", "tie", "cells", "unfinished_cells", *PROTOCOL_FIELDS, "val_acc_mean",
-              "val_acc_std", "replicates", "missing", "runner_up", "margin"]
-    return View("table2", "Table 2: the best protocol per size", columns, rows, notes, fields)
+    method = ("best = highest mean validation accuracy over splits and seeds; means within 1e-9 tie; "
+              "margin = points over the runner-up")
+    if rows is not None:
+        method += ("; marked best only when the 95 % interval of the paired difference from the runner-up "
+                   "(Student's t over the pairs: same split and seed) excludes zero, else tied within noise")
+    notes.insert(0, method)
+    fields = ["examples_per_class", "best", "leader", "tie", "within_noise", "cells", "unfinished_cells",
+              *PROTOCOL_FIELDS, "val_acc_mean", "val_acc_std", "replicates", "missing", "runner_up", "margin",
+              "pairs", "margin_ci_low", "margin_ci_high"]
+    return View("table2", "Table 2: the best protocol per size", columns, out, notes, fields)
 
 
 # ---------------------------------------------------------------- optimal vs common vs scratch
@@ -171,6 +212,7 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
             cell = next((c for c in at if is_named(c, name)), None)
             row[f"{name}_mean"] = cell["val_acc_mean"] if cell else None
             row[f"{name}_std"] = cell["val_acc_std"] if cell else None
+            row[f"{name}_replicates"] = cell["replicates"] if cell else 0
         tied, _ = _best(at)
         row["best"] = tied[0]["protocol"] if tied else None
         row["best_mean"] = tied[0]["val_acc_mean"] if tied else None
@@ -195,12 +237,14 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
         columns += [Column("paper optimal %", lambda r: num(r.get("paper_optimal"))),
                     Column("paper common %", lambda r: num(r.get("paper_common"))),
                     Column("paper optimal vs common", lambda r: signed(r.get("paper_optimal_vs_common")))]
-    notes = ["relative improvement = (a / b - 1) x 100 of mean validation accuracies "
+    notes = ["mean ± std over replicates (splits and seeds, counted in the scratch_, common_ and "
+             "optimal_replicates fields); "
+             "relative improvement = (a / b - 1) x 100 of mean validation accuracies "
              "(the paper: optimal +47.8 % over common at 10/class)"]
     missing = [n for n in NAMES if all(r[f"{n}_mean"] is None for r in rows)]
     if missing:
         notes.append(f"this study has no finished {', '.join(missing)} cells")
-    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std")), "best",
+    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std", "replicates")), "best",
               "best_mean", "optimal_vs_common", "optimal_vs_scratch", "common_vs_scratch", "best_vs_common"]
     return View("compare", "Optimal vs common vs scratch", columns, rows, notes, fields)
 

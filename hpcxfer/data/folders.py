@@ -22,6 +22,7 @@ import torch
 from hpcxfer.data.base import Dataset, ImageSet
 from hpcxfer.data.index import Listing, listing, save_listing
 from hpcxfer.errors import DataError
+from hpcxfer.grid.task import CROP, IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def open_folders(path: str | None, options: dict, *, name: str = "folders",
     cache = options.get("index_cache")
     cache = str(resolve(path, cache)) if cache else None
     save = options.get("save_index", True)
-    size = int(options.get("image_size", 256))
+    size = int(options.get("image_size", IMAGE_SIZE))
     train_dir = resolve(path, options.get("train_dir", "train"))
     val_dir = resolve(path, options.get("val_dir", "val"))
 
@@ -187,7 +188,7 @@ def open_folders(path: str | None, options: dict, *, name: str = "folders",
         name=name, num_classes=len(train.classes), channels=3, image_size=size,
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
         train=file_set(train_files, train_labels, size), val=file_set(val_files, val_labels, size),
-        location=str(train_dir.parent), augment="resized-crop-flip", crop=int(options.get("crop", 224)),
+        location=str(train_dir.parent), augment="resized-crop-flip", crop=int(options.get("crop", CROP)),
         classes=list(train.classes), class_dirs=[str(train_dir / c) for c in train.classes],
         save_index=save_index,
     )

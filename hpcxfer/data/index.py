@@ -49,9 +49,6 @@ class Listing:
     files: list[list[str]]
     stamp: dict | None = None  # set when freshly scanned: not yet in the cache
 
-    def count(self) -> int:
-        return sum(len(f) for f in self.files)
-
 
 def _subfolders(folder: Path) -> list[str]:
     try:

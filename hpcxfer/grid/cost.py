@@ -31,11 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from hpcxfer.backends.resources import GADI_QUEUES, GPU_MEMORY_GB
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
+from hpcxfer.sites import GADI_QUEUES, GPU_MEMORY_GB, Queue
+
+if TYPE_CHECKING:
+    from hpcxfer.grid.expansion import Expansion
 
 
 class UnknownSize(ValueError):
@@ -52,13 +56,6 @@ class Device:
     precision: str = "fp32"  # what the worker trains in there (runtime.amp: auto), which the rates are of
     nvjpeg: float = 0.0             # batched nvJPEG decodes/s on the GPU (0: none; decode on the CPUs)
     cache_read_mb_s: float = 2000.0  # the node-local disk's read rate, for the decode cache
-
-
-@dataclass(frozen=True)
-class Queue:
-    device: str
-    cpus_per_gpu: int
-    su_per_cpu_hour: float
 
 
 #: Seeded from published references (docs/design.md §5) and measurements; `source` says
@@ -88,10 +85,8 @@ DEVICES: dict[str, Device] = {
 }
 
 #: NCI Gadi (docs/design.md §4): the device, CPUs that come with each GPU, SU per CPU-hour;
-#: from the one table of Gadi's queues that the Gadi backend requests them by.
-QUEUES: dict[str, Queue] = {
-    name: Queue(q.device, q.cpus_per_gpu, q.su_per_cpu_hour) for name, q in GADI_QUEUES.items()
-}
+#: the one table of Gadi's queues (hpcxfer/sites.py) that the Gadi backend requests them by.
+QUEUES: dict[str, Queue] = dict(GADI_QUEUES)
 
 #: Training speed relative to AlexNet's at 224 px. VGG-11: measured on the H200 (fp32
 #: 3,107 vs 19,307 images/s; 7.6 vs 0.714 G multiply-adds would say 0.094). The narrow
@@ -274,14 +269,16 @@ def price(tasks: list[Task], m: Model) -> Cost:
     return cost
 
 
-def price_study(grid: Grid, counts: tuple[int, int, int] | None = None) -> list[tuple[str, Cost]]:
-    """(row name, cost) for pre-training, each sub-grid, and the whole study (each task once)."""
-    from hpcxfer.grid.expansion import expand, expand_by_block
+def price_study(grid: Grid, counts: tuple[int, int, int] | None = None,
+                expansion: Expansion | None = None) -> list[tuple[str, Cost]]:
+    """(row name, cost) for pre-training, each sub-grid, and the whole study (each task once).
+    expansion: the grid's, when the caller has it (the grid is then not expanded again)."""
+    from hpcxfer.grid.expansion import expand_study
 
     m = model_for(grid, counts)
-    tasks = expand(grid)
+    expansion = expansion or expand_study(grid)
+    tasks, blocks = expansion.tasks, expansion.blocks
     rows = [("pretrain", price([t for t in tasks if t.stage == "pretrain"], m))]
-    blocks = expand_by_block(grid)
     if len(blocks) > 1:
         for name, block in blocks:
             rows.append((name, price(list({t.task_id: t for t in block}.values()), m)))
@@ -311,7 +308,8 @@ def fmt_images(n: float) -> str:
     return f"{n / 1e9:,.2f} G" if n >= 1e8 else f"{n / 1e6:.3g} M"
 
 
-def assumptions(grid: Grid) -> list[str]:
+def assumptions(grid: Grid, tasks: list[Task] | None = None) -> list[str]:
+    """What the estimate assumes, one line each; `tasks`: the grid's, when the caller has them."""
     m = model_for(grid)
     lines = [f"{name}: train {d.train:,.0f}/s, eval {d.eval:,.0f}/s, decode {d.decode_per_cpu:,.0f}/s per CPU"
              + (f", nvJPEG {d.nvjpeg:,.0f}/s" if d.nvjpeg else "")
@@ -334,17 +332,17 @@ def assumptions(grid: Grid) -> list[str]:
                      + "): start-up and decoding once per group, arithmetic once per member, members "
                      "looped (no gain assumed from fused execution)")
     if m.decodes and m.decode_cache:
-        lines += cache_sizes(grid, m)
+        lines += cache_sizes(grid, m, tasks)
     return lines
 
 
-def cache_sizes(grid: Grid, m: Model) -> list[str]:
+def cache_sizes(grid: Grid, m: Model, tasks: list[Task] | None = None) -> list[str]:
     """The decode cache of the largest streamed task, against the node-local disk asked for."""
     from hpcxfer.grid.expansion import expand
 
     memory = min(d.memory_gb for n, d in m.devices.items() if n in {q.device for q in m.queues.values()})
     try:
-        sizes = [task_images(t, m) for t in expand(grid)]
+        sizes = [task_images(t, m) for t in (expand(grid) if tasks is None else tasks)]
     except UnknownSize:
         return []
     streamed = [(a, b) for a, b in sizes if (a + b) * m.bytes_per_image > memory * 1e9]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
@@ -28,7 +29,7 @@ def pretrain_task(grid: Grid, split: int) -> Task:
         examples_per_class=p.examples_per_class, transfer_layers=0, high_lr_layers=8, lr_high=p.lr, lr_low=p.lr,
         initial_decay_epochs=p.decay_every, frozen_layers=0, lr_gamma=p.lr_gamma,
         decay_every=p.decay_every, epochs=p.epochs, batch_size=p.batch_size, momentum=p.momentum,
-        weight_decay=p.weight_decay, seed=p.seed,
+        weight_decay=p.weight_decay, seed=p.seed, **grid.data.task_fields(),
     ).with_id()
 
 
@@ -107,7 +108,7 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
         pre = pretrain[split]
         tasks.append(Task(
             stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
-            examples_per_class=size, **proto, **values,
+            examples_per_class=size, **proto, **values, **grid.data.task_fields(),
             # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
             # scratch included, so that a study's stages stay simple to schedule and count.
             depends_on=(pre.task_id,),
@@ -124,9 +125,23 @@ def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
     return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]
 
 
-def expand(grid: Grid) -> list[Task]:
-    """Every task of the grid, pre-training first, each once, in a stable order."""
+@dataclass(frozen=True)
+class Expansion:
+    """A grid expanded once: every task (as `expand` gives them) and each sub-grid's
+    fine-tuning tasks (as `expand_by_block` does), for callers that need both."""
+
+    tasks: list[Task]
+    blocks: list[tuple[str, list[Task]]]
+
+
+def expand_study(grid: Grid) -> Expansion:
+    """The grid's tasks and its sub-grids' tasks, from one expansion."""
     by_block = expand_by_block(grid)
     finetune = list({t.task_id: t for _, ts in by_block for t in ts}.values())
     splits = sorted({t.split for t in finetune})
-    return [pretrain_task(grid, s) for s in splits] + finetune
+    return Expansion([pretrain_task(grid, s) for s in splits] + finetune, by_block)
+
+
+def expand(grid: Grid) -> list[Task]:
+    """Every task of the grid, pre-training first, each once, in a stable order."""
+    return expand_study(grid).tasks

@@ -17,8 +17,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from hpcxfer.grid import limits
 from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
 from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
+from hpcxfer.grid.runtime import DEFAULTS as _R
+from hpcxfer.grid.runtime import RuntimeSettings
+from hpcxfer.grid.task import CROP, IMAGE_SIZE
 
 DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
+#: Data sets read from image files, which `data.image_size` and `data.crop` apply to.
+FOLDER_DATASETS = ("imagenet", "folders")
 #: Every architecture has the same eight numbered weight layers (hpcxfer/worker/models.py).
 ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
 
@@ -153,9 +158,9 @@ class DataSpec(Strict):
         None, description="ILSVRC2012_validation_ground_truth.txt or LOC_val_solution.csv (relative to path)")
     class_ids: PathText | None = Field(
         None, description="devkit layout: meta.mat, or a text file of 'ILSVRC2012_ID wnid' lines")
-    image_size: int = Field(256, ge=8, le=4096, description="folder data sets: images are stored decoded at "
+    image_size: int = Field(IMAGE_SIZE, ge=8, le=4096, description="folder data sets: images are stored decoded at "
                             "this size (short side resized, centre square cropped)")
-    crop: int = Field(224, ge=8, le=4096, description="folder data sets: the model's input size")
+    crop: int = Field(CROP, ge=8, le=4096, description="folder data sets: the model's input size")
     index_cache: PathText | None = Field(
         None, description="folder for the file index of a folder data set (default: $HPCXFER_CACHE/index)")
     verify: Literal["none", "sample", "headers", "decode"] = Field(
@@ -167,6 +172,12 @@ class DataSpec(Strict):
         if self.crop > self.image_size:
             raise ValueError(f"crop {self.crop} is larger than image_size {self.image_size}")
         return self
+
+    def task_fields(self) -> dict:
+        """The data settings that decide a task's outcome, for its identity (hpcxfer/grid/task.py)."""
+        if self.dataset not in FOLDER_DATASETS:
+            return {}  # array data sets have one size; these settings do nothing there
+        return {"image_size": self.image_size, "crop": self.crop}
 
 
 class PretrainSpec(Strict):
@@ -248,35 +259,44 @@ DecodeCache = Annotated[str, AfterValidator(_decode_cache)]
 
 
 class RuntimeSpec(Strict):
-    """How tasks run; not part of a task's identity (changing it reruns nothing)."""
+    """How tasks run; not part of a task's identity (changing it reruns nothing). The
+    defaults are RuntimeSettings' (hpcxfer/grid/runtime.py), which the worker reads."""
 
-    eval_every: int = Field(1, ge=1, le=BIG, description="evaluate every k epochs and after the last")
-    checkpoint_minutes: float = Field(5.0, gt=0, le=BIG, description="checkpoint at the first step after "
-                                      "this many minutes since the last one (and at epoch ends when cheap)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, le=4096, description="torch CPU threads per task; 0 = cores / parallel tasks")
-    keep_checkpoints: bool = Field(False, description="keep checkpoints once a task is done")
+    eval_every: int = Field(_R.eval_every, ge=1, le=BIG,
+                            description="evaluate every k epochs and after the last")
+    checkpoint_minutes: float = Field(_R.checkpoint_minutes, gt=0, le=BIG, description="checkpoint at the first "
+                                      "step after this many minutes since the last one (and at epoch ends when cheap)")
+    device: Literal["auto", "cpu", "cuda"] = _R.device
+    threads: int = Field(_R.threads, ge=0, le=4096,
+                         description="torch CPU threads per task; 0 = cores / parallel tasks")
+    keep_checkpoints: bool = Field(_R.keep_checkpoints, description="keep checkpoints once a task is done")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        "auto", description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a "
+        _R.amp, description="mixed precision: auto = bf16 on GPUs that have it, fp16 with a "
         "gradient scaler on those that do not (V100), fp32 on CPUs")
-    channels_last: bool = Field(True, description="NHWC memory format on GPUs (ignored on CPUs)")
-    compile: bool = Field(False, description="torch.compile the model (pays off on long tasks)")
-    data_memory_gb: float = Field(8.0, ge=0, le=BIG, description="decoded images up to this size are kept "
-                                  "in memory (on the GPU when there is one); larger sets are streamed")
-    loader_workers: int = Field(4, ge=0, le=256, description="decoding processes of the streaming path")
+    channels_last: bool = Field(_R.channels_last, description="NHWC memory format on GPUs (ignored on CPUs)")
+    compile: bool = Field(_R.compile, description="torch.compile the model (pays off on long tasks)")
+    data_memory_gb: float = Field(_R.data_memory_gb, ge=0, le=BIG, description="decoded images up to this size are "
+                                  "kept in memory (on the GPU when there is one); larger sets are streamed")
+    loader_workers: int = Field(_R.loader_workers, ge=0, le=256,
+                                description="decoding processes of the streaming path")
     decode_cache: DecodeCache = Field(
-        "auto", description="streamed sets are decoded once, to this node-local cache, and read back by "
+        _R.decode_cache, description="streamed sets are decoded once, to this node-local cache, and read back by "
         "later epochs: auto ($PBS_JOBFS, $SLURM_TMPDIR, $TMPDIR; removed at exit), off, or a folder "
         "(absolute, ~ or $VAR; kept for reuse)")
-    gpu_decode: bool = Field(True, description="on a GPU, decode streamed JPEGs with nvJPEG (CPU fallback for "
-                             "CMYK, PNG and what nvJPEG refuses)")
-    tensorboard: bool = Field(True, description="TensorBoard scalars in tasks/<id>/tb")
-    profile: bool = Field(False, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
-    group_max: int = Field(0, ge=0, le=4096, description="fine-tuning tasks that differ only in their protocol "
-                           "train together in one worker, at most this many: 0 = automatic, 1 = every task alone")
+    gpu_decode: bool = Field(_R.gpu_decode, description="on a GPU, decode streamed JPEGs with nvJPEG (CPU fallback "
+                             "for CMYK, PNG and what nvJPEG refuses)")
+    tensorboard: bool = Field(_R.tensorboard, description="TensorBoard scalars in tasks/<id>/tb")
+    profile: bool = Field(_R.profile, description="a torch.profiler trace of a few steps in tasks/<id>/profile")
+    group_max: int = Field(_R.group_max, ge=0, le=4096, description="fine-tuning tasks that differ only in their "
+                           "protocol train together in one worker, at most this many: 0 = automatic, 1 = every "
+                           "task alone")
     group_mode: Literal["auto", "looped", "fused"] = Field(
-        "auto", description="how a group steps its members: looped (one after another on each batch, each "
+        _R.group_mode, description="how a group steps its members: looped (one after another on each batch, each "
         "bit-identical to its solo run), fused (one batched computation, for GPUs), auto (fused on GPUs)")
+
+    def settings(self) -> RuntimeSettings:
+        """The typed settings a worker reads back from task.json."""
+        return RuntimeSettings(**self.model_dump())
 
 
 class LocalSpec(Strict):
@@ -375,6 +395,11 @@ class Grid(Strict):
     slurm: SlurmSpec = SlurmSpec()
     pbs: PbsSpec = PbsSpec()
     gadi: GadiSpec = GadiSpec()
+
+    @property
+    def source(self) -> str:
+        """The grid file it was loaded from (what an error about its fields names)."""
+        return self._source
 
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":

@@ -10,6 +10,12 @@ import re
 from dataclasses import dataclass, field
 
 STAGES = ("pretrain", "finetune")
+#: A folder data set's stored image size and the model's input size when the grid does not
+#: say (`data.image_size`, `data.crop`; hpcxfer/data/folders.py).
+IMAGE_SIZE, CROP = 256, 224
+#: Identity fields left out of a task's hash while they hold these values, so that the ids
+#: of tasks from before the fields existed stay what they were.
+QUIET_DEFAULTS = {"image_size": IMAGE_SIZE, "crop": CROP}
 #: What a task id looks like: a readable prefix and a hash (`ft-s0-x10-n7h8d30f0-1a2b3c4d5e`).
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
 
@@ -20,6 +26,12 @@ class Task:
 
     A pre-training task is the same kind of run with n = 0, every layer at `lr_high`,
     the first decay after `decay_every` epochs and the full source half as its data.
+
+    `image_size` and `crop` change what a folder data set's model sees, so they are part of
+    the identity; they enter it (and the id's hash) only where they differ from
+    `QUIET_DEFAULTS`, so a grid that leaves them alone keeps the ids it had before they
+    were fields. Array data sets (CIFAR, Fashion-MNIST) ignore them; expansion leaves them
+    at their defaults there (hpcxfer/grid/schema.py `DataSpec.task_fields`).
     """
 
     stage: str
@@ -40,6 +52,8 @@ class Task:
     momentum: float
     weight_decay: float
     seed: int
+    image_size: int = IMAGE_SIZE
+    crop: int = CROP
     depends_on: tuple[str, ...] = ()
     task_id: str = field(default="", compare=False)
 
@@ -47,6 +61,9 @@ class Task:
         d = dataclasses.asdict(self)
         d.pop("task_id")
         d["depends_on"] = list(self.depends_on)
+        for name, default in QUIET_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     def content_hash(self) -> str:
@@ -77,7 +94,7 @@ class Task:
             raise ValueError(f"not a JSON object ({type(d).__name__})")
         for name, kind in _KINDS.items():
             if name not in d:
-                if name == "depends_on":
+                if name in OPTIONAL:
                     continue
                 raise ValueError(f"no {name!r}")
             if not _KIND_CHECK[kind](d[name]):
@@ -121,4 +138,7 @@ _KINDS = {
     "initial_decay_epochs": "an integer", "frozen_layers": "an integer", "lr_gamma": "a number",
     "decay_every": "an integer", "epochs": "an integer", "batch_size": "an integer", "momentum": "a number",
     "weight_decay": "a number", "seed": "an integer", "depends_on": "a list of task ids",
+    "image_size": "an integer", "crop": "an integer",
 }
+#: Fields a task record may leave out (their defaults).
+OPTIONAL = ("depends_on", *QUIET_DEFAULTS)

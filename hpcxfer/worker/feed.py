@@ -27,6 +27,7 @@ import torch
 from hpcxfer.data import nvjpeg
 from hpcxfer.data.base import ImageSet
 from hpcxfer.errors import DataError
+from hpcxfer.grid.runtime import DEFAULTS, RuntimeSettings
 from hpcxfer.worker import decode_cache
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,12 @@ class InMemory:
 class StreamOptions:
     """The runtime section's say in streaming (RuntimeSpec in hpcxfer/grid/schema.py)."""
 
-    decode_cache: str = "auto"
-    gpu_decode: bool = True
+    decode_cache: str = DEFAULTS.decode_cache
+    gpu_decode: bool = DEFAULTS.gpu_decode
 
     @classmethod
-    def from_runtime(cls, runtime: dict) -> StreamOptions:
-        return cls(str(runtime.get("decode_cache", "auto")), bool(runtime.get("gpu_decode", True)))
+    def from_runtime(cls, runtime: RuntimeSettings) -> StreamOptions:
+        return cls(runtime.decode_cache, runtime.gpu_decode)
 
 
 @dataclass

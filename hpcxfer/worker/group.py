@@ -29,6 +29,7 @@ from hpcxfer import results
 from hpcxfer.errors import CheckpointError, HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json
 from hpcxfer.grid.groups import group_key
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
 from hpcxfer.study import is_done, read_group
@@ -68,8 +69,10 @@ def run_group(study_dir: str, group_id: str) -> int:
     if not todo:
         return EXIT_DONE  # finished already: a re-run array task does nothing
     configs = [_read_config(tp) for tp in todo]
+    for tp, config in zip(todo, configs):  # bad settings: exit 2, nothing touched
+        RuntimeSettings.of_config(config, tp.config)
+    threads = _threads(RuntimeSettings.of_config(configs[0]))
     handler = _log_to(gp)
-    threads = _threads(configs[0].get("runtime", {}))
     if threads:
         torch.set_num_threads(threads)
     log.info("group %s: %d of %d members to train: %s", group_id, len(todo), len(members),
@@ -157,15 +160,15 @@ def _check(gp: GroupPaths, tasks: list[Task], configs: list[dict]) -> None:
                              f"its protocol ({', '.join(fields)}); run `hpcxfer submit` again to regroup")
         if config.get("data") != configs[0].get("data"):
             raise StudyError(f"{gp.config}: members {first.task_id} and {task.task_id} read different data")
-        if config.get("runtime") != configs[0].get("runtime"):
+        if RuntimeSettings.of_config(config) != RuntimeSettings.of_config(configs[0]):
             log.warning("%s: runtime settings differ from %s's; the group runs with %s's", task.task_id,
                         first.task_id, first.task_id)
 
 
-def _mode(runtime: dict, device: torch.device, learners: list[Learner]) -> str:
+def _mode(runtime: RuntimeSettings, device: torch.device, learners: list[Learner]) -> str:
     from hpcxfer.worker.fused import UNSUPPORTED, fusable
 
-    mode = runtime.get("group_mode", "auto")
+    mode = runtime.group_mode
     if mode == "auto":
         mode = "fused" if device.type == "cuda" else "looped"
     if mode == "fused" and len(learners) == 1:
@@ -173,7 +176,7 @@ def _mode(runtime: dict, device: torch.device, learners: list[Learner]) -> str:
     if mode == "fused" and not fusable(learners[0].model):
         log.warning("%s (%s has buffers): stepping the members looped", UNSUPPORTED, learners[0].task.arch)
         return "looped"
-    if mode == "fused" and runtime.get("compile"):
+    if mode == "fused" and runtime.compile:
         log.info("runtime.compile applies to looped mode; the fused step runs uncompiled")
     return mode
 
@@ -192,7 +195,7 @@ def _owned(obj: object) -> object:
 
 def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> tuple[Data, list[Learner]]:
     """The shared data and every member's model, each as its solo run prepares it."""
-    runtime = configs[0].get("runtime", {})
+    runtime = RuntimeSettings.of_config(configs[0])
     data = prepare_data(tasks[0], configs[0].get("data", {}), runtime)
     sources: dict = {}
     learners, after = [], None
@@ -213,7 +216,7 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     group's checkpoint; their results, also written to each member's result.json."""
     tasks = [Task.from_dict(c) for c in configs]
     _check(gp, tasks, configs)
-    runtime = configs[0].get("runtime", {})
+    runtime = RuntimeSettings.of_config(configs[0], todo[0].config)
     data, learners = prepare_group(study, tasks, configs)
     mode = _mode(runtime, data.device, learners)
     gen = torch.Generator().manual_seed(tasks[0].seed)
@@ -243,7 +246,7 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
             log.info("%s is done since the group's checkpoint; not training it", tid)
 
     identity = {"group_id": gp.group_id, "members": members}
-    ckpt = Checkpointer(gp, identity, gen, float(runtime.get("checkpoint_minutes", 5.0)), stop, contents, restore)
+    ckpt = Checkpointer(gp, identity, gen, runtime.checkpoint_minutes, stop, contents, restore)
     pos = ckpt.resume()
     if mode == "fused":
         from hpcxfer.worker.fused import Fused
@@ -261,7 +264,9 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     startup = fit(trainer, data, gen, pos, ckpt, records, runtime, gp.profile)
     info = {**run_info(ckpt, startup, data), "group": gp.group_id}
     done = [finish(tp, learner.task, learner.model, learner.last, info) for tp, learner in zip(todo, learners)]
-    if not runtime.get("keep_checkpoints", False):
+    for rec, learner, result in zip(records, learners, done):
+        rec.hparams(learner.task, result)
+    if not runtime.keep_checkpoints:
         checkpoint.remove(gp)
         for tp in todo:
             checkpoint.remove(tp)  # a solo run's checkpoint from before the group, now stale

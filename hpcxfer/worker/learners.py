@@ -16,6 +16,7 @@ from torch import nn
 
 from hpcxfer.data import class_split, first_per_class, open_dataset, remap
 from hpcxfer.errors import CheckpointError
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.worker import protocol
@@ -114,18 +115,18 @@ def init_seed(task: Task) -> int:
     return task.seed + (PRETRAIN_SEED_OFFSET if task.stage == "pretrain" else 0)
 
 
-def prepare_data(task: Task, data: dict, runtime: dict) -> Data:
+def prepare_data(task: Task, data: dict, runtime: RuntimeSettings) -> Data:
     """The device, precision, class split, subsets and feeds of `task`; a group's members
     share every one of them (docs/design.md §1: the same images in every protocol)."""
-    device = pick_device(runtime.get("device", "auto"))
-    precision = resolve(runtime.get("amp", "auto"), runtime.get("channels_last", True), device)
+    device = pick_device(runtime.device)
+    precision = resolve(runtime.amp, runtime.channels_last, device)
     ds = open_dataset(task.dataset, data.get("path"), data)
     source, target = class_split(ds.num_classes, task.split)
     classes = source if task.stage == "pretrain" else target
     train_idx = first_per_class(ds.train.labels, classes, task.examples_per_class)
     val_idx = first_per_class(ds.val.labels, classes, "full", what="validation set")
-    budget = float(runtime.get("data_memory_gb", 8.0)) * 1e9
-    workers = int(runtime.get("loader_workers", 4))
+    budget = runtime.data_memory_gb * 1e9
+    workers = runtime.loader_workers
     stream = StreamOptions.from_runtime(runtime)
     train = open_feed(ds.train, train_idx, remap(ds.train.labels[train_idx], classes), device, budget, workers,
                       stream)
@@ -136,7 +137,7 @@ def prepare_data(task: Task, data: dict, runtime: dict) -> Data:
                 augment=for_training(ds), view=for_evaluation(ds), num_classes=len(classes), channels=ds.channels)
 
 
-def prepare_model(task: Task, runtime: dict, study: StudyPaths, data: Data,
+def prepare_model(task: Task, runtime: RuntimeSettings, study: StudyPaths, data: Data,
                   sources: dict[Path, dict] | None = None) -> Learner:
     """`task`'s model, initialised from its seed, layers 1..n transferred from its split's
     pre-trained model, 1..f frozen, and its optimizer groups (h, lr_high, lr_low). Leaves
@@ -160,7 +161,7 @@ def prepare_model(task: Task, runtime: dict, study: StudyPaths, data: Data,
         model, task.arch, high_lr_layers=task.high_lr_layers, frozen_layers=task.frozen_layers,
         lr_high=task.lr_high, lr_low=task.lr_low, weight_decay=task.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=task.lr_high, momentum=task.momentum)
-    return Learner(task=task, model=model, forward=torch.compile(model) if runtime.get("compile") else model,
+    return Learner(task=task, model=model, forward=torch.compile(model) if runtime.compile else model,
                    optimizer=optimizer, scaler=precision.scaler(), sums=Sums.zero(data.device))
 
 

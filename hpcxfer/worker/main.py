@@ -29,6 +29,7 @@ from hpcxfer import results
 from hpcxfer.errors import HpcxferError
 from hpcxfer.fileio import atomic_write_json
 from hpcxfer.grid.groups import is_group_id
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Lock, LockHeld, describe
 from hpcxfer.study import read_record, resolve_task
@@ -49,8 +50,9 @@ def _log_to(paths: TaskPaths) -> logging.Handler:
     return handler
 
 
-def _threads(runtime: dict) -> int:
-    return int(os.environ.get("HPCXFER_THREADS") or runtime.get("threads") or 0)
+def _threads(settings: RuntimeSettings) -> int:
+    """torch's CPU threads: $HPCXFER_THREADS (a backend's say), else `runtime.threads`; 0 = torch's own."""
+    return int(os.environ.get("HPCXFER_THREADS") or settings.threads)
 
 
 def run_task(study_dir: str, task: str) -> int:
@@ -66,6 +68,7 @@ def run_task(study_dir: str, task: str) -> int:
     if paths.result.is_file() and not damaged:
         return EXIT_DONE  # finished already: a re-run array task does nothing
     config = _read_config(paths)
+    settings = RuntimeSettings.of_config(config, paths.config)  # bad settings: exit 2, nothing touched
     lock = Lock(paths.running, {"job_id": os.environ.get("HPCXFER_JOB_ID")})
     try:
         lock.acquire()
@@ -77,18 +80,18 @@ def run_task(study_dir: str, task: str) -> int:
         _, damaged = results.load(paths.result, paths.task_id)
         if paths.result.is_file() and not damaged:
             return EXIT_DONE  # the worker that held it finished it
-        return _run_locked(study, paths, config, damaged)
+        return _run_locked(study, paths, settings, damaged)
     finally:
         lock.release()
 
 
-def _run_locked(study: StudyPaths, paths: TaskPaths, config: dict, damaged: str | None) -> int:
+def _run_locked(study: StudyPaths, paths: TaskPaths, settings: RuntimeSettings, damaged: str | None) -> int:
     import torch  # here, not at the top: a worker refused the lock exits without the wait
 
     from hpcxfer.worker.train import run
 
     handler = _log_to(paths)
-    threads = _threads(config.get("runtime", {}))
+    threads = _threads(settings)
     if threads:
         torch.set_num_threads(threads)
     paths.failed.unlink(missing_ok=True)

@@ -28,6 +28,17 @@ def process_age() -> float:
         return 0.0
 
 
+#: A metrics record's first word that names its TensorBoard group; other fields go to `run/`.
+GROUPS = ("train", "val", "lr")
+
+
+def tag(key: str) -> str:
+    """A metrics field's TensorBoard tag, without repeating the group: val_acc -> val/acc,
+    lr_high -> lr/high, images_per_s -> run/images_per_s."""
+    group, _, rest = key.partition("_")
+    return f"{group}/{rest}" if group in GROUPS and rest else f"run/{key}"
+
+
 class Scalars:
     """TensorBoard scalars of one task; a resumed task purges what follows its checkpoint."""
 
@@ -42,12 +53,30 @@ class Scalars:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.folder), purge_step=self.resume_epoch + 1)
+        writer = self._writer
         epoch = record["epoch"]
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)):
-                group = "lr" if key.startswith("lr_") else key.split("_")[0]
-                self._writer.add_scalar(f"{group}/{key}", value, epoch)
-        self._writer.flush()
+                writer.add_scalar(tag(key), value, epoch)
+        writer.flush()
+
+    def hparams(self, hparams: dict, metrics: dict) -> None:
+        """The finished task's settings and final metrics for TensorBoard's HParams dashboard,
+        written into the task's own run folder (SummaryWriter.add_hparams would make a new
+        sub-run on each call) by a writer of its own (no purge: the scalars stay). The metrics
+        are named by their scalar tags, so the dashboard links the run to its curves."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as summary
+
+        plain = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        writer = SummaryWriter(str(self.folder))
+        try:
+            for event in summary(plain, {tag(k): v for k, v in metrics.items()}):
+                writer._get_file_writer().add_summary(event)
+        finally:
+            writer.close()
 
     def close(self) -> None:
         if self._writer is not None:

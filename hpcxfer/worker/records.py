@@ -12,10 +12,17 @@ import torch
 from torch import nn
 
 from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, iter_jsonl, rewrite_jsonl
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import TaskPaths
 from hpcxfer.worker.env import environment
 from hpcxfer.worker.observe import Scalars
+
+#: What a task's TensorBoard HParams entry holds: its protocol, size and split, and the
+#: settings a grid may vary (docs/design.md §1), with the final metrics of its result.
+HPARAMS = ("stage", "transfer_layers", "high_lr_layers", "initial_decay_epochs", "frozen_layers", "lr_high",
+           "lr_low", "examples_per_class", "split", "seed", "epochs", "batch_size", "arch", "dataset")
+FINAL = ("val_acc", "val_loss", "train_loss", "train_acc")
 
 if TYPE_CHECKING:
     from hpcxfer.worker.learners import Data
@@ -27,11 +34,11 @@ class Records:
     records for one epoch: what its checkpoint does not cover (records written after it,
     and a torn last line) is dropped on opening, and TensorBoard purges the same."""
 
-    def __init__(self, paths: TaskPaths, runtime: dict, resume_epoch: int):
+    def __init__(self, paths: TaskPaths, runtime: RuntimeSettings, resume_epoch: int):
         self.paths = paths
         kept = [r for r in iter_jsonl(paths.metrics) if r.get("epoch", 0) <= resume_epoch]
         rewrite_jsonl(paths.metrics, kept)
-        self.scalars = Scalars(paths.tensorboard, bool(runtime.get("tensorboard", True)), resume_epoch)
+        self.scalars = Scalars(paths.tensorboard, runtime.tensorboard, resume_epoch)
 
     def add(self, record: dict) -> None:
         append_jsonl(self.paths.metrics, record)
@@ -39,6 +46,12 @@ class Records:
 
     def close(self) -> None:
         self.scalars.close()
+
+    def hparams(self, task: Task, result: dict) -> None:
+        """The finished task's HParams entry (TensorBoard), beside its scalars."""
+        fields = task.to_dict()
+        self.scalars.hparams({k: fields[k] for k in HPARAMS if k in fields},
+                             {k: result[k] for k in FINAL if isinstance(result.get(k), (int, float))})
 
 
 def run_info(ckpt: Checkpointer, startup_s: float | None, data: Data) -> dict:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from hpcxfer.fileio import read_json
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
 from hpcxfer.worker import checkpoint
@@ -146,15 +147,15 @@ class Checkpointer:
 
 
 def fit(trainer: Trainer, data: Data, gen: torch.Generator, pos: Position, ckpt: Checkpointer,
-        records: Sequence[Records], runtime: dict, profile_dir: Path) -> float | None:
+        records: Sequence[Records], runtime: RuntimeSettings, profile_dir: Path) -> float | None:
     """Train every model of `trainer` from `pos` to the end of its task's epochs (shared:
     one group's members have the same epochs, batch size and stream), one metrics record
     per model and evaluation. Returns the seconds from process start to the first step."""
     first = trainer.learners[0].task
     startup: list[float] = []
-    eval_every = int(runtime.get("eval_every", 1))
-    keep = bool(runtime.get("keep_checkpoints", False))
-    with profiler(profile_dir, bool(runtime.get("profile")), data.device.type == "cuda") as prof:
+    eval_every = runtime.eval_every
+    keep = runtime.keep_checkpoints
+    with profiler(profile_dir, runtime.profile, data.device.type == "cuda") as prof:
         def after_step(at: Position) -> None:
             if not startup:
                 startup.append(process_age())
@@ -197,16 +198,17 @@ def run(study: StudyPaths, paths: TaskPaths, stop: StopFlag | None = None) -> di
     """
     config = read_json(paths.config)
     task = Task.from_dict(config)
-    runtime = config.get("runtime", {})
+    runtime = RuntimeSettings.of_config(config, paths.config)
     data = prepare_data(task, config.get("data", {}), runtime)
     learner = prepare_model(task, runtime, study, data)
     gen = torch.Generator().manual_seed(task.seed)
-    ckpt = Checkpointer(paths, task.identity(), gen, float(runtime.get("checkpoint_minutes", 5.0)), stop,
+    ckpt = Checkpointer(paths, task.identity(), gen, runtime.checkpoint_minutes, stop,
                         contents=lambda: {"config": config, **learner.state()}, restore=learner.load)
     pos = ckpt.resume()
     records = Records(paths, runtime, pos.epoch)
     startup = fit(Looped([learner], data.precision), data, gen, pos, ckpt, [records], runtime, paths.profile)
     result = finish(paths, learner.task, learner.model, learner.last, run_info(ckpt, startup, data))
-    if not runtime.get("keep_checkpoints", False):
+    records.hparams(learner.task, result)
+    if not runtime.keep_checkpoints:
         checkpoint.remove(paths)
     return result

@@ -2,7 +2,8 @@
 
 For the collect benchmark, the tests and trying out `hpcxfer report`: real task ids, real
 record formats, made-up but plausible numbers (accuracy rises with size, peaks at n = 5-6,
-decays gently with more high-lr layers; splits add noise). Nothing here is a result.
+decays gently with more high-lr layers; splits add noise). Nothing here is a result, and
+nothing of the package imports it (it is not shipped in the wheel).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hpcxfer.fileio import atomic_write_json, rewrite_jsonl
+from hpcxfer.grid.protocols import SIZES
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
-
-SIZES = (10, 25, 50, 100, 250, 500, "full")
 
 
 def finetune_task(split: int, size, n: int, h: int = 8, d: int = 30, f: int = 0, *, dataset: str = "fashion-mnist",

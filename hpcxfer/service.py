@@ -1,0 +1,323 @@
+"""The use cases behind the command line (docs/design.md §7): plan, submit and its dry run,
+status, wait and cancel. The command line parses arguments and renders what these return;
+they hold the decisions: expanding the grid (once), joining the study's files with what
+the backends hold, choosing what to submit, the submit lock, and the wait loop.
+
+A backend's own way of working is its capability, never its name: one that runs its units
+in this process (`Backend.in_process`, the local runner) is waited for by its own
+`submit`; the others are polled through `Backend.view` until they hold none of the tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
+
+from hpcxfer.backends import BACKENDS, Backend, Submission, get_backend
+from hpcxfer.backends.scheduler import SchedulerError
+from hpcxfer.grid import cost
+from hpcxfer.grid.cost import fmt_images, fmt_number
+from hpcxfer.grid.expansion import Expansion, expand_study
+from hpcxfer.grid.groups import Group, Unit, units as make_units
+from hpcxfer.grid.load import checked_root, load_grid
+from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import StudyPaths
+from hpcxfer.study import STATES, TaskState, study_paths, study_states
+
+__all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
+           "cancel", "decide", "dry_run", "held", "plan", "prepare", "running", "status", "submit", "wait_for"]
+
+
+# ---------------------------------------------------------------- plan
+@dataclass
+class GridPlan:
+    """What `plan` shows of a grid: its tasks, its sub-grids, and the cost estimate (or why
+    there is none), from one expansion."""
+
+    grid: Grid
+    tasks: list[Task]
+    blocks: list[tuple[str, list[Task]]]
+    cost_rows: list[tuple[str, cost.Cost]] | None
+    no_cost: str | None = None
+
+    def assumptions(self) -> list[str]:
+        return cost.assumptions(self.grid, self.tasks)
+
+    def summary(self) -> str:
+        return cost.summary_line(self.cost_rows[-1][1]) if self.cost_rows else f"no cost estimate: {self.no_cost}"
+
+
+def plan(grid_file: str) -> GridPlan:
+    grid = load_grid(grid_file)
+    expansion = expand_study(grid)
+    rows, why = _price(grid, expansion)
+    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why)
+
+
+def _price(grid: Grid, expansion: Expansion) -> tuple[list[tuple[str, cost.Cost]] | None, str | None]:
+    try:
+        return cost.price_study(grid, expansion=expansion), None
+    except cost.UnknownSize as e:
+        return None, str(e)
+
+
+# ---------------------------------------------------------------- what to submit
+@dataclass
+class Request:
+    """A grid about to be submitted: loaded, its backend chosen, its study directory
+    checked (before anything is written) and its tasks expanded, once."""
+
+    grid: Grid
+    backend: Backend
+    paths: StudyPaths
+    tasks: list[Task]
+    estimate: str  # the cost line that plan prints too
+
+
+def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
+    grid = load_grid(grid_file)
+    chosen = get_backend(backend)
+    checked = checked_root(grid, root, chosen.name)  # before anything is written
+    expansion = expand_study(grid)
+    rows, why = _price(grid, expansion)
+    estimate = cost.summary_line(rows[-1][1]) if rows else f"no cost estimate: {why}"
+    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate)
+
+
+@dataclass
+class Plan:
+    """What a submit decides: the state of each of the grid's tasks, those left to run
+    (pending or failed) and the units they run as (tasks alone and protocol groups)."""
+
+    paths: StudyPaths
+    backend: str
+    tasks: list[Task]
+    states: dict[str, TaskState]
+    todo: list[Task]
+    units: list[Unit]
+    groups: list[Group]
+
+    def counts(self) -> Counter:
+        return Counter(s.state for s in self.states.values())
+
+    def members(self) -> set[str]:
+        return {m for u in self.units for m in u.members}
+
+
+def decide(req: Request, holding: dict[str, dict]) -> Plan:
+    """The one decision of what to submit, for the real submit and its dry run alike. A
+    study without a task index yet (a dry run of a new study) has every task pending."""
+    paths, tasks = req.paths, req.tasks
+    if paths.tasks_index.is_file():
+        states = {s.task_id: s for s in study_states(paths, holding, tasks)}
+    else:
+        states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
+                  for t in tasks}
+    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+    # Protocol groups are formed from what is left to run: a finished member is never rerun.
+    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid))
+    return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
+
+
+def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict]:
+    """task id -> what the backend that last submitted it says (`Backend.view`): queued,
+    running or (ended by the scheduler) failed. Only backends this study has used are
+    asked. With a `warnings` list, a scheduler that cannot be reached adds a line to it
+    instead of raising (status shows what is on disk); submit lets it raise (it must not
+    submit what may be queued)."""
+    out: dict[str, dict] = {}
+    for name, cls in BACKENDS.items():
+        if not paths.backend_dir(name).is_dir():
+            continue
+        try:
+            view = cls().view(paths)
+        except SchedulerError as e:
+            if warnings is None:
+                raise
+            warnings.append(f"{name} could not be asked ({e}); the states below are what is on disk: "
+                            "queued tasks show as pending, running ones as running only while their worker's "
+                            "lock is fresh")
+            continue
+        out.update(view)
+    return out
+
+
+# ---------------------------------------------------------------- dry run
+@dataclass
+class DryRun:
+    plan: Plan
+    submission: Submission
+    notes: list[str] = field(default_factory=list)
+
+
+def dry_run(req: Request) -> DryRun:
+    """What a submit would do: no scheduler needed, the data set not opened, nothing
+    written (the backend's scripts and task lists come back in `submission.files`)."""
+    from hpcxfer.study import check_records
+
+    check_records(req.paths, req.grid)  # what the real submit would refuse, refused here too
+    notes: list[str] = []
+    # An existing study is read (never written) for what is left.
+    holding = held(req.paths, warnings=notes) if req.paths.tasks_index.is_file() else {}
+    chosen = decide(req, holding)
+    sub = req.backend.submit(req.paths, req.grid, chosen.units, dry_run=True)
+    data = req.grid.data
+    notes = [f"data not checked (dry run): {data.dataset} at {data.path or 'its default places'} is "
+             "opened and checked by the real submit", *notes, *sub.notes]
+    return DryRun(chosen, sub, notes)
+
+
+# ---------------------------------------------------------------- submit and wait
+class Reporter(Protocol):
+    """What the command line shows while a submit runs."""
+
+    def estimate(self, line: str) -> None: ...
+
+    def plan(self, plan: Plan) -> None: ...
+
+    def submitted(self, sub: Submission) -> None: ...
+
+    def watch(self, kind: str, paths: StudyPaths, wanted: set[str],
+              total: int) -> AbstractContextManager[Callable[[dict], None]]:
+        """A progress display, entered for the time of a wait; the callable takes counts.
+        kind "workers": an in-process backend's runner counts (running, done, failed,
+        skipped, interrupted) of `total` units; "tasks": the study states of the `total`
+        tasks polled from the scheduler."""
+        ...
+
+
+@dataclass
+class Outcome:
+    submission: Submission
+    unfinished: list[TaskState] | None = None  # with wait: the grid's tasks that are not done
+
+
+def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
+    """Check the data, record the study, decide what to submit and submit it, all under the
+    study's submit lock (two submits would each submit everything); with `wait`, stay until
+    none of the grid's tasks is held any more."""
+    from hpcxfer.extras import require_train
+
+    require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
+    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+    from hpcxfer.locks import submit_lock
+    from hpcxfer.study import write_groups, write_study
+
+    grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
+    check_data(grid.source, grid.data, tasks)
+    report.estimate(req.estimate)
+    with submit_lock(paths) as lock:
+        write_study(paths, grid, tasks)
+        chosen = decide(req, held(paths))
+        write_groups(paths, chosen.groups)
+        report.plan(chosen)
+        if wait and backend.in_process and chosen.units:
+            with report.watch("workers", paths, chosen.members(), len(chosen.units)) as on_change:
+                sub = backend.submit(paths, grid, chosen.units, wait=True, on_change=on_change,
+                                     recorded=lock.release)
+        else:
+            sub = backend.submit(paths, grid, chosen.units)
+    report.submitted(sub)
+    if not wait:
+        return Outcome(sub)
+    wanted = {t.task_id for t in tasks}
+    if not backend.in_process:
+        wait_for(paths, wanted, report)
+    states = study_states(paths, held(paths))
+    return Outcome(sub, [s for s in states if s.task_id in wanted and s.state != "done"])
+
+
+#: Seconds between two looks at the scheduler while `submit --wait` waits.
+POLL_S = 10.0
+
+
+def wait_for(paths: StudyPaths, wanted: set[str], report: Reporter, poll_s: float | None = None) -> None:
+    """Until the backends hold none of `wanted` (none queued, none running)."""
+    poll_s = POLL_S if poll_s is None else poll_s
+    with report.watch("tasks", paths, wanted, len(wanted)) as update:
+        while True:
+            counts = Counter(s.state for s in study_states(paths, held(paths)) if s.task_id in wanted)
+            update(counts)
+            if not counts.get("queued") and not counts.get("running"):
+                return
+            time.sleep(poll_s)
+
+
+def running(paths: StudyPaths, wanted: list[str]) -> list[tuple[str, int | None, int | None]]:
+    """(task id, last evaluated epoch or None while starting, its epochs where known) of
+    each of `wanted` that a live worker holds now: what a progress display shows."""
+    import json
+
+    from hpcxfer.study import last_epoch, task_running
+
+    out = []
+    for task_id in wanted:
+        tp = paths.task(task_id)
+        if tp.running.exists() and task_running(tp):
+            try:
+                epochs = Task.from_dict(json.loads(tp.config.read_text())).epochs
+            except (OSError, ValueError, TypeError, KeyError):
+                epochs = None
+            out.append((task_id, last_epoch(tp), epochs))
+    return out
+
+
+# ---------------------------------------------------------------- status, cancel
+@dataclass
+class StudyStatus:
+    paths: StudyPaths
+    tasks: list[Task]
+    states: list[TaskState]
+    counts: dict[str, int]
+    problems: list[str]  # what is wrong with the task index (its other lines still count)
+    warnings: list[str]  # backends that could not be asked
+
+    def progress(self, state: TaskState) -> dict:
+        """What status shows of a task beside its state (hpcxfer/study.py `task_progress`)."""
+        from hpcxfer.study import task_progress
+
+        return task_progress(self.paths, self.task_of[state.task_id], state)
+
+    @cached_property
+    def task_of(self) -> dict[str, Task]:
+        return {t.task_id: t for t in self.tasks}
+
+    def subgrids(self) -> dict[str, list[str]]:
+        """sub-grid name -> its fine-tuning task ids, from the grid files the study was
+        submitted from ({} for one sub-grid, or files gone)."""
+        from hpcxfer import overview
+        from hpcxfer.fileio import read_json
+
+        try:
+            study = read_json(self.paths.study_json)
+        except (OSError, ValueError):
+            study = None
+        return overview.subgrids(self.paths, study if isinstance(study, dict) else None)
+
+
+def status(study_dir: str) -> StudyStatus:
+    """Every task's state, read off the study's files and joined with what the backends
+    hold; a backend that cannot be asked is a warning, not an error."""
+    from hpcxfer.study import read_index
+
+    paths = StudyPaths.existing(study_dir)
+    index, problems = read_index(paths)
+    tasks = [Task.from_dict(d) for d in index]
+    warnings: list[str] = []
+    states = study_states(paths, held(paths, warnings=warnings), tasks)
+    counts = {s: 0 for s in STATES}
+    counts.update(Counter(s.state for s in states))
+    return StudyStatus(paths, tasks, states, counts, problems, warnings)
+
+
+def cancel(study_dir: str) -> list[str]:
+    """Cancel what every backend this study has used still holds; the job ids cancelled."""
+    paths = StudyPaths.existing(study_dir)
+    return [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir() for j in cls().cancel(paths)]
+
