@@ -184,7 +184,7 @@ def test_usr2_to_the_job_step_checkpoints_and_the_element_requeues_itself(cluste
     wait_for(lambda: (tp / "result.json").exists(), 240, "the requeued task's result")
     assert read_json(tp / "result.json")["restarts"] >= 1 and restarts(element) == 1
     text = Path(fine["logs"][0]).read_text()
-    assert f"{task} checkpointed; requeued {element}" in text, text
+    assert f"{task} checkpointed; requeuing {element}" in text, text
 
 
 def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_grid, cli, tmp_path, cleanup):

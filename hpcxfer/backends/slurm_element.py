@@ -77,8 +77,9 @@ def run_element(study_dir: str, list_file: str, max_requeues: int, environ: dict
     # imported torch) and nothing was lost since the last checkpoint.
     if code == EXIT_RESUME or -code in STOP_SIGNALS:
         if restarts < max_requeues and job_state(element) == "RUNNING":
+            # Said first: the requeue ends this step at once.
+            print(f"{task_id} checkpointed; requeuing {element}", flush=True)
             subprocess.run(["scontrol", "requeue", element], check=False)
-            print(f"{task_id} checkpointed; requeued {element}", flush=True)
         else:
             print(f"{task_id} checkpointed; the next submit resumes it", flush=True)
         return 0
