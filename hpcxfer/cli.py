@@ -479,7 +479,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = collected.records.paths
     _print_summary(collected)
     html = report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures, left_out)
-    _write_out(args.out or str(paths.dir / "report.html"), html.encode())
+    _write_out(args.out or str(paths.report), html.encode())
     return 0
 
 

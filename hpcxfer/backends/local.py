@@ -46,7 +46,7 @@ POLL_S = 0.05
 
 
 def _runs_dir(paths: StudyPaths) -> Path:
-    return paths.backend_dir("local") / "runs"
+    return paths.backend("local").runs
 
 
 def parallelism(grid: Grid) -> tuple[int, int]:
@@ -109,7 +109,7 @@ class LocalBackend:
         if dry_run or not units:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        run_file = _runs_dir(paths) / f"{run_id}.json"
+        run_file = paths.backend(self.name).run_file(run_id)
         record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.units, "members": members(units),
                   "max_parallel": parallel, "threads": threads, "started": time.time()}
         if wait:
@@ -126,7 +126,7 @@ class LocalBackend:
         # Detached: start the runner, record it under its real pid and start time, then
         # hand it its tasks through a pipe. It waits for the pipe to close, so it never
         # runs unrecorded; if this process dies first, it gets no tasks and exits.
-        log_path = paths.backend_dir("local") / f"{run_id}.log"
+        log_path = paths.backend(self.name).run_log(run_id)
         run_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
