@@ -293,7 +293,7 @@ def _submit_local_with_progress(backend, paths, grid, todo, recorded=None):
         bar = progress.add_task("workers", total=len(todo), detail="")
 
         def on_change(counts: dict) -> None:
-            finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
+            finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted", "elsewhere", "left"))
             detail = Text(f"{counts.get('running', 0)} running")
             for k in ("failed", "skipped"):
                 if counts.get(k):
