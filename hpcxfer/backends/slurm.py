@@ -36,7 +36,7 @@ from hpcxfer.backends.render import script_safe
 from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
-from hpcxfer.layout import StudyPaths
+from hpcxfer.layout import BackendPaths, StudyPaths
 from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,13 @@ def slurm_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def log_patterns(folder: Path, array: bool) -> dict[str, str]:
-    """sbatch's --output/--error for submitit's folder `folder`/%j, as submitit writes them
-    (task 0's log files) but with `folder`'s own `%` escaped: submitit leaves them as they
-    are, to be expanded."""
+def log_patterns(backend: BackendPaths, array: bool) -> dict[str, str]:
+    """sbatch's --output/--error for submitit's folder (`backend.submitit`/%j), as submitit
+    writes them (task 0's log files) but with the folder's own `%` escaped: submitit leaves
+    them as they are, to be expanded."""
     job = "%A_%a" if array else "%j"
-    base = f"{slurm_escape(str(folder))}/{job}/{job}_0_log"
-    return {"output": f"{base}.out", "error": f"{base}.err"}
+    return {"output": backend.submitit_log(job, "out", slurm_escape),
+            "error": backend.submitit_log(job, "err", slurm_escape)}
 
 
 class _RenderOnly(submitit.SlurmExecutor):
@@ -155,15 +155,15 @@ class SlurmBackend(SchedulerBackend):
     def executor(self, paths: StudyPaths, grid: Grid, after: list[str], array: bool = False,
                  dry_run: bool = False) -> submitit.SlurmExecutor:
         res, spec = Resources.of(grid), grid.slurm
-        folder = paths.backend_dir(self.name) / "submitit"
-        script_safe(folder)  # the study directory and the interpreter reach the script as text
+        backend = paths.backend(self.name)
+        script_safe(backend.submitit)  # the study directory and the interpreter reach the script as text
         script_safe(sys.executable)
         try:
-            ex = (_RenderOnly if dry_run else submitit.SlurmExecutor)(folder=folder / "%j",
+            ex = (_RenderOnly if dry_run else submitit.SlurmExecutor)(folder=backend.submitit_jobs,
                                                                       max_num_timeout=spec.max_requeues)
         except RuntimeError as e:  # submitit finds no srun
             raise SchedulerError(f"submitting to SLURM: {e}") from None
-        logs = log_patterns(folder, array)
+        logs = log_patterns(backend, array)
         # additional_parameters replace submitit's own #SBATCH --output/--error; srun takes
         # the last of repeated options, so srun_args replace the patterns of its srun line.
         params = {"job_name": f"hpcxfer-{paths.name}", "time": res.minutes, "cpus_per_task": res.cpus,
@@ -190,7 +190,7 @@ class SlurmBackend(SchedulerBackend):
             params = dict(ex.parameters)
             if len(task_ids) > 1:
                 params["map_count"] = len(task_ids)
-            script = list_file.with_suffix(".sbatch")
+            script = paths.backend(self.name).job_script(list_file, ".sbatch")
             text = _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
             return {"command": f"sbatch {shlex.quote(str(script))}", "script": str(script), "text": text}
         fns = [ArrayTask(str(paths.dir), str(list_file), i, grid.slurm.max_requeues) for i in range(len(task_ids))]
