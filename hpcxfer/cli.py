@@ -151,7 +151,7 @@ class _SubmitReport:
             bar = progress.add_task("workers" if kind == "workers" else "tasks", total=total, detail="")
 
             def workers(counts: dict) -> None:
-                finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted"))
+                finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted", "elsewhere", "left"))
                 detail = Text(f"{counts.get('running', 0)} running")
                 for k in ("failed", "skipped"):
                     if counts.get(k):
@@ -364,7 +364,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     collected = _collect(args)
     _print_summary(collected)
     html = build_report(collected)
-    _write_out(args.out or str(collected.records.paths.dir / "report.html"), html.encode())
+    _write_out(args.out or str(collected.records.paths.report), html.encode())
     return 0
 
 

@@ -5,7 +5,14 @@
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
         .submit.lock          held by the `submit` deciding what to submit (hpcxfer.locks)
-        backends/<name>/      scripts, submission records and scheduler logs of a backend
+        report.html           `hpcxfer report`'s page, unless --out puts it elsewhere
+        backends/<name>/      what one backend writes (BackendPaths):
+            submissions.jsonl one line per job a scheduler backend submitted
+            lists/            each job's task list (<batch>-<stage>-<n>.txt) and script
+                              (.pbs, .sbatch)
+            logs/             the jobs' logs (SLURM: one per array element, <array>_<i>.log)
+            runs/             the local backend's run files (<run>.json), its runners'
+                              logs beside runs/ (<run>.log)
         tasks/<task_id>/
             task.json         the resolved task, its data location and runtime settings
             metrics.jsonl     one record per evaluation
@@ -52,6 +59,11 @@ class _WorkerPaths:
     @property
     def checkpoint_prev(self) -> Path:
         return self.dir / "checkpoint.prev.pt"
+
+    @property
+    def checkpoint_new(self) -> Path:
+        """Where a checkpoint is written before it replaces `checkpoint` (hpcxfer/worker/checkpoint.py)."""
+        return self.dir / "checkpoint.pt.new"
 
     @property
     def log(self) -> Path:
@@ -120,6 +132,60 @@ class GroupPaths(_WorkerPaths):
 
 
 @dataclass(frozen=True)
+class BackendPaths:
+    """backends/<name>/: the files one backend writes for the study."""
+
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def submissions(self) -> Path:
+        """One JSON line per job submitted (hpcxfer/backends/records.py)."""
+        return self.dir / "submissions.jsonl"
+
+    @property
+    def lists_dir(self) -> Path:
+        return self.dir / "lists"
+
+    def task_list(self, batch: int, stage: str, chunk: int) -> Path:
+        """The task list of chunk `chunk` of `stage` in the backend's `batch`-th submit
+        (counted from 0 over its submissions): line i+1 is array element i's unit."""
+        return self.lists_dir / f"{batch:03d}-{stage}-{chunk}.txt"
+
+    def job_script(self, task_list: Path, suffix: str) -> Path:
+        """The job script that runs `task_list`, beside it: `suffix` is the scheduler's
+        (".pbs", ".sbatch")."""
+        return self.lists_dir / (task_list.stem + suffix)
+
+    @property
+    def logs(self) -> Path:
+        """Where the jobs write their output: PBS and Gadi (`-o logs/`), SLURM (one file per
+        array element)."""
+        return self.dir / "logs"
+
+    def element_log(self, element: str, escape=str) -> str:
+        """SLURM's log of `element` (`<array>_<index>`, a job id, or sbatch's `%A_%a` / `%j`
+        patterns); `escape` is applied to the folder's own text only (SLURM expands `%` in
+        the rest)."""
+        return f"{escape(str(self.logs))}/{element}.log"
+
+    @property
+    def runs(self) -> Path:
+        """The local backend's run files: one per runner that holds tasks now."""
+        return self.dir / "runs"
+
+    def run_file(self, run_id: str) -> Path:
+        return self.runs / f"{run_id}.json"
+
+    def run_log(self, run_id: str) -> Path:
+        """A detached local runner's own log."""
+        return self.dir / f"{run_id}.log"
+
+
+@dataclass(frozen=True)
 class StudyPaths:
     dir: Path
 
@@ -155,8 +221,18 @@ class StudyPaths:
     def submit_lock(self) -> Path:
         return self.dir / ".submit.lock"
 
+    @property
+    def report(self) -> Path:
+        """`hpcxfer report`'s default output."""
+        return self.dir / "report.html"
+
+    def backend(self, backend: str) -> BackendPaths:
+        if not backend or "/" in backend or backend.startswith("."):
+            raise StudyError(f"{backend!r} is not a backend name")
+        return BackendPaths(self.dir / "backends" / backend)
+
     def backend_dir(self, backend: str) -> Path:
-        return self.dir / "backends" / backend
+        return self.backend(backend).dir
 
     @property
     def groups_dir(self) -> Path:

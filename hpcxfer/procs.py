@@ -26,6 +26,14 @@ from typing import Any
 PROC = Path("/proc")
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity: a batch job's share, not the node's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @functools.cache
 def hostname() -> str:
     return socket.gethostname()

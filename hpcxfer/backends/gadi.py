@@ -68,7 +68,7 @@ class GadiBackend(PbsBackend):
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
         g = grid.gadi
         req = GADI_QUEUES[g.queue].request(g.gpus_per_job)
-        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend_dir(self.name) / 'logs'}/",
+        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend(self.name).logs}/",
                 "-P": g.project, "-q": g.queue, "-l ncpus=": req["ncpus"], "-l ngpus=": req["ngpus"],
                 "-l mem=": f"{req['mem_gb']}GB", "-l jobfs=": f"{g.jobfs_gb}GB", "-l walltime=": self.walltime(grid),
                 "-l storage=": storage(paths, grid), "-l wd": True}

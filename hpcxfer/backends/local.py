@@ -1,9 +1,10 @@
 """The embedded backend: each unit (a task alone, or a protocol group) as its own
 `hpcxfer run-task` process on this machine.
 
-A runner process takes the submitted units in index order, starts each once its
-pre-training is done, keeps `max_parallel` running, and re-runs one that exits asking
-to be resumed. Without --wait the runner detaches and `submit` returns at once; its run
+A runner process is the task pool (hpcxfer/backends/pool.py, its rules in docs/design.md
+§8): it takes the submitted units in index order, starts each once its pre-training is
+done and keeps `max_parallel` running; a unit interrupted on a signal is left for the next
+`submit`. Without --wait the runner detaches and `submit` returns at once; its run
 file (backends/local/runs/<run>.json) is how `status`, `cancel` and the next `submit`
 know which tasks it still holds.
 
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -31,27 +31,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcxfer.backends.base import Submission, members, worker_command
+from hpcxfer.backends.pool import Launch, Pool
 from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.schema import Grid
-from hpcxfer.grid.groups import Unit, is_group_id
+from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
-from hpcxfer.procs import ProcessId
-from hpcxfer.study import is_done, load_units, task_running
-from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
+from hpcxfer.procs import ProcessId, usable_cpus
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.05
-
 
 def _runs_dir(paths: StudyPaths) -> Path:
-    return paths.backend_dir("local") / "runs"
+    return paths.backend("local").runs
 
 
 def parallelism(grid: Grid) -> tuple[int, int]:
     """(tasks at once, torch threads per task) for this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     parallel = grid.local.max_parallel or cores
     threads = grid.runtime.threads or max(1, cores // parallel)
     return parallel, threads
@@ -110,7 +107,7 @@ class LocalBackend:
         if dry_run or not units:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        run_file = _runs_dir(paths) / f"{run_id}.json"
+        run_file = paths.backend(self.name).run_file(run_id)
         record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.units, "members": members(units),
                   "max_parallel": parallel, "threads": threads, "started": time.time()}
         if wait:
@@ -119,7 +116,7 @@ class LocalBackend:
             try:
                 if recorded:
                     recorded()
-                Runner(paths, sub.units, parallel, threads).run(on_change)
+                runner(paths, sub.units, parallel, threads).run(on_change)
             finally:
                 run_file.unlink(missing_ok=True)
             sub.job_ids = [f"local:{os.getpid()}"]
@@ -127,7 +124,7 @@ class LocalBackend:
         # Detached: start the runner, record it under its real pid and start time, then
         # hand it its tasks through a pipe. It waits for the pipe to close, so it never
         # runs unrecorded; if this process dies first, it gets no tasks and exits.
-        log_path = paths.backend_dir("local") / f"{run_id}.log"
+        log_path = paths.backend(self.name).run_log(run_id)
         run_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
@@ -177,112 +174,28 @@ class LocalBackend:
         return cancelled
 
 
-class Runner:
-    """Runs unit processes (a task, or a protocol group) in dependency order, `parallel` at once."""
+def launcher(paths: StudyPaths, threads: int) -> Launch:
+    """How this machine starts a unit's worker: in its own session (a cancel reaches it
+    through the runner, which passes SIGTERM on), with `threads` torch threads, its output
+    appended to the unit's log."""
+    env = {**os.environ, "HPCXFER_THREADS": str(threads), "HPCXFER_JOB_ID": f"local:{os.getpid()}",
+           "OMP_NUM_THREADS": str(threads)}
 
-    def __init__(self, paths: StudyPaths, unit_ids: list[str], parallel: int, threads: int):
-        self.paths = paths
-        self.tasks = {u.id: u for u in load_units(paths, unit_ids)}
-        self.todo = [u for u in unit_ids if u in self.tasks]
-        self.parallel = max(1, parallel)
-        self.threads = threads
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.outcome: dict[str, str] = {}
-        self.stopping = False
-        self.done: set[str] = set()  # dependencies with a valid result
+    def launch(slot: int, unit: Unit) -> subprocess.Popen:  # noqa: ARG001 - every slot is this machine
+        up = paths.group(unit.id) if unit.is_group else paths.task(unit.id)
+        up.dir.mkdir(parents=True, exist_ok=True)
+        with open(up.log, "ab") as out:
+            return subprocess.Popen(worker_command(paths, unit.id), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def _stop(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.stopping = True
+    return launch
 
-    def _counts(self) -> dict:
-        counts = {"total": len(self.tasks), "running": len(self.procs)}
-        for o in self.outcome.values():
-            counts[o] = counts.get(o, 0) + 1
-        return counts
 
-    def _launch(self, task_id: str) -> None:
-        tp = self.paths.group(task_id) if is_group_id(task_id) else self.paths.task(task_id)
-        tp.dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HPCXFER_THREADS": str(self.threads), "HPCXFER_JOB_ID": f"local:{os.getpid()}",
-               "OMP_NUM_THREADS": str(self.threads)}
-        with open(tp.log, "ab") as out:
-            self.procs[task_id] = subprocess.Popen(
-                worker_command(self.paths, task_id), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def _reap(self) -> bool:
-        changed = False
-        for task_id, proc in list(self.procs.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            del self.procs[task_id]
-            changed = True
-            if code == 0:
-                self.outcome[task_id] = "done"
-            elif code == EXIT_BUSY:
-                self.outcome[task_id] = "elsewhere"  # another worker holds it (its log says which)
-            elif code == EXIT_RESUME and not self.stopping:
-                self.todo.insert(0, task_id)  # checkpointed on request: carry on
-            else:
-                self.outcome[task_id] = "interrupted" if code == EXIT_RESUME else "failed"
-        return changed
-
-    def _ready(self, task_id: str) -> bool | None:
-        """True: start it; False: wait; None: never (a dependency cannot finish)."""
-        for dep in self.tasks[task_id].depends_on:
-            if dep in self.done or is_done(self.paths.task(dep)):
-                self.done.add(dep)  # asked every poll for every waiting unit: read its result once
-                continue
-            if dep in self.procs or dep in self.todo:
-                return False
-            if self.outcome.get(dep) in ("failed", "skipped", "interrupted"):
-                return None
-            if any(dep in run["held"] for run in live_runs(self.paths)):
-                return False  # another runner of this study holds it
-            if task_running(self.paths.task(dep)):
-                return False  # a worker of another run or host trains it now
-            return None
-        return True
-
-    def _start_ready(self) -> bool:
-        changed = False
-        for task_id in list(self.todo):
-            if len(self.procs) >= self.parallel:
-                break
-            ready = self._ready(task_id)
-            if ready is None:
-                self.todo.remove(task_id)
-                self.outcome[task_id] = "skipped"
-                changed = True
-                log.warning("%s skipped: a task it depends on did not finish", task_id)
-            elif ready:
-                self.todo.remove(task_id)
-                self._launch(task_id)
-                changed = True
-        return changed
-
-    def run(self, on_change: Callable[[dict], None] | None = None) -> dict[str, str]:
-        previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while (self.todo and not self.stopping) or self.procs:
-                changed = self._reap()
-                if self.stopping:
-                    for proc in self.procs.values():
-                        if proc.poll() is None:
-                            proc.send_signal(signal.SIGTERM)  # the worker checkpoints and exits
-                    self.todo.clear()
-                else:
-                    changed |= self._start_ready()
-                if changed and on_change:
-                    on_change(self._counts())
-                time.sleep(POLL_S)
-            if on_change:
-                on_change(self._counts())
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-        return self.outcome
+def runner(paths: StudyPaths, unit_ids: list[str], parallel: int, threads: int) -> Pool:
+    """The pool a local run is: `parallel` units at once, waiting for a dependency that
+    another live runner of the study holds."""
+    return Pool(paths, unit_ids, parallel, launcher(paths, threads),
+                others_hold=lambda task_id: any(task_id in run["held"] for run in live_runs(paths)))
 
 
 def _main(argv: list[str]) -> int:
@@ -296,12 +209,13 @@ def _main(argv: list[str]) -> int:
         except ValueError:
             log.error("no run on stdin (the submit that started this runner stopped first): nothing to do")
             return 2
-        outcome = Runner(paths, run["tasks"], run["max_parallel"], run["threads"]).run()
+        pool = runner(paths, run["tasks"], run["max_parallel"], run["threads"])
+        outcome = pool.run()
     finally:
         run_file.unlink(missing_ok=True)
     failed = sorted(t for t, o in outcome.items() if o != "done")
     log.info("runner finished: %d done, %d not done %s", len(outcome) - len(failed), len(failed), failed)
-    return 0 if not failed else 1
+    return pool.exit_status()
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class PbsBackend(SchedulerBackend):
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
         res = Resources.of(grid)
         select = f"1:ncpus={res.cpus}:mem={res.mem_mb}mb" + (f":ngpus={res.gpus}" if res.gpus else "")
-        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend_dir(self.name) / 'logs'}/",
+        opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend(self.name).logs}/",
                 "-l select=": select, "-l walltime=": res.walltime, "-q": grid.pbs.queue, "-P": grid.pbs.project,
                 "-J": f"0-{n_tasks - 1}" if n_tasks > 1 else None}
         if after:
@@ -77,18 +77,18 @@ class PbsBackend(SchedulerBackend):
                       list_file=str(list_file), **self.context(paths, grid, stage, task_ids, list_file))
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        script = list_file.with_suffix(".pbs")
+        script = paths.backend(self.name).job_script(list_file, ".pbs")
         text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["qsub", str(script)]
         rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
             return {**rec, "text": text}
         script.write_text(text)
-        (paths.backend_dir(self.name) / "logs").mkdir(parents=True, exist_ok=True)
+        paths.backend(self.name).logs.mkdir(parents=True, exist_ok=True)
         job_id = run(command, f"submitting {script}", retry=False).strip()
         array = len(task_ids) > 1
         elements = [job_id.replace("[]", f"[{i}]") for i in range(len(task_ids))] if array else [job_id]
-        return {**rec, "job_id": job_id, "elements": elements, "log": str(paths.backend_dir(self.name) / "logs")}
+        return {**rec, "job_id": job_id, "elements": elements, "log": str(paths.backend(self.name).logs)}
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["log"]

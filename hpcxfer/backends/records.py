@@ -14,7 +14,7 @@ from hpcxfer.layout import StudyPaths
 
 
 def submissions_file(paths: StudyPaths, backend: str) -> Path:
-    return paths.backend_dir(backend) / "submissions.jsonl"
+    return paths.backend(backend).submissions
 
 
 def append(paths: StudyPaths, backend: str, record: dict) -> None:

@@ -143,7 +143,7 @@ class SchedulerBackend:
                 sub.notes.append(note)
             for n, chunk in enumerate(records.chunks(todo, size)):
                 after = sorted({element_of[d] for u in chunk for d in u.depends_on if d in element_of})
-                list_file = paths.backend_dir(self.name) / "lists" / f"{batch:03d}-{stage}-{n}.txt"
+                list_file = paths.backend(self.name).task_list(batch, stage, n)
                 ids = [u.id for u in chunk]
                 if dry_run:
                     sub.files[str(list_file)] = "".join(f"{t}\n" for t in ids)

@@ -26,7 +26,7 @@ from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.schema import Grid
-from hpcxfer.layout import StudyPaths
+from hpcxfer.layout import BackendPaths, StudyPaths
 
 #: SLURM's MaxArraySize when slurm.conf does not set it (what a dry run assumes).
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -44,10 +44,10 @@ def slurm_escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def log_pattern(folder: Path, array: bool) -> str:
-    """sbatch's --output for the jobs' log folder `folder`: one file per element
-    (`<array>_<index>.log`, or `<job>.log`), `folder`'s own `%` escaped."""
-    return f"{slurm_escape(str(folder))}/{'%A_%a' if array else '%j'}.log"
+def log_pattern(backend: BackendPaths, array: bool) -> str:
+    """sbatch's --output for the jobs' log folder (`backend.logs`): one file per element
+    (`<array>_<index>.log`, or `<job>.log`), the folder's own `%` escaped."""
+    return backend.element_log('%A_%a' if array else '%j', slurm_escape)
 
 
 def task_indices(field: str) -> list[int] | None:
@@ -102,7 +102,7 @@ class SlurmBackend(SchedulerBackend):
         return {"--job-name=": f"hpcxfer-{paths.name}", "--time=": res.minutes, "--cpus-per-task=": res.cpus,
                 "--mem=": f"{res.mem_mb}M", "--gpus-per-task=": res.gpus or None, "--ntasks=": 1, "--nodes=": 1,
                 "--signal=": f"USR2@{spec.signal_delay}", "--requeue": True, "--open-mode=": "append",
-                "--kill-on-invalid-dep=": "yes", "--output=": log_pattern(paths.backend_dir(self.name) / "logs", array),
+                "--kill-on-invalid-dep=": "yes", "--output=": log_pattern(paths.backend(self.name), array),
                 "--array=": f"0-{n_tasks - 1}{throttle}" if array else None,
                 "--dependency=": "afterok:" + ":".join(after) if after else None,
                 **{f"--{key}=": getattr(spec, key) for key in ("partition", "account", "qos", "constraint")}}
@@ -117,23 +117,23 @@ class SlurmBackend(SchedulerBackend):
                       max_requeues=grid.slurm.max_requeues)
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        script = list_file.with_suffix(".sbatch")
+        script = paths.backend(self.name).job_script(list_file, ".sbatch")
         text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["sbatch", str(script)]
         rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
             return {**rec, "text": text}
         atomic_write_bytes(script, text.encode())
-        logs = paths.backend_dir(self.name) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        backend = paths.backend(self.name)
+        backend.logs.mkdir(parents=True, exist_ok=True)
         out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
         m = re.search(r"^Submitted batch job (\d+)", out, re.M)
         if not m:
             raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
         job_id = m.group(1)
         elements = [f"{job_id}_{i}" for i in range(len(task_ids))] if len(task_ids) > 1 else [job_id]
-        return {**rec, "job_id": job_id, "elements": elements, "logs": [str(logs / f"{e}.log") for e in elements],
-                "log": str(logs / f"{elements[0]}.log")}
+        return {**rec, "job_id": job_id, "elements": elements, "logs": [backend.element_log(e) for e in elements],
+                "log": backend.element_log(elements[0])}
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["logs"][index]

@@ -10,7 +10,6 @@ processes, each returning its partial moments: parsing JSON is the cost, and it 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from hpcxfer.collect.aggregate import DEFAULT_BY, PROTOCOL_FIELDS, protocol_labe
 from hpcxfer.collect.moments import Moments
 from hpcxfer.collect.read import METRICS, Skipped, StudyRecords, read_jsonl
 from hpcxfer.layout import StudyPaths
+from hpcxfer.procs import usable_cpus
 
 #: What a learning curve averages at each epoch.
 CURVE_METRICS = (*METRICS, "lr_high", "lr_low", "images_per_s")
@@ -135,7 +135,7 @@ def _partial(paths: StudyPaths, tasks: list[dict], by: Sequence[str], metrics: S
 
 
 def default_jobs() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 16))
+    return min(usable_cpus(), 16)
 
 
 def merge_metrics(records: StudyRecords, by: Sequence[str] = DEFAULT_BY,

@@ -23,6 +23,7 @@ from hpcxfer.data.base import Dataset, ImageSet
 from hpcxfer.data.index import Listing, listing, save_listing
 from hpcxfer.errors import DataError
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
+from hpcxfer.procs import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,11 @@ def check_header(path: str) -> None:
         raise DataError(None, "data", f"{path}: unreadable image ({e})") from None
 
 
-def threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def for_each(fn: Callable[[str], object], paths: list[str]) -> list:
     """fn over paths on a thread pool (PIL decodes without holding the GIL); first error wins."""
     if len(paths) < 8:
         return [fn(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(32, threads())) as pool:
+    with ThreadPoolExecutor(max_workers=min(32, usable_cpus())) as pool:
         return list(pool.map(fn, paths))
 
 
@@ -111,7 +105,7 @@ def file_set(files: list[str], labels: np.ndarray, size: int) -> ImageSet:
             out[j] = decode(files[idx[j]], size)
 
         if len(idx):
-            with ThreadPoolExecutor(max_workers=min(32, threads())) as pool:
+            with ThreadPoolExecutor(max_workers=min(32, usable_cpus())) as pool:
                 list(pool.map(one, range(len(idx))))
         return torch.from_numpy(out)
 

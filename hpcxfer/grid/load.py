@@ -26,6 +26,7 @@ from hpcxfer.errors import ConfigError
 from hpcxfer.grid.limits import (MAX_GRID_BYTES, MAX_GRID_FILES, MAX_STUDY_DIR, check_path, control_char, short,
                                   tree_problem)
 from hpcxfer.grid.schema import Grid
+from hpcxfer.layout import StudyPaths
 
 #: libyaml when PyYAML has it: 5-10 times faster on a large file, and it refuses nesting
 #: deeper than 1000 levels itself (the pure-Python parser recurses until RecursionError).
@@ -234,7 +235,7 @@ def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> 
 
     try:
         check_path(root, "the root folder")
-        study_dir = str(Path(root).absolute() / grid.study)
+        study_dir = str(StudyPaths.of(root, grid.study).dir)
         size = len(study_dir.encode("utf-8", "surrogatepass"))
         if size > MAX_STUDY_DIR:
             raise ValueError(f"the study directory {short(study_dir)} is {size} bytes long; at most "

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 
 
-def _new(paths: Paths) -> Path:
-    return paths.checkpoint.with_suffix(".pt.new")
-
-
 def save(paths: Paths, state: dict) -> float:
     """Write the new checkpoint beside the old; the old one becomes the fallback only
     once the new one is complete on disk. Returns the seconds it took.
@@ -48,10 +44,10 @@ def save(paths: Paths, state: dict) -> float:
     began = time.perf_counter()
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state, "sha256": digest(state)}, buf)
-    atomic_write_bytes(_new(paths), buf.getvalue())
+    atomic_write_bytes(paths.checkpoint_new, buf.getvalue())
     if paths.checkpoint.exists():
         os.replace(paths.checkpoint, paths.checkpoint_prev)
-    os.replace(_new(paths), paths.checkpoint)
+    os.replace(paths.checkpoint_new, paths.checkpoint)
     fsync_dir(paths.dir)
     return time.perf_counter() - began
 
@@ -103,7 +99,7 @@ def load_latest(paths: Paths, identity: dict) -> dict | None:
     when the task has never checkpointed. Damaged beyond both is an error."""
     # checkpoint.pt.new exists alone only after a crash between save()'s two renames,
     # in which case it is complete and the newest.
-    candidates = [p for p in (paths.checkpoint, _new(paths), paths.checkpoint_prev) if p.exists()]
+    candidates = [p for p in (paths.checkpoint, paths.checkpoint_new, paths.checkpoint_prev) if p.exists()]
     if not candidates:
         return None
     errors = []
@@ -122,7 +118,7 @@ def load_latest(paths: Paths, identity: dict) -> dict | None:
 
 
 def remove(paths: Paths) -> None:
-    for p in (paths.checkpoint, paths.checkpoint_prev, _new(paths)):
+    for p in (paths.checkpoint, paths.checkpoint_prev, paths.checkpoint_new):
         p.unlink(missing_ok=True)
 
 
