@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import prepare_study
 from hpcxfer.errors import ConfigError
@@ -35,7 +36,9 @@ def ids_digest(grid: Grid) -> tuple[int, str]:
 # an existing study's submit must find every one of its tasks again.
 def test_ids_of_grids_with_default_data_settings_are_unchanged():
     assert ids_digest(Grid.model_validate(IMAGENET)) == (10, "fd5da810717fff32")
-    assert ids_digest(load_grid(REPO / "jobs" / "quickstart.yaml")) == (26, "4a03eeb7accfbd0b")
+    quickstart = yaml.safe_load((REPO / "jobs" / "quickstart.yaml").read_text())
+    del quickstart["finetune"]["seed"]  # the quick start as it was then, with one seed
+    assert ids_digest(Grid.model_validate(quickstart)) == (26, "4a03eeb7accfbd0b")
     assert ids_digest(load_grid(REPO / "jobs" / "plested2019" / "all.yaml")) == (1180, "3fc89e90c2b3f582")
     first = expand(Grid.model_validate(IMAGENET))[2]
     assert first.task_id == "ft-s0-x10-n7h8d30f0-fc3739dd78" and "crop" not in first.to_dict()
