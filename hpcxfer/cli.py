@@ -278,11 +278,9 @@ def _states_option(values: list[str] | None) -> set[str]:
 
 # ---------------------------------------------------------------- collect, report
 def _collect(args: argparse.Namespace):
-    from hpcxfer.collect.aggregate import parse_by
-    from hpcxfer.collect.build import collect
-    from hpcxfer.layout import StudyPaths
+    from hpcxfer import service
 
-    return collect(StudyPaths.existing(args.study_dir), parse_by(getattr(args, "by", None)))
+    return service.collect(args.study_dir, getattr(args, "by", None))
 
 
 def _print_summary(collected) -> None:

@@ -321,3 +321,11 @@ def cancel(study_dir: str) -> list[str]:
     paths = StudyPaths.existing(study_dir)
     return [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir() for j in cls().cancel(paths)]
 
+
+def collect(study_dir: str, by: str | None = None):
+    """A study's records read and summarised (collect/build.py), by the axes `by` names
+    (`--by`; default: protocol and size)."""
+    from hpcxfer.collect.aggregate import parse_by
+    from hpcxfer.collect.build import collect as collect_study
+
+    return collect_study(StudyPaths.existing(study_dir), parse_by(by))

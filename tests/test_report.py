@@ -109,7 +109,7 @@ def test_report_is_one_valid_html_file_with_every_table(study, cli):
     # every caption says over how many splits (split 1 of n 3 at 25/class was cut: 1-2)
     captions = [f.find("figcaption").text for f in figures]
     assert "mean ± std over 1-2 splits" in captions[0] and "mean ± std over 2 splits" in captions[1]
-    assert "mean of 1-2 splits paired differences" in captions[5]
+    assert "mean paired difference over 1-2 pairs, 95 % interval" in captions[5]
     assert "src=" not in text and "href=\"http" not in text
     assert "cut" in root.find(".//ul[@id='summary']/li").text
 
@@ -264,3 +264,21 @@ def test_delta_figure_is_the_paired_view(study):
     assert "common (n7 h8 d30 f0)" not in at10  # the reference is the zero line, not a point
     fig = draw(data)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["10/class", "25/class"]
+
+
+def test_captions_count_splits_and_seeds_where_a_study_has_several(tmp_path):
+    """Two splits x two seeds are four replicates, not four splits: every caption says so."""
+    from hpcxfer.collect.figures import study_figures
+    from hpcxfer.collect.html import build_report
+
+    acc = {(0, 0): 0.60, (0, 1): 0.62, (1, 0): 0.70, (1, 1): 0.66}
+    results = {ft(s, 10, n, seed=seed): a + n / 100 for (s, seed), a in acc.items() for n in (0, 3, 7)}
+    results.update({ft(s, 25, n, seed=seed): a + 0.1 for (s, seed), a in acc.items() for n in (0, 3, 7)})
+    paths = write(tmp_path / "s", results)
+    figures, _ = study_figures(collect(paths))
+    captions = {f.name: f.caption for f in figures}
+    html = build_report(collect(paths))
+    assert "Learning curves: validation accuracy by epoch; mean ± std over 4 replicates (2 splits x 2 seeds)" in html
+    assert "mean ± std over 4 replicates (2 splits x 2 seeds)" in captions["fig1"]
+    assert "mean paired difference over 4 pairs (2 splits x 2 seeds), 95 % interval" in captions["delta"]
+    assert all("4 splits" not in c for c in captions.values())

@@ -92,7 +92,7 @@ def test_layers_import_downward_only():
     assert not {m for m in imports(ROOT / "sites.py") if m.startswith("hpcxfer")}
     used = {m for m in imports(ROOT / "cli.py") if m.startswith("hpcxfer.")}
     inner = sorted(m for m in used if m.split(".")[1] in ("study", "backends", "grid", "layout", "locks"))
-    assert inner == ["hpcxfer.layout", "hpcxfer.layout.StudyPaths"]  # collect's own part, left as it was
+    assert inner == []
     source = (ROOT / "cli.py").read_text()
     assert ".name ==" not in source and ".name !=" not in source and "hasattr(backend" not in source
     assert "._source" not in source

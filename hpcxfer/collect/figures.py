@@ -82,6 +82,7 @@ class FigureData:
     spec: Spec
     series: list[Series]
     titles: dict = field(default_factory=dict)  # a size's panel title, where more than the size
+    design: tuple[int, int] | None = None  # the study's (splits, seeds) of fine-tuning, where known
 
     @property
     def name(self) -> str:
@@ -91,17 +92,22 @@ class FigureData:
     def replicates(self) -> list[int]:
         return sorted({k for se in self.series for k in se.n})
 
-    def over(self) -> str:
-        """How many replicates (class splits, times seeds where a study has several) each
-        point averages: `4 splits`, or `2-4 splits` where some tasks have no result."""
+    def over(self, word: str = "split") -> str:
+        """How many replicates each point averages: `4 splits`, `2-4 splits` where some tasks
+        have no result, or `4 replicates (2 splits x 2 seeds)` in a study of several seeds
+        (`word` "pair" for a delta figure: `4 pairs (2 splits x 2 seeds)`)."""
         ks = self.replicates or [0]
         text = str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
-        return f"{text} split{'' if ks == [1] else 's'}"
+        if self.design and self.design[1] > 1:
+            splits, seeds = self.design
+            unit = "replicates" if word == "split" else f"{word}s"
+            return f"{text} {unit} ({splits} split{'' if splits == 1 else 's'} x {seeds} seeds)"
+        return f"{text} {word}{'' if ks == [1] else 's'}"
 
     @property
     def caption(self) -> str:
         if self.spec.kind == "delta":
-            return f"{self.spec.title}; mean of {self.over()} paired differences, 95 % interval"
+            return f"{self.spec.title}; mean paired difference over {self.over('pair')}, 95 % interval"
         return f"{self.spec.title}; mean ± std over {self.over()}"
 
 
@@ -222,7 +228,16 @@ def study_figures(collected, ref: str | None = None) -> tuple[list[FigureData], 
         figures.append(delta)
     else:
         left_out.append("Difference from the reference: left out (no protocol paired with common or scratch)")
+    for data in figures:
+        data.design = study_design(collected.records)
     return figures, left_out
+
+
+def study_design(records) -> tuple[int, int]:
+    """(splits, seeds) among a study's finished fine-tuning tasks: what its figures' captions
+    say a replicate is."""
+    tuned = [r for r in records.rows if r.get("stage") == "finetune"]
+    return len({r.get("split") for r in tuned}), len({r.get("seed") for r in tuned})
 
 
 #: Colours by size (colour-blind safe, Okabe & Ito), line styles by the other varied setting.

@@ -61,7 +61,7 @@ def build_report(collected, jobs: int | None = None) -> str:
     """The report of a collected study (collect/build.py `collect`): every view `all` shows
     plus the paired view, Figs. 1-6, the delta figure, learning curves and provenance."""
     from hpcxfer.collect.build import ALL, build_views
-    from hpcxfer.collect.figures import curve_figure, study_figures
+    from hpcxfer.collect.figures import curve_figure, study_design, study_figures
     from hpcxfer.collect.metrics import merge_metrics
     from hpcxfer.collect.provenance import provenance
 
@@ -69,6 +69,8 @@ def build_report(collected, jobs: int | None = None) -> str:
     views = build_views(collected, [*ALL, "paired"], explicit=False, jobs=jobs)
     figures, left_out = study_figures(collected)
     curves = curve_figure(merge_metrics(records, jobs=jobs))
+    if curves:
+        curves.design = study_design(records)
     paths = records.paths
     return report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures,
                        left_out, provenance=provenance(records), curves=curves)
