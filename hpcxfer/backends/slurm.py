@@ -113,8 +113,8 @@ class SlurmBackend(SchedulerBackend):
         threads = grid.runtime.threads or grid.resources.cpus
         return render(self.template, directives=directives("#SBATCH", self.options(paths, grid, len(task_ids), after)),
                       version=hpcxfer.__version__, study_dir=str(paths.dir), what=f"{stage}, {len(task_ids)} task(s)",
-                      threads=threads, cpus=grid.resources.cpus, worker=sys.executable, list_file=str(list_file),
-                      max_requeues=grid.slurm.max_requeues)
+                      threads=threads, cpus=grid.resources.cpus, gpus=Resources.of(grid).gpus,
+                      worker=sys.executable, list_file=str(list_file), max_requeues=grid.slurm.max_requeues)
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
         script = paths.backend(self.name).job_script(list_file, ".sbatch")

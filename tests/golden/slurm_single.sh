@@ -21,5 +21,6 @@ export HPCXFER_THREADS=2
 export OMP_NUM_THREADS=2
 # srun makes the element a job step, which --signal's USR2 reaches (the batch shell it
 # does not). The element runs the task on line SLURM_ARRAY_TASK_ID+1 of the chunk's task
-# list and requeues itself when the worker checkpointed on that signal.
-exec srun --ntasks=1 --cpus-per-task=2 --unbuffered PYTHON -P -m hpcxfer.backends.slurm_element '/scratch/ab12/runs 50%/sl' '/scratch/ab12/runs 50%/sl/backends/slurm/lists/000-pretrain-0.txt' 3
+# list and requeues itself when the worker checkpointed on that signal. A step inherits
+# neither the job's CPUs per task nor (on every SLURM) its GPUs: both are asked again.
+exec srun --ntasks=1 --cpus-per-task=2 --gpus-per-task=1 --unbuffered PYTHON -P -m hpcxfer.backends.slurm_element '/scratch/ab12/runs 50%/sl' '/scratch/ab12/runs 50%/sl/backends/slurm/lists/000-pretrain-0.txt' 3
