@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
         grid_file = base / f"{name}.yaml"
         grid_file.write_text(yaml.safe_dump({
             "study": name, "root": str(base / "runs"), "data": {**tree.data, "image_size": 32, "crop": 32},
-            "pretrain": {"epochs": 4, "batch_size": 4, "examples_per_class": "full", "decay_every": 2},
+            "pretrain": {"epochs": 10, "batch_size": 4, "examples_per_class": "full", "decay_every": 4},
             "finetune": {"split": [0], "examples_per_class": [4], "epochs": 1, "batch_size": 4},
             "experiments": [{"protocol": ["common"]}],
             "runtime": {"eval_every": 1, "tensorboard": False, "data_memory_gb": 0, "loader_workers": 2,
