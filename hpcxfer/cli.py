@@ -151,7 +151,7 @@ class _SubmitReport:
             bar = progress.add_task("workers" if kind == "workers" else "tasks", total=total, detail="")
 
             def workers(counts: dict) -> None:
-                finished = sum(counts.get(k, 0) for k in ("done", "failed", "skipped", "interrupted", "elsewhere", "left"))
+                finished = sum(n for k, n in counts.items() if k not in ("total", "running"))  # every outcome
                 detail = Text(f"{counts.get('running', 0)} running")
                 for k in ("failed", "skipped"):
                     if counts.get(k):

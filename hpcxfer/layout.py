@@ -45,6 +45,12 @@ def cache_root() -> Path:
     return Path(base)
 
 
+def _component(name: str, what: str) -> None:
+    """Refuse a name that would not be one folder of the study (empty, a path, hidden)."""
+    if not name or "/" in name or name.startswith("."):
+        raise StudyError(f"{name!r} is not a {what}")
+
+
 @dataclass(frozen=True)
 class _WorkerPaths:
     """What every worker's folder holds, a task's or a protocol group's."""
@@ -227,8 +233,7 @@ class StudyPaths:
         return self.dir / "report.html"
 
     def backend(self, backend: str) -> BackendPaths:
-        if not backend or "/" in backend or backend.startswith("."):
-            raise StudyError(f"{backend!r} is not a backend name")
+        _component(backend, "backend name")
         return BackendPaths(self.dir / "backends" / backend)
 
     def backend_dir(self, backend: str) -> Path:
@@ -239,11 +244,9 @@ class StudyPaths:
         return self.dir / "groups"
 
     def group(self, group_id: str) -> GroupPaths:
-        if not group_id or "/" in group_id or group_id.startswith("."):
-            raise StudyError(f"{group_id!r} is not a group id")
+        _component(group_id, "group id")
         return GroupPaths(self.groups_dir / group_id)
 
     def task(self, task_id: str) -> TaskPaths:
-        if not task_id or "/" in task_id or task_id.startswith("."):
-            raise StudyError(f"{task_id!r} is not a task id")
+        _component(task_id, "task id")
         return TaskPaths(self.tasks_dir / task_id)

@@ -86,7 +86,7 @@ def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     checked = checked_root(grid, root, chosen.name)  # before anything is written
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
-    estimate = cost.summary_line(rows[-1][1]) if rows else f"no cost estimate: {why}"
+    estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
     return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate)
 
 
@@ -125,6 +125,11 @@ def decide(req: Request, holding: dict[str, dict]) -> Plan:
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 
+def _used(paths: StudyPaths) -> list[tuple[str, Backend]]:
+    """The backends this study has used (those with a folder of their own in it)."""
+    return [(name, cls()) for name, cls in BACKENDS.items() if paths.backend(name).dir.is_dir()]
+
+
 def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict]:
     """task id -> what the backend that last submitted it says (`Backend.view`): queued,
     running or (ended by the scheduler) failed. Only backends this study has used are
@@ -132,11 +137,9 @@ def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict
     instead of raising (status shows what is on disk); submit lets it raise (it must not
     submit what may be queued)."""
     out: dict[str, dict] = {}
-    for name, cls in BACKENDS.items():
-        if not paths.backend_dir(name).is_dir():
-            continue
+    for name, backend in _used(paths):
         try:
-            view = cls().view(paths)
+            view = backend.view(paths)
         except SchedulerError as e:
             if warnings is None:
                 raise
@@ -186,8 +189,8 @@ class Reporter(Protocol):
     def watch(self, kind: str, paths: StudyPaths, wanted: set[str],
               total: int) -> AbstractContextManager[Callable[[dict], None]]:
         """A progress display, entered for the time of a wait; the callable takes counts.
-        kind "workers": an in-process backend's runner counts (running, done, failed,
-        skipped, interrupted) of `total` units; "tasks": the study states of the `total`
+        kind "workers": an in-process backend's runner counts (running, and the outcomes
+        done, failed, skipped, interrupted, elsewhere, left) of `total` units; "tasks": the study states of the `total`
         tasks polled from the scheduler."""
         ...
 
@@ -226,23 +229,22 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     report.submitted(sub)
     if not wait:
         return Outcome(sub)
-    wanted = {t.task_id for t in tasks}
     if not backend.in_process:
-        wait_for(paths, wanted, report)
-    states = study_states(paths, held(paths))
-    return Outcome(sub, [s for s in states if s.task_id in wanted and s.state != "done"])
+        wait_for(paths, tasks, report)
+    return Outcome(sub, [s for s in study_states(paths, held(paths), tasks) if s.state != "done"])
 
 
 #: Seconds between two looks at the scheduler while `submit --wait` waits.
 POLL_S = 10.0
 
 
-def wait_for(paths: StudyPaths, wanted: set[str], report: Reporter, poll_s: float | None = None) -> None:
-    """Until the backends hold none of `wanted` (none queued, none running)."""
+def wait_for(paths: StudyPaths, tasks: list[Task], report: Reporter, poll_s: float | None = None) -> None:
+    """Until the backends hold none of `tasks` (none queued, none running)."""
     poll_s = POLL_S if poll_s is None else poll_s
+    wanted = {t.task_id for t in tasks}
     with report.watch("tasks", paths, wanted, len(wanted)) as update:
         while True:
-            counts = Counter(s.state for s in study_states(paths, held(paths)) if s.task_id in wanted)
+            counts = Counter(s.state for s in study_states(paths, held(paths), tasks))
             update(counts)
             if not counts.get("queued") and not counts.get("running"):
                 return
@@ -319,7 +321,7 @@ def status(study_dir: str) -> StudyStatus:
 def cancel(study_dir: str) -> list[str]:
     """Cancel what every backend this study has used still holds; the job ids cancelled."""
     paths = StudyPaths.existing(study_dir)
-    return [j for name, cls in BACKENDS.items() if paths.backend_dir(name).is_dir() for j in cls().cancel(paths)]
+    return [j for _, backend in _used(paths) for j in backend.cancel(paths)]
 
 
 def collect(study_dir: str, by: str | None = None):

@@ -56,7 +56,7 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
             config = task_config(task, grid)
             if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
                 atomic_write_json(tp.config, config)
-    source = str(Path(grid._source).absolute())
+    source = str(Path(grid.source).absolute())
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})

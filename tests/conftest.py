@@ -133,6 +133,5 @@ def newest_checkpoint(paths) -> dict:
     a kill between a save's two renames leaves the complete new one as checkpoint.pt.new."""
     import torch
 
-    new = paths.checkpoint.with_suffix(".pt.new")
-    path = next(p for p in (paths.checkpoint, new, paths.checkpoint_prev) if p.exists())
+    path = next(p for p in (paths.checkpoint, paths.checkpoint_new, paths.checkpoint_prev) if p.exists())
     return torch.load(path, weights_only=True)

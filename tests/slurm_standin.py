@@ -135,7 +135,7 @@ def run_element(env: dict, job_id: str, key: str = "-") -> int:
     """Run one element (`key`: its index, "-" for a plain job) to its end as slurmd would."""
     job = next(j for j in jobs(env) if j["id"] == job_id)
     elem = job["elements"][key]
-    slurm_env = {**os.environ, **env, "SLURM_JOB_ID": str(int(job_id) * 1000 + (0 if key == "-" else int(key))),
+    slurm_env = {**os.environ, **env, "SLURM_JOB_ID": job_id if key == "-" else str(int(job_id) * 1000 + int(key)),
                  "SLURM_CPUS_PER_TASK": job["opts"].get("--cpus-per-task", "1")}
     if elem["restarts"]:
         slurm_env["SLURM_RESTART_COUNT"] = str(elem["restarts"])

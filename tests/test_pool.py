@@ -147,8 +147,8 @@ def test_a_unit_already_done_is_not_started(kind, study):
 def test_what_an_exit_status_means(study):
     paths, pt, fts, _ = study
     pool = Pool(paths, [pt], 1, launch=None)
-    assert [pool._end(pt, c) for c in (0, EXIT_BUSY, EXIT_RESUME, 1, 2, -signal.SIGKILL)] == \
+    assert [pool._end(c) for c in (0, EXIT_BUSY, EXIT_RESUME, 1, 2, -signal.SIGKILL)] == \
         ["done", "elsewhere", "interrupted", "failed", "failed", "failed"]
     pool.stop()  # the scheduler's SIGKILL after its grace period is not the unit's failure
-    assert [pool._end(pt, c) for c in (EXIT_RESUME, -signal.SIGKILL, -signal.SIGTERM, 1)] == \
+    assert [pool._end(c) for c in (EXIT_RESUME, -signal.SIGKILL, -signal.SIGTERM, 1)] == \
         ["interrupted", "interrupted", "interrupted", "failed"]

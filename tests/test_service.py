@@ -58,9 +58,6 @@ class InProcess:
     def view(self, paths):
         return {}
 
-    def held(self, paths):
-        return set()
-
     def cancel(self, paths):
         return []
 

@@ -47,10 +47,9 @@ def test_rendered_scripts_match_golden_files():
                                           "constraint": "v100", "array_parallelism": 2, "max_requeues": 3}})
     paths = StudyPaths(Path("/scratch/ab12/runs 50%/sl"))  # the root's own % is escaped in --output
     backend = SlurmBackend()
-    lists = paths.backend_dir("slurm") / "lists"
     for name, stage, ids, after in (("slurm_array.sh", "finetune", ["ft-a", "ft-b", "ft-c"], ["100_0", "100_1"]),
                                     ("slurm_single.sh", "pretrain", ["pt-s0-abc"], [])):
-        golden(name, backend.render_script(paths, grid, stage, ids, lists / f"00{len(after)}-{stage}-0.txt", after))
+        golden(name, backend.render_script(paths, grid, stage, ids, paths.backend("slurm").task_list(len(after), stage, 0), after))
 
 
 @pytest.mark.parametrize("field, indices", [

@@ -55,9 +55,6 @@ class Backend(Protocol):
         """Memory of the GPU one unit runs on (sizes automatic protocol groups); None when
         the tasks run on CPUs or it is not known."""
 
-    def held(self, paths: StudyPaths) -> set[str]:
-        """Ids of the study's tasks this backend has queued or running."""
-
     def cancel(self, paths: StudyPaths) -> list[str]:
         """Cancel what the study has queued; returns the job ids cancelled."""
 

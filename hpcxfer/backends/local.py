@@ -42,10 +42,6 @@ from hpcxfer.procs import ProcessId, usable_cpus
 log = logging.getLogger(__name__)
 
 
-def _runs_dir(paths: StudyPaths) -> Path:
-    return paths.backend("local").runs
-
-
 def parallelism(grid: Grid) -> tuple[int, int]:
     """(tasks at once, torch threads per task) for this machine."""
     cores = usable_cpus()
@@ -67,7 +63,7 @@ def live_runs(paths: StudyPaths) -> list[dict]:
     """Run files whose runner process is alive on this host (its very process: same pid
     and start time), each with its `ProcessId` under "process"."""
     out = []
-    for f in sorted(_runs_dir(paths).glob("*.json")):
+    for f in sorted(paths.backend("local").runs.glob("*.json")):
         try:
             run = read_json(f)
         except (OSError, ValueError) as e:
@@ -195,7 +191,7 @@ def runner(paths: StudyPaths, unit_ids: list[str], parallel: int, threads: int) 
     """The pool a local run is: `parallel` units at once, waiting for a dependency that
     another live runner of the study holds."""
     return Pool(paths, unit_ids, parallel, launcher(paths, threads),
-                others_hold=lambda task_id: any(task_id in run["held"] for run in live_runs(paths)))
+                others_hold=lambda task_id: task_id in LocalBackend().held(paths))
 
 
 def _main(argv: list[str]) -> int:

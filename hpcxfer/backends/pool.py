@@ -102,7 +102,7 @@ class Pool:
         return EXIT_RESUME if not all(self.unit_done(u) for u in self.units) else 0
 
     # ------------------------------------------------------------ the rules
-    def _end(self, unit_id: str, code: int) -> str:
+    def _end(self, code: int) -> str:
         """What a worker's exit status means (the module's rules)."""
         if code == 0:
             return "done"
@@ -137,7 +137,7 @@ class Pool:
             if code is None:
                 continue
             del self.running[slot]
-            self.outcome[unit_id] = self._end(unit_id, code)
+            self.outcome[unit_id] = self._end(code)
             log.info("%s exited %d: %s", unit_id, code, self.outcome[unit_id])
             changed = True
         return changed
@@ -161,10 +161,13 @@ class Pool:
                 log.warning("%s %s: a task it depends on %s", unit_id, ready, why)
         return changed
 
-    def _leave_the_rest(self) -> None:
+    def _leave_the_rest(self) -> bool:
+        """Leave every unit not started for the next `submit`; whether there was one."""
         for unit_id in self.todo:
             self.outcome[unit_id] = "left"
+        left = bool(self.todo)
         self.todo.clear()
+        return left
 
     # ------------------------------------------------------------ the loop
     def run(self, on_change: Callable[[dict], None] | None = None) -> dict[str, str]:
@@ -182,14 +185,11 @@ class Pool:
                         if proc.pid not in self.signalled and proc.poll() is None:
                             proc.send_signal(signal.SIGTERM)  # the worker checkpoints and exits 75
                             self.signalled.add(proc.pid)
-                    if self.todo:
-                        self._leave_the_rest()
-                        changed = True
+                    changed |= self._leave_the_rest()
                 elif self.out_of_time():
                     if self.todo:
                         log.info("less than %.0f s left: starting nothing more", self.min_left_s)
-                        self._leave_the_rest()
-                        changed = True
+                    changed |= self._leave_the_rest()
                 else:
                     changed |= self._start_ready()
                 if changed and on_change:

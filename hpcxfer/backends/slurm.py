@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import hpcxfer
-from hpcxfer.backends.render import directives, render, script_safe
+from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import Resources
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.fileio import atomic_write_bytes
@@ -109,7 +109,6 @@ class SlurmBackend(SchedulerBackend):
 
     def render_script(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
                       after: list[str]) -> str:
-        script_safe(sys.executable)
         threads = grid.runtime.threads or grid.resources.cpus
         return render(self.template, directives=directives("#SBATCH", self.options(paths, grid, len(task_ids), after)),
                       version=hpcxfer.__version__, study_dir=str(paths.dir), what=f"{stage}, {len(task_ids)} task(s)",
@@ -117,14 +116,14 @@ class SlurmBackend(SchedulerBackend):
                       worker=sys.executable, list_file=str(list_file), max_requeues=grid.slurm.max_requeues)
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        script = paths.backend(self.name).job_script(list_file, ".sbatch")
+        backend = paths.backend(self.name)
+        script = backend.job_script(list_file, ".sbatch")
         text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["sbatch", str(script)]
         rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
             return {**rec, "text": text}
         atomic_write_bytes(script, text.encode())
-        backend = paths.backend(self.name)
         backend.logs.mkdir(parents=True, exist_ok=True)
         out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
         m = re.search(r"^Submitted batch job (\d+)", out, re.M)

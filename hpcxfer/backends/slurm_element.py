@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 from hpcxfer.backends.base import worker_command
-from hpcxfer.fileio import read_json
 from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import is_done
+from hpcxfer.errors import StudyError
+from hpcxfer.study import is_done, read_group
 from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 from hpcxfer.worker.signals import STOP_SIGNALS
 
@@ -41,8 +41,10 @@ def job_state(job_id: str) -> str:
 
 def unit_done(study: StudyPaths, unit_id: str) -> bool:
     """Whether the unit (a task, or a protocol group: its members) has valid results."""
-    group = study.group(unit_id).config
-    members = read_json(group)["members"] if is_group_id(unit_id) and group.is_file() else [unit_id]
+    try:
+        members = read_group(study, unit_id).members if is_group_id(unit_id) else (unit_id,)
+    except StudyError:  # no group record, or a damaged one: not done
+        return False
     return all(is_done(study.task(m)) for m in members)
 
 

@@ -219,24 +219,25 @@ def delta_figure(rows: Sequence[dict]) -> FigureData | None:
 def study_figures(collected, ref: str | None = None) -> tuple[list[FigureData], list[str]]:
     """Figs. 1-6 and the delta figure (each protocol's paired difference from `ref`, default
     common else scratch) of a collected study (collect/build.py), and a line for each left out."""
-    from hpcxfer.collect.paired import paired_rows, reference
+    from hpcxfer.collect.paired import finetune_rows, paired_rows, reference
 
     figures, left_out = paper_figures(collected.protocol_cells)
-    chosen = reference(collected.records, ref)
-    delta = delta_figure(paired_rows(collected.records, chosen)) if chosen else None
+    tuned = finetune_rows(collected.records)
+    chosen = reference(tuned, ref)
+    delta = delta_figure(paired_rows(tuned, chosen)) if chosen else None
     if delta:
         figures.append(delta)
     else:
         left_out.append("Difference from the reference: left out (no protocol paired with common or scratch)")
+    design = study_design(tuned)
     for data in figures:
-        data.design = study_design(collected.records)
+        data.design = design
     return figures, left_out
 
 
-def study_design(records) -> tuple[int, int]:
-    """(splits, seeds) among a study's finished fine-tuning tasks: what its figures' captions
-    say a replicate is."""
-    tuned = [r for r in records.rows if r.get("stage") == "finetune"]
+def study_design(tuned: Sequence[dict]) -> tuple[int, int]:
+    """(splits, seeds) among a study's finished fine-tuning tasks (`finetune_rows`): what
+    its figures' captions say a replicate is."""
     return len({r.get("split") for r in tuned}), len({r.get("seed") for r in tuned})
 
 

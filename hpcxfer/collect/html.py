@@ -63,6 +63,7 @@ def build_report(collected, jobs: int | None = None) -> str:
     from hpcxfer.collect.build import ALL, build_views
     from hpcxfer.collect.figures import curve_figure, study_design, study_figures
     from hpcxfer.collect.metrics import merge_metrics
+    from hpcxfer.collect.paired import finetune_rows
     from hpcxfer.collect.provenance import provenance
 
     records = collected.records
@@ -70,7 +71,7 @@ def build_report(collected, jobs: int | None = None) -> str:
     figures, left_out = study_figures(collected)
     curves = curve_figure(merge_metrics(records, jobs=jobs))
     if curves:
-        curves.design = study_design(records)
+        curves.design = study_design(finetune_rows(records))
     paths = records.paths
     return report_html(paths.name, str(paths.dir), collected.dataset, collected.summary(), views, figures,
                        left_out, provenance=provenance(records), curves=curves)

@@ -68,11 +68,10 @@ class Moments:
         self.mean[at] = mean
         self.count[at] = n
 
-    def merge(self, other: Moments, at: slice | np.ndarray | None = None) -> None:
-        """Add `other`'s observations into the rows `at` (default: its first rows)."""
-        if at is None:
-            self.grow(len(other.count))
-            at = slice(0, len(other.count))
+    def merge(self, other: Moments) -> None:
+        """Add `other`'s observations into the first rows (its own number of rows)."""
+        self.grow(len(other.count))
+        at = slice(0, len(other.count))
         n_a, mean_a = self.count[at], self.mean[at]
         n = n_a + other.count
         delta = other.mean - mean_a

@@ -23,8 +23,9 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, TIE, _hashable, mean_std, protocol_label, size_key,
-                                       sort_key, varying)
+from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, _hashable, protocol_label,
+                                       size_key, sort_key, varying)
+from hpcxfer.collect.moments import mean_std
 from hpcxfer.collect.views import Column, View, key, num, signed
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
@@ -130,7 +131,7 @@ def pair_up(rows: Iterable[dict], ref_rows: Iterable[dict], key: Sequence[str], 
     return [(mine[k], theirs[k]) for k in sorted(mine.keys() & theirs.keys(), key=repr)]
 
 
-def compare_rows(rows: Iterable[dict], ref_rows: Iterable[dict], key: Sequence[str] = ("split", "seed"),
+def compare_rows(rows: Iterable[dict], ref_rows: Iterable[dict], key: Sequence[str] = REPLICATE_FIELDS,
                  metric: str = "val_acc") -> dict:
     """`paired_stats` of `rows` minus `ref_rows` paired on `key`, with both sides' means over the pairs."""
     pairs = pair_up(rows, ref_rows, key, metric)
@@ -157,14 +158,15 @@ def labels(rows: Iterable[dict]) -> list[str]:
     return sorted(out)
 
 
-def _finetune(records) -> list[dict]:
+def finetune_rows(records) -> list[dict]:
+    """The finished fine-tuning rows of a `StudyRecords` (or of a list of rows)."""
     return [r for r in getattr(records, "rows", records) if r.get("stage") == "finetune"]
 
 
 def reference(records, ref: str | None = None) -> str | None:
     """`ref` if some finished task runs it, else a ConfigError (option `--ref`) naming the
     labels available; without `ref`, the first of `DEFAULT_REFS` the study has, or None."""
-    rows = _finetune(records)
+    rows = finetune_rows(records)
     if ref is None:
         return next((name for name in DEFAULT_REFS if any(matches(r, name) for r in rows)), None)
     if not any(matches(r, ref) for r in rows):
@@ -191,7 +193,7 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
     Raises ConfigError (option `--ref`) for a reference no task of the study runs, naming
     the labels available, and for a `by` without the protocol and the size.
     """
-    rows = _finetune(records)
+    rows = finetune_rows(records)
     by = tuple(by)
     lacking = [f for f in ("examples_per_class", *PROTOCOL_FIELDS) if f not in by]
     if lacking:
@@ -235,8 +237,9 @@ def _interval(r: dict) -> str:
 
 def paired_view(records, ref: str | None = None) -> View:
     """`collect --view paired`: `paired_rows` with the method in its notes."""
-    chosen = reference(records, ref)
-    rows = paired_rows(records, chosen) if chosen else []
+    tuned = finetune_rows(records)
+    chosen = reference(tuned, ref)
+    rows = paired_rows(tuned, chosen) if chosen else []
     extra = varying(rows, [a for a in DEFAULT_BY if a not in ("examples_per_class", *PROTOCOL_FIELDS)])
     columns = [key("examples_per_class", "per class", numeric=True), key("protocol")] + [key(a) for a in extra]
     if len({r["ref"] for r in rows}) > 1:
@@ -256,7 +259,7 @@ def paired_view(records, ref: str | None = None) -> View:
              "wins / losses / ties: pairs where the protocol is above / below / level with the reference"]
     if chosen is None:
         notes.append("this study runs neither common nor scratch: name the reference with --ref "
-                     f"(one of: {', '.join(labels(_finetune(records))) or 'none finished yet'})")
+                     f"(one of: {', '.join(labels(tuned)) or 'none finished yet'})")
     few = sorted({str(r["examples_per_class"]) for r in rows if r["pairs"] < 2}, key=lambda s: size_key(s))
     if few:
         notes.append(f"fewer than two pairs at {', '.join(few)}/class: no interval there")

@@ -11,7 +11,6 @@ CUDA device; SU are charged at the Gadi queue rate of the result's GPU model
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from hpcxfer.sites import GADI_QUEUES
 from hpcxfer.collect.read import StudyRecords
+from hpcxfer.fileio import read_json
 
 
 @dataclass
@@ -88,8 +88,8 @@ def compute(results: dict[str, dict]) -> list[tuple[str, str]]:
     return out
 
 
-def latest_record_time(records: StudyRecords) -> float | None:
-    """The modification time of the newest result.json, else study.json's `updated`."""
+def latest_record_time(records: StudyRecords, info: dict) -> float | None:
+    """The modification time of the newest result.json, else study.json's (`info`) `updated`."""
     times = []
     for task_id in records.results:
         try:
@@ -98,14 +98,13 @@ def latest_record_time(records: StudyRecords) -> float | None:
             pass
     if times:
         return max(times)
-    info = _study_json(records.paths.study_json)
     stamp = info.get("updated") or info.get("created")
     return float(stamp) if isinstance(stamp, (int, float)) else None
 
 
 def _study_json(path: Path) -> dict:
     try:
-        info = json.loads(path.read_text())
+        info = read_json(path)
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
@@ -119,9 +118,10 @@ def _read(path: str) -> str | None:
 
 
 def provenance(records: StudyRecords) -> Provenance:
-    stamp = latest_record_time(records)
+    info = _study_json(records.paths.study_json)
+    stamp = latest_record_time(records, info)
     date = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp)) if stamp is not None else None
-    grids = [(g, _read(g)) for g in sorted(_study_json(records.paths.study_json).get("grids") or [])
+    grids = [(g, _read(g)) for g in sorted(info.get("grids") or [])
              if isinstance(g, str)]
     results = [records.results[t] for t in sorted(records.results)]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from hpcxfer.errors import ConfigError
-from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.schema import FOLDER_DATASETS, Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.sites import GADI_QUEUES, GPU_MEMORY_GB, Queue
 
@@ -100,9 +100,6 @@ DATA_COUNTS = {
     "cifar100": (100, 50_000, 10_000),
     "fashion-mnist": (10, 60_000, 10_000),
 }
-
-#: Data sets kept as decoded arrays on disk: nothing to decode.
-ARRAY_DATASETS = ("cifar10", "cifar100", "fashion-mnist")
 
 STARTUP_S = 60.0  # assumed: interpreter, torch and CUDA start, file index, model build
 #: Measured: the quick start on an H200 started each task in 8-11 s (four at once, cold
@@ -172,12 +169,12 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
     classes = over.classes or classes
     train = over.train_images or train
     val = over.val_images or val
-    if grid.data.dataset in ARRAY_DATASETS:
+    if grid.data.dataset not in FOLDER_DATASETS:  # kept as decoded arrays: nothing to decode
         size = {"fashion-mnist": 28}.get(grid.data.dataset, 32)
         bpi, decodes = (1 if grid.data.dataset == "fashion-mnist" else 3) * size * size, False
     else:
         bpi, decodes = 3 * grid.data.image_size ** 2, True
-    startup = STARTUP_S_ARRAY if grid.data.dataset in ARRAY_DATASETS else STARTUP_S
+    startup = STARTUP_S if grid.data.dataset in FOLDER_DATASETS else STARTUP_S_ARRAY
     return Model(devices, queues, startup if over.startup_s is None else over.startup_s,
                  classes, train, val, bpi, decodes, ARCH_SPEED[grid.arch], grid.runtime.eval_every,
                  grid.runtime.group_max, decode_cache=grid.runtime.decode_cache != "off",

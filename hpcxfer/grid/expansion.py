@@ -92,6 +92,7 @@ def _resolve(choice: tuple, size: int | str) -> dict:
 def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -> list[Task]:
     axes = {**FINETUNE_DEFAULTS, **axes}
     where = "finetune" if name == "finetune" else f"experiments {name!r}"
+    data_fields = grid.data.task_fields()
     tasks = []
     for split, size, choice, *settings in itertools.product(
         axes["split"], axes["examples_per_class"], _protocol_choices(axes),
@@ -108,7 +109,7 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
         pre = pretrain[split]
         tasks.append(Task(
             stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
-            examples_per_class=size, **proto, **values, **grid.data.task_fields(),
+            examples_per_class=size, **proto, **values, **data_fields,
             # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
             # scratch included, so that a study's stages stay simple to schedule and count.
             depends_on=(pre.task_id,),

@@ -223,8 +223,8 @@ def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> 
     written when the study directory it gives would break a job script or a file system:
     a control character anywhere in its absolute path (the current directory included), a
     component over 255 bytes, a path too long for the files inside it, or on SLURM a
-    backslash (its own `%` are escaped in the log paths, hpcxfer/backends/slurm.py). The grid's own `root` was checked by the
-    schema already.
+    backslash (its own `%` are escaped in the log paths, hpcxfer/backends/slurm.py). The
+    grid's own `root` was checked by the schema already.
     """
     root = grid.root if option is None else option
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcxfer.errors import ConfigError
+from hpcxfer.grid.task import finite_number
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,8 @@ class RuntimeSettings:
         return dataclasses.asdict(self)
 
 
-def _number(v: object) -> bool:
-    return type(v) in (int, float) and math.isfinite(v)  # type: ignore[arg-type]
-
-
 #: Field annotations (strings, under `from __future__ import annotations`) -> their check.
-_KIND_CHECK = {"int": lambda v: type(v) is int, "float": _number, "bool": lambda v: type(v) is bool,
+_KIND_CHECK = {"int": lambda v: type(v) is int, "float": finite_number, "bool": lambda v: type(v) is bool,
                "str": lambda v: type(v) is str}
 _KIND_NAME = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 

@@ -119,14 +119,14 @@ def _int(v: object) -> bool:
     return type(v) is int
 
 
-def _float(v: object) -> bool:
+def finite_number(v: object) -> bool:
     return type(v) in (int, float) and math.isfinite(v)
 
 
 _KIND_CHECK = {
     "a string": lambda v: type(v) is str,
     "an integer": _int,
-    "a number": _float,
+    "a number": finite_number,
     "an integer or 'full'": lambda v: _int(v) or v == "full",
     "a list of task ids": lambda v: type(v) is list and all(type(x) is str for x in v),
 }

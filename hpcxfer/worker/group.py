@@ -32,11 +32,11 @@ from hpcxfer.grid.groups import group_key
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
-from hpcxfer.study import is_done, read_group
+from hpcxfer.study import is_done, read_group, read_record
 from hpcxfer.locks import Lock, LockHeld, describe
 from hpcxfer.worker import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE, checkpoint
 from hpcxfer.worker.learners import Data, Learner, Looped, Trainer, global_rng, prepare_data, prepare_model
-from hpcxfer.worker.main import _log_to, _read_config, _threads
+from hpcxfer.worker.main import _log_to, _threads
 from hpcxfer.worker.records import Records, finish, run_info
 from hpcxfer.worker.signals import Interrupted, StopFlag
 from hpcxfer.worker.train import Checkpointer, fit
@@ -68,10 +68,10 @@ def run_group(study_dir: str, group_id: str) -> int:
     todo = [tp for tp in map(study.task, members) if not is_done(tp)]
     if not todo:
         return EXIT_DONE  # finished already: a re-run array task does nothing
-    configs = [_read_config(tp) for tp in todo]
-    for tp, config in zip(todo, configs):  # bad settings: exit 2, nothing touched
-        RuntimeSettings.of_config(config, tp.config)
-    threads = _threads(RuntimeSettings.of_config(configs[0]))
+    configs = [read_record(tp.config) for tp in todo]
+    # bad settings: exit 2, nothing touched
+    settings = [RuntimeSettings.of_config(config, tp.config) for tp, config in zip(todo, configs)]
+    threads = _threads(settings[0])
     handler = _log_to(gp)
     if threads:
         torch.set_num_threads(threads)
@@ -151,6 +151,7 @@ def _check(gp: GroupPaths, tasks: list[Task], configs: list[dict]) -> None:
     """Members of a group differ in their protocol only (hpcxfer/grid/groups.py GROUP_FREE)."""
     first = tasks[0]
     shared = dict(group_key(first))
+    first_runtime = RuntimeSettings.of_config(configs[0])
     for task, config in zip(tasks, configs):
         if task.stage != "finetune":
             raise StudyError(f"{gp.config}: member {task.task_id} is a {task.stage} task; groups are fine-tuning")
@@ -160,7 +161,7 @@ def _check(gp: GroupPaths, tasks: list[Task], configs: list[dict]) -> None:
                              f"its protocol ({', '.join(fields)}); run `hpcxfer submit` again to regroup")
         if config.get("data") != configs[0].get("data"):
             raise StudyError(f"{gp.config}: members {first.task_id} and {task.task_id} read different data")
-        if RuntimeSettings.of_config(config) != RuntimeSettings.of_config(configs[0]):
+        if RuntimeSettings.of_config(config) != first_runtime:
             log.warning("%s: runtime settings differ from %s's; the group runs with %s's", task.task_id,
                         first.task_id, first.task_id)
 

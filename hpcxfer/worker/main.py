@@ -67,7 +67,7 @@ def run_task(study_dir: str, task: str) -> int:
     _, damaged = results.load(paths.result, paths.task_id)
     if paths.result.is_file() and not damaged:
         return EXIT_DONE  # finished already: a re-run array task does nothing
-    config = _read_config(paths)
+    config = read_record(paths.config)
     settings = RuntimeSettings.of_config(config, paths.config)  # bad settings: exit 2, nothing touched
     lock = Lock(paths.running, {"job_id": os.environ.get("HPCXFER_JOB_ID")})
     try:
@@ -119,10 +119,6 @@ def _run_locked(study: StudyPaths, paths: TaskPaths, settings: RuntimeSettings, 
     finally:
         logging.getLogger("hpcxfer").removeHandler(handler)
         handler.close()
-
-
-def _read_config(paths: TaskPaths) -> dict:
-    return read_record(paths.config)
 
 
 def _fail(paths: TaskPaths, error: str, status: int, tb: str = "") -> None:

@@ -71,12 +71,9 @@ class Scalars:
         from torch.utils.tensorboard.summary import hparams as summary
 
         plain = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
-        writer = SummaryWriter(str(self.folder))
-        try:
+        with SummaryWriter(str(self.folder)) as writer:
             for event in summary(plain, {tag(k): v for k, v in metrics.items()}):
-                writer._get_file_writer().add_summary(event)
-        finally:
-            writer.close()
+                writer.file_writer.add_summary(event)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -15,6 +15,7 @@ from hpcxfer.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, 
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import TaskPaths
+from hpcxfer.results import METRICS
 from hpcxfer.worker.env import environment
 from hpcxfer.worker.observe import Scalars
 
@@ -22,7 +23,6 @@ from hpcxfer.worker.observe import Scalars
 #: settings a grid may vary (docs/design.md §1), with the final metrics of its result.
 HPARAMS = ("stage", "transfer_layers", "high_lr_layers", "initial_decay_epochs", "frozen_layers", "lr_high",
            "lr_low", "examples_per_class", "split", "seed", "epochs", "batch_size", "arch", "dataset")
-FINAL = ("val_acc", "val_loss", "train_loss", "train_acc")
 
 if TYPE_CHECKING:
     from hpcxfer.worker.learners import Data
@@ -49,9 +49,8 @@ class Records:
 
     def hparams(self, task: Task, result: dict) -> None:
         """The finished task's HParams entry (TensorBoard), beside its scalars."""
-        fields = task.to_dict()
-        self.scalars.hparams({k: fields[k] for k in HPARAMS if k in fields},
-                             {k: result[k] for k in FINAL if isinstance(result.get(k), (int, float))})
+        self.scalars.hparams({k: getattr(task, k) for k in HPARAMS},
+                             {k: result[k] for k in METRICS if isinstance(result.get(k), (int, float))})
 
 
 def run_info(ckpt: Checkpointer, startup_s: float | None, data: Data) -> dict:
