@@ -6,4 +6,7 @@ worker holds the task (its running.json; nothing was touched), 75 checkpointed o
 request, resume me (EX_TEMPFAIL).
 """
 
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_RESUME = 0, 1, 2, 73, 75
+from hpcxfer.states import Exit
+
+# Old names of hpcxfer.states.Exit, until every caller uses the enum.
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_BUSY, EXIT_RESUME = Exit.DONE, Exit.FAILED, Exit.USAGE, Exit.BUSY, Exit.RESUME
