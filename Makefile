@@ -1,12 +1,15 @@
 # The two entry points of a fresh machine (see README.md).
 .PHONY: setup quickstart test wheel
 
+# Everything: hpcxfer with every extra, the test tools and the one-node SLURM cluster's packages.
 setup:
-	./scripts/setup.sh
+	./scripts/setup.sh test
 
 # A small real transfer-learning study on the local backend, then its summary table and
 # each protocol's paired difference from scratch (the README's quick-start table).
-quickstart: setup
+# It installs only what that needs (the images and hpcxfer[train]: no SLURM, no test tools).
+quickstart:
+	./scripts/setup.sh quickstart
 	.venv/bin/hpcxfer submit jobs/quickstart.yaml --backend local --wait
 	.venv/bin/hpcxfer collect runs/quickstart --view cells,paired --ref scratch
 

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Everything a fresh Debian/Ubuntu machine needs for hpcxfer, idempotent:
-#   Debian packages: dataset-fashion-mnist (the quick start's images, offline),
-#                    slurm-wlm and munge (the test suite's one-node SLURM cluster);
-#   a virtual environment in .venv with hpcxfer, what trains tasks ([train]) and the test tools.
+# What a fresh Debian/Ubuntu machine needs for hpcxfer, idempotent. Two levels:
+#   scripts/setup.sh quickstart   what `make quickstart` needs: Debian's dataset-fashion-mnist
+#                                 (the images, offline) and a .venv with hpcxfer[train];
+#   scripts/setup.sh test         (the default) that, plus slurm-wlm and munge (the test
+#                                 suite's one-node SLURM cluster) and the test tools ([test]).
+# Torch: where no NVIDIA GPU is present, the CPU build is installed from PyTorch's own index
+# when that index can be reached (about 200 MB instead of pip's default CUDA build of
+# several GB); otherwise pip's default torch, whatever the configured indexes offer.
 # Set HPCXFER_SKIP_APT=1 to skip the Debian packages (e.g. without root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(dataset-fashion-mnist slurm-wlm munge)
+level=${1:-test}
+case "$level" in
+  quickstart) packages=(dataset-fashion-mnist); extras=train; check="torch, torchvision, tensorboard" ;;
+  test) packages=(dataset-fashion-mnist slurm-wlm munge); extras=train,test; check="torch, torchvision, tensorboard, pytest" ;;
+  *) echo "setup: unknown level '$level': use quickstart or test" >&2; exit 2 ;;
+esac
+
 if [ "${HPCXFER_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   missing=()
   for p in "${packages[@]}"; do
@@ -39,10 +49,23 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if ! .venv/bin/python -c "import hpcxfer, pytest, torch, torchvision, tensorboard" 2>/dev/null \
-   || [ pyproject.toml -nt .venv/.hpcxfer-installed ]; then
-  echo "setup: installing hpcxfer and its dependencies into .venv"
+
+cpu_index=https://download.pytorch.org/whl/cpu
+stamp=.venv/.hpcxfer-installed-${extras/,/-}
+if ! .venv/bin/python -c "import hpcxfer, $check" 2>/dev/null || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing hpcxfer[$extras] and its dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[train,test]'
-  touch .venv/.hpcxfer-installed
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null || [ -e /proc/driver/nvidia/version ]; then
+      echo "setup: an NVIDIA GPU is present: pip's default torch (a CUDA build)"
+    elif .venv/bin/python -c "import urllib.request as u; u.urlopen('$cpu_index/torch/', timeout=10)" 2>/dev/null \
+         && .venv/bin/python -m pip install -q --index-url "$cpu_index" torch torchvision; then
+      echo "setup: no NVIDIA GPU: installed torch's CPU build from $cpu_index"
+    else
+      echo "setup: no NVIDIA GPU, and $cpu_index cannot be reached: pip's default torch" \
+           "(on PyPI a CUDA build of several GB)"
+    fi
+  fi
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  touch "$stamp"
 fi
