@@ -329,7 +329,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
     views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
     if args.plots:
-        from hpcxfer.collect.figures import study_figures, write_figures
+        from hpcxfer.collect.figures import study_figures
+        from hpcxfer.collect.plotting import write_figures
 
         figures, left_out = study_figures(collected, args.ref)
         try:
@@ -360,8 +361,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _check_target(args.out, "--out")
     collected = _collect(args)
+    html = build_report(collected, ref=args.ref)  # an unknown --ref stops here: one line, nothing written
     _print_summary(collected)
-    html = build_report(collected)
     _write_out(args.out or str(collected.records.paths.report), html.encode())
     return 0
 
@@ -564,6 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report")
     p.add_argument("study_dir")
     p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
+    p.add_argument("--ref", metavar="PROTOCOL", help="the reference of the paired view and the difference figure: "
+                   "as collect's --ref (default: common if the study has it, else scratch)")
     p.set_defaults(func=cmd_report)
 
     p = command("run-task")

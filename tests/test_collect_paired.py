@@ -171,3 +171,40 @@ def test_compare_counts_its_replicates(tmp_path):
     rows = {r["examples_per_class"]: r for r in reports.compare(summarize(rec.rows, rec.missing)).rows}
     assert (rows[10]["common_replicates"], rows[10]["scratch_replicates"], rows[10]["optimal_replicates"]) == (3, 4, 0)
     assert (rows[25]["common_replicates"], rows[25]["scratch_replicates"]) == (1, 1)
+
+
+def test_compare_and_table2_give_one_verdict(tmp_path):
+    """n5 leads at 25/class, but its paired interval against common holds zero: Table 2 and
+    compare both say tied within noise, and neither calls the leader the best."""
+    from hpcxfer.collect.build import build_views, collect
+
+    study = {ft(0, 25, 5): 0.80, ft(1, 25, 5): 0.40, ft(2, 25, 5): 0.75,
+             ft(0, 25, 7): 0.50, ft(1, 25, 7): 0.60, ft(2, 25, 7): 0.70,
+             ft(0, 25, 0): 0.30, ft(1, 25, 0): 0.35, ft(2, 25, 0): 0.40}
+    table2, compare = build_views(collect(write(tmp_path / "s", study)), ["table2", "compare"])
+    (t2,), (cmp,) = table2.rows, compare.rows
+    assert t2["best"] is None and cmp["best"] is None and cmp["within_noise"] and t2["within_noise"]
+    assert cmp["leader"] == t2["leader"] == "n5 h8 d30 f0" and cmp["runner_up"] == COMMON
+    assert cmp["margin_ci_low"] == pytest.approx(t2["margin_ci_low"])
+    said = f"tied within noise: n5 h8 d30 f0, {COMMON}"
+    headers = [c.header for c in compare.columns]
+    assert table2.cells()[0][1] == said == compare.cells()[0][headers.index("best protocol")]
+    assert not any("best found" in h for h in headers)
+    assert cmp["leader_mean"] == pytest.approx(0.65) and cmp["leader_vs_common"] == pytest.approx((0.65 / 0.6 - 1) * 100)
+
+
+def test_no_negative_zero_in_an_interval(tmp_path, cli):
+    from hpcxfer.collect.views import fixed, interval, signed
+
+    assert [fixed(v, 1, sign=True) for v in (-0.04, 0.04, -0.0, -0.06, 0.06)] == ["0.0", "0.0", "0.0", "-0.1", "+0.1"]
+    assert interval(-0.00049, 0.0045, 100) == "[0.0, +0.4]" and signed(-0.01) == "0.0 %"
+    # differences +0.2, +0.1, +0.3 points: mean +0.2, interval [-0.048, +0.448] points
+    paths = write(tmp_path / "s", {ft(0, 10, 5): 0.502, ft(1, 10, 5): 0.501, ft(2, 10, 5): 0.503,
+                                   ft(0, 10, 7): 0.5, ft(1, 10, 7): 0.5, ft(2, 10, 7): 0.5})
+    (row,) = _json(cli, paths)["rows"]
+    assert -0.0005 < row["ci_low"] < 0
+    table = cli("collect", paths.dir, "--view", "paired").stdout
+    assert "[0.0, +0.4]" in table and "-0.0" not in table
+    md = cli("collect", paths.dir, "--view", "table2,paired", "--format", "markdown").stdout
+    assert "| [0.0, +0.4] |" in md and "-0.0 " not in md and "-0.0]" not in md
+    assert "| [-0.05, +0.45] |" in md  # Table 2's margin at two decimals: a real negative stays

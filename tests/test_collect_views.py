@@ -132,7 +132,7 @@ def test_compare_relative_improvement(tmp_path):
     assert (row["scratch_mean"], row["common_mean"], row["optimal_mean"]) == (0.2, 0.25, 0.37)
     assert row["optimal_vs_common"] == pytest.approx(48.0) and row["optimal_vs_scratch"] == pytest.approx(85.0)
     assert row["common_vs_scratch"] == pytest.approx(25.0)
-    assert row["best"] == "n5 h8 d30 f0" and row["best_vs_common"] == pytest.approx(60.0)
+    assert row["best"] == "n5 h8 d30 f0" and row["leader_vs_common"] == pytest.approx(60.0)
 
 
 def test_paper_numbers_beside_ours_for_imagenet(tmp_path):
@@ -156,3 +156,40 @@ def test_paper_numbers_beside_ours_for_imagenet(tmp_path):
     other = collect(write(tmp_path / "f", {ft(0, 10, 7): 0.2}))
     view = reports.paper_numbers(other.protocol_cells, other.dataset)
     assert all(r["ours"] is None for r in view.rows) and "fashion-mnist" in view.notes[-1]
+
+
+# ---------------------------------------------------------------- views that say what they hold
+def test_view_all_includes_paired(tmp_path, cli):
+    from hpcxfer.collect.build import parse_views
+
+    assert parse_views(["all"]) == ["cells", "table1", "table2", "compare", "paired", "paper", "incomplete"]
+    paths = write(tmp_path / "s", {ft(0, 10, 7): 0.5, ft(1, 10, 7): 0.6, ft(0, 10, 0): 0.4, ft(1, 10, 0): 0.45})
+    out = cli("collect", paths.dir, "--view", "all", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    views = json.loads(out.stdout)["views"]
+    # a finished Fashion-MNIST study: no paper view, no incomplete view; the paired one is there
+    assert list(views) == ["cells", "table1", "table2", "compare", "paired"]
+    assert views["paired"]["rows"][0]["mean_diff"] == pytest.approx(-0.125)
+
+
+def test_paper_view_of_another_data_set_is_one_note_not_rows_of_dashes(tmp_path, cli):
+    paths = write(tmp_path / "s", {ft(0, 10, 7): 0.2})
+    c = collect(paths)
+    view = reports.paper_numbers(c.protocol_cells, c.dataset)
+    assert view.rows == [] and len(view.notes) == 1
+    assert "ImageNet's" in view.notes[0] and "fashion-mnist" in view.notes[0]
+    out = cli("collect", paths.dir, "--view", "paper")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"The paper's numbers beside ours: {view.notes[0]}"]
+    assert "-" * 3 not in out.stdout
+
+
+def test_an_empty_view_is_one_line_not_an_empty_table(tmp_path, cli):
+    paths = write(tmp_path / "s", {ft(0, 10, 7): 0.2, ft(1, 10, 7): 0.3})
+    out = cli("collect", paths.dir, "--view", "incomplete")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "Tasks without a result: every task has its result\n"
+    md = cli("collect", paths.dir, "--view", "incomplete", "--format", "markdown").stdout
+    assert md == "### Tasks without a result\n\n_every task has its result_\n"
+    csv_out = cli("collect", paths.dir, "--view", "incomplete", "--format", "csv").stdout
+    assert csv_out == "task_id,stage,state,epoch,detail,log\n"  # CSV keeps its header

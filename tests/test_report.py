@@ -13,10 +13,13 @@ import xml.etree.ElementTree as ET
 import pytest
 from collect_study import ft, write
 
+from hpcxfer.collect import read_study
 from hpcxfer.collect.build import ALL, build_views, collect
-from hpcxfer.collect.figures import draw, paper_figures
+from hpcxfer.collect.figures import paper_figures
+from hpcxfer.collect.plotting import draw
 
 SVG = "{http://www.w3.org/2000/svg}"
+COMMON_LABEL = "common (n7 h8 d30 f0)"
 
 
 def _png_dpi(png: bytes) -> int:
@@ -83,7 +86,7 @@ def test_report_is_one_valid_html_file_with_every_table(study, cli):
     text = (study.dir / "report.html").read_text()
     assert text.startswith("<!DOCTYPE html>")
     root = ET.fromstring(text.split("\n", 1)[1])  # well-formed: parses as XML
-    views = {v.name: v for v in build_views(collect(study), [*ALL, "paired"], explicit=False)}
+    views = {v.name: v for v in build_views(collect(study), ALL, explicit=False)}
     assert set(views) == {"cells", "table1", "table2", "compare", "paired", "incomplete"}
     # the paper's tables first, the raw cells and unfinished tasks last, collapsed
     order = ["table2", "compare", "paired", "table1", "cells", "incomplete"]
@@ -102,7 +105,7 @@ def test_report_is_one_valid_html_file_with_every_table(study, cli):
     cells = {tuple(td.text for td in tr) for tr in tables[0].findall("./tbody/tr")}
     # two pairs, +5 and +4 points: Student's t with 1 df holds zero, so no best at 10/class
     assert ("10", "tied within noise: optimal (n6 h1 d10 f6), common (n7 h8 d30 f0)", "60.0 ± 0.0") in {c[:3] for c in cells}
-    assert "td.num, th.num { white-space: nowrap; font-variant-numeric: tabular-nums; }" in text
+    assert "td.num { white-space: nowrap; font-variant-numeric: tabular-nums; }" in text
     figures = root.findall(".//figure")
     assert [f.get("id") for f in figures] == ["fig1", "fig2", "fig3", "fig4", "fig6", "delta", "curves"]
     assert all(f.find(f"{SVG}svg") is not None for f in figures)  # embedded, not linked
@@ -138,7 +141,7 @@ def test_formats_and_out(study, tmp_path, cli):
     out = cli("collect", study.dir, "--view", "all", "--format", "json", "--out", tmp_path / "all.json")
     assert out.returncode == 0 and out.stdout == ""
     data = json.loads((tmp_path / "all.json").read_text())
-    assert set(data["views"]) == {"cells", "table1", "table2", "compare", "incomplete"}
+    assert set(data["views"]) == {"cells", "table1", "table2", "compare", "paired", "incomplete"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".all.json")]  # no temporary left behind
     table = cli("collect", study.dir, "--view", "table2").stdout
     assert "Table 2" in table and "optimal" in table
@@ -161,7 +164,7 @@ def wide(tmp_path):
 def test_a_crowded_figure_becomes_small_multiples_coloured_by_size(wide):
     from matplotlib.colors import to_hex
 
-    from hpcxfer.collect.figures import MAX_SERIES
+    from hpcxfer.collect.plotting import MAX_SERIES
 
     figures, _ = paper_figures(collect(wide).protocol_cells)
     fig3 = next(f for f in figures if f.name == "fig3")
@@ -282,3 +285,93 @@ def test_captions_count_splits_and_seeds_where_a_study_has_several(tmp_path):
     assert "mean ± std over 4 replicates (2 splits x 2 seeds)" in captions["fig1"]
     assert "mean paired difference over 4 pairs (2 splits x 2 seeds), 95 % interval" in captions["delta"]
     assert all("4 splits" not in c for c in captions.values())
+
+
+# ---------------------------------------------------------------- what the report says is what it shows
+@pytest.fixture
+def three(tmp_path):
+    """Two splits at 10 and 25/class: scratch, common, and n3, n5, n6 (h 8), whose order by
+    difference from scratch flips between the sizes; no optimal protocol."""
+    results = {}
+    for s in (0, 1):
+        for size, step in ((10, 0.02), (25, -0.03)):
+            results[ft(s, size, 0)] = 0.4 + 0.01 * s
+            results[ft(s, size, 7)] = 0.5 + 0.01 * s
+            for i, n in enumerate((3, 5, 6)):
+                results[ft(s, size, n)] = 0.5 + step * i + 0.013 * s
+    return write(tmp_path / "three", results)
+
+
+def test_report_ref_chooses_the_reference_and_refuses_an_unknown_one(three, cli, tmp_path):
+    out = cli("report", three.dir, "--ref", "scratch", "--out", tmp_path / "r.html")
+    assert out.returncode == 0, out.stderr
+    root = ET.fromstring((tmp_path / "r.html").read_text().split("\n", 1)[1])
+    assert root.find(".//section[@id='paired']//caption").text == "Paired differences from scratch, per size"
+    caption = root.find(".//figure[@id='delta']/figcaption").text
+    assert caption.startswith("Difference from scratch (n0 h8 d30 f0) by size")
+    common = {tuple(td.text for td in tr)[:2] for tr in root.findall(".//section[@id='paired']//tbody/tr")}
+    assert ("10", "common (n7 h8 d30 f0)") in common
+    default = cli("report", three.dir, "--out", tmp_path / "d.html")
+    assert default.returncode == 0 and "Paired differences from common, per size" in (tmp_path / "d.html").read_text()
+    bad = cli("report", three.dir, "--ref", "n9 h8 d30 f0", "--out", tmp_path / "bad.html")
+    assert bad.returncode == 2 and not (tmp_path / "bad.html").exists()
+    (line,) = bad.stderr.strip().splitlines()
+    assert "--ref" in line and "'n9 h8 d30 f0'" in line
+
+
+def test_fig6_is_titled_with_what_it_draws(three, study):
+    figures, _ = paper_figures(collect(three).protocol_cells)
+    fig6 = next(f for f in figures if f.name == "fig6")
+    assert [se.label for se in fig6.series] == ["scratch", "common"]
+    assert fig6.spec.title == "Fig. 6: common vs scratch"
+    assert draw(fig6)._suptitle.get_text().startswith("Fig. 6: common vs scratch; mean ± std over 2 splits")
+    full = next(f for f in paper_figures(collect(study).protocol_cells)[0] if f.name == "fig6")
+    assert full.spec.title == "Fig. 6: optimal vs common vs scratch"  # all three drawn: all three named
+
+
+def test_sparse_learning_curves_mark_each_evaluation(tmp_path):
+    from hpcxfer.collect.figures import curve_figure
+    from hpcxfer.collect.metrics import merge_metrics
+    from hpcxfer.collect.plotting import SPARSE
+
+    def lines(records: int) -> list:
+        paths = write(tmp_path / f"r{records}", {ft(0, 10, 7): 0.5, ft(0, 10, 0): 0.4}, records=records)
+        fig = draw(curve_figure(merge_metrics(read_study(paths), jobs=1)))
+        return [line for ax in fig.axes for line in ax.get_lines()]
+
+    sparse = lines(2)
+    assert len(sparse) == 2 and all(len(line.get_xdata()) == 2 for line in sparse)
+    assert all(line.get_marker() not in (None, "None", "", " ") for line in sparse)
+    dense = lines(SPARSE + 3)
+    assert dense and all(line.get_marker() in (None, "None", "", " ") for line in dense)
+
+
+def test_delta_figure_keeps_one_order_in_every_panel(three):
+    from hpcxfer.collect.figures import delta_figure
+    from hpcxfer.collect.paired import paired_rows
+
+    data = delta_figure(paired_rows(read_study(three), "scratch"))
+    fig = draw(data)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    orders = [[t.get_text().rsplit(" (", 1)[0] for t in ax.get_yticklabels()][::-1] for ax in panels]  # top first
+    # common (named) first, then by the mean difference over both sizes (n3 +10.2, n5 +9.7,
+    # n6 +9.2 points), though at 10/class n6 leads n5 and n3 and at 25/class trails them
+    assert orders == [[COMMON_LABEL, "n3 h8 d30 f0", "n5 h8 d30 f0", "n6 h8 d30 f0"]] * 2
+
+
+def test_report_tables_wrap_or_scroll_and_empty_views_are_a_line(tmp_path):
+    from hpcxfer.collect.html import build_report
+
+    paths = write(tmp_path / "s", {ft(0, 10, 5): 0.5, ft(1, 10, 5): 0.6, ft(0, 10, 3): 0.4, ft(1, 10, 3): 0.3})
+    text = build_report(collect(paths), jobs=1)
+    root = ET.fromstring(text.split("\n", 1)[1])
+    assert "div.scroll { overflow-x: auto; max-width: 100%; }" in text
+    assert re.search(r"\bth \{[^}]*white-space: normal", text)
+    tables = root.findall(".//table")
+    assert tables and len(root.findall(".//div[@class='scroll']/table")) == len(tables)
+    assert all(t.findall("./tbody/tr") for t in tables)  # no empty table
+    # neither common nor scratch: the paired view has no row, and says so in one line
+    paired = root.find(".//section[@id='paired']")
+    assert paired.find(".//table") is None
+    (line,) = paired.findall("p[@class='empty']")
+    assert "".join(line.itertext()).startswith("Paired differences from a reference protocol: difference = protocol")

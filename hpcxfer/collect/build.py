@@ -18,7 +18,7 @@ from hpcxfer.layout import StudyPaths
 VIEWS = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete", "curves")
 #: What `--view all` and the HTML report show (paper only for an ImageNet study, and
 #: incomplete only while some task has no result).
-ALL = ("cells", "table1", "table2", "compare", "paper", "incomplete")
+ALL = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete")
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_views(c: Collected, names: Sequence[str], *, explicit: bool = True, jo
         "table1": lambda: reports.table1(cells, dataset),
         "table2": lambda: reports.table2(cells, dataset, c.records.rows),
         "paired": lambda: paired_view(c.records, ref),
-        "compare": lambda: reports.compare(cells, dataset),
+        "compare": lambda: reports.compare(cells, dataset, c.records.rows),
         "paper": lambda: reports.paper_numbers(cells, dataset),
         "incomplete": lambda: reports.incomplete(c.records),
         "curves": lambda: reports.curves_view(

@@ -17,7 +17,8 @@ import jinja2
 from markupsafe import Markup
 
 import hpcxfer
-from hpcxfer.collect.figures import FigureData, draw, inline_svg
+from hpcxfer.collect.figures import FigureData
+from hpcxfer.collect.plotting import draw, inline_svg
 from hpcxfer.collect.provenance import Provenance
 from hpcxfer.collect.views import View
 
@@ -57,9 +58,11 @@ def report_html(study: str, study_dir: str, dataset: str | None, summary: Sequen
         curves=_figure(curves) if curves else None, provenance=provenance)
 
 
-def build_report(collected, jobs: int | None = None) -> str:
+def build_report(collected, jobs: int | None = None, ref: str | None = None) -> str:
     """The report of a collected study (collect/build.py `collect`): every view `all` shows
-    plus the paired view, Figs. 1-6, the delta figure, learning curves and provenance."""
+    (the paired view among them), Figs. 1-6, the delta figure, learning curves and
+    provenance. `ref`: the paired view's and delta figure's reference protocol (default
+    common, else scratch); one the study does not run is a ConfigError (`--ref`)."""
     from hpcxfer.collect.build import ALL, build_views
     from hpcxfer.collect.figures import curve_figure, study_design, study_figures
     from hpcxfer.collect.metrics import merge_metrics
@@ -67,8 +70,8 @@ def build_report(collected, jobs: int | None = None) -> str:
     from hpcxfer.collect.provenance import provenance
 
     records = collected.records
-    views = build_views(collected, [*ALL, "paired"], explicit=False, jobs=jobs)
-    figures, left_out = study_figures(collected)
+    views = build_views(collected, ALL, explicit=False, jobs=jobs, ref=ref)
+    figures, left_out = study_figures(collected, ref)
     curves = curve_figure(merge_metrics(records, jobs=jobs))
     if curves:
         curves.design = study_design(finetune_rows(records))

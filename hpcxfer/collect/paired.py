@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, _hashable, protocol_label,
                                        size_key, sort_key, varying)
 from hpcxfer.collect.moments import mean_std
-from hpcxfer.collect.views import Column, View, key, num, signed
+from hpcxfer.collect.views import Column, View, interval, key, num, signed
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
 
@@ -229,12 +229,6 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
 
 
 # ---------------------------------------------------------------- the view
-def _interval(r: dict) -> str:
-    if r["ci_low"] is None:
-        return "n/a"
-    return f"[{r['ci_low'] * 100:+.1f}, {r['ci_high'] * 100:+.1f}]"
-
-
 def paired_view(records, ref: str | None = None) -> View:
     """`collect --view paired`: `paired_rows` with the method in its notes."""
     tuned = finetune_rows(records)
@@ -249,7 +243,7 @@ def paired_view(records, ref: str | None = None) -> View:
                 Column("reference %", lambda r: num(r["ref_mean"], 100)),
                 Column("difference", lambda r: signed(None if r["mean_diff"] is None else r["mean_diff"] * 100,
                                                       unit=" pts")),
-                Column("95 % interval", _interval),
+                Column("95 % interval", lambda r: interval(r["ci_low"], r["ci_high"], 100)),
                 Column("wins / losses / ties", lambda r: f"{r['wins']} / {r['losses']} / {r['ties']}")]
     notes = [f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
              "seed: one pair per split and seed that both finished (the same images); protocol % and reference % "

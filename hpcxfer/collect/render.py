@@ -38,8 +38,11 @@ def format_of(out: str | None, given: str | None) -> str:
     return EXTENSIONS[ext]
 
 
-def rich_table(view: View) -> Table:
+def rich_table(view: View) -> Table | Text:
+    """The view as a rich table; a view without a row as one line (its title and notes)."""
     # Cells hold what users wrote (experiment names, a failed task's error): text, not markup.
+    if not view.rows:
+        return Text(view.empty_line())
     table = Table(title=Text(view.title), caption=Text("\n".join(view.notes)) if view.notes else None,
                   caption_justify="left")
     for c in view.columns:
@@ -76,6 +79,8 @@ def _md_escape(text: str) -> str:
 
 
 def markdown(view: View) -> str:
+    if not view.rows:
+        return f"### {view.title}\n\n_{_md_escape('; '.join(view.notes) or 'nothing to show')}_\n"
     lines = [f"### {view.title}", "", "| " + " | ".join(_md_escape(c.header) for c in view.columns) + " |",
              "|" + "".join("---:|" if c.numeric else "---|" for c in view.columns)]
     lines += ["| " + " | ".join(_md_escape(x) for x in row) + " |" for row in view.cells()]

@@ -2,7 +2,7 @@
 
 table1: training and validation loss by n and size, with the average gap (section 3.1).
 table2: the best protocol per size with its accuracy, ties and unfinished cells said.
-compare: optimal vs common vs scratch (and the best found), with relative improvements.
+compare: optimal vs common vs scratch and the best (Table 2's rule), with relative improvements.
 paper: every published number beside ours (an ImageNet study; docs/design.md §1).
 """
 
@@ -15,7 +15,7 @@ from hpcxfer.collect import paper
 from hpcxfer.collect.aggregate import DEFAULT_BY, TIE, cell_fields, size_key, value_key, varying
 from hpcxfer.collect.paired import compare_rows
 from hpcxfer.collect.read import StudyRecords
-from hpcxfer.collect.views import Column, View, key, num, pm, signed
+from hpcxfer.collect.views import Column, View, interval, key, num, pm, signed
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
 
 #: The section 3.1 sweep (Fig. 1, Table 1): n varies, h = 8, d = 30, f = 0.
@@ -114,37 +114,56 @@ def _members(rows: Sequence[dict], cell: dict) -> list[dict]:
     return [r for r in rows if r.get("stage") == "finetune" and all(r.get(a) == cell[a] for a in DEFAULT_BY)]
 
 
+def verdict(at: Sequence[dict], rows: Sequence[dict] | None = None, extra: Sequence[str] = ()) -> dict:
+    """Which of the cells `at` is best, by the one rule Table 2 and compare share: the
+    highest mean leads; given the finished task `rows` (StudyRecords.rows), the leader is
+    the best only when the 95 % interval of its paired difference from the runner-up
+    (collect/paired.py) excludes zero, else the two are tied within the study's noise and
+    `best` is None. Without rows, the highest mean is the best. Keys: best, leader, tie,
+    within_noise, runner_up, margin, pairs, margin_ci_low, margin_ci_high, and `tied` (the
+    leading cells)."""
+    tied, runner = _best(at)
+    out: dict = {"best": None, "leader": None, "tie": len(tied) > 1, "within_noise": None, "runner_up": None,
+                 "margin": None, "pairs": None, "margin_ci_low": None, "margin_ci_high": None, "tied": tied}
+    if not tied:
+        return out
+    b = tied[0]
+    out.update({"leader": " = ".join(label(c, extra) for c in tied), "runner_up": label(runner, extra) if runner else None,
+                "margin": (b["val_acc_mean"] - runner["val_acc_mean"]) if runner else None})
+    if rows is not None and runner is not None and len(tied) == 1:
+        st = compare_rows(_members(rows, b), _members(rows, runner))
+        out.update({"pairs": st["pairs"], "margin_ci_low": st["ci_low"], "margin_ci_high": st["ci_high"]})
+        out["within_noise"] = st["ci_low"] is None or st["ci_low"] <= 0.0 <= st["ci_high"]
+    elif rows is not None:
+        out["within_noise"] = len(tied) > 1
+    out["best"] = None if out["tie"] or out["within_noise"] else out["leader"]
+    return out
+
+
+def verdict_text(r: dict) -> str:
+    """A `verdict` as a reader sees it: the best, `tied: A = B` or `tied within noise: A, B`."""
+    if r["best"] or not r["leader"]:
+        return r["best"] or "-"
+    return f"tied: {r['leader']}" if r["tie"] else f"tied within noise: {r['leader']}, {r['runner_up']}"
+
+
 def table2(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[dict] | None = None) -> View:
-    """The best protocol per size. Given the finished task `rows` (StudyRecords.rows), the
-    leader is marked best only when the 95 % interval of its paired difference from the
-    runner-up (collect/paired.py) excludes zero; otherwise the two are tied within the
-    study's noise and `best` is None. Without rows, the highest mean is the best."""
+    """The best protocol per size, by `verdict`'s rule."""
     extra, with_paper = varying(cells, SETTINGS), paper.applies(dataset)
     out, notes = [], []
     for s in _sizes(cells):
         at = [c for c in cells if c["examples_per_class"] == s]
-        tied, runner = _best(at)
+        v = verdict(at, rows, extra)
+        tied = v.pop("tied")
         unfinished = sum(1 for c in at if c["missing"])
-        row: dict = {"examples_per_class": s, "best": None, "leader": None, "tie": len(tied) > 1,
+        row: dict = {"examples_per_class": s, "best": None, "leader": None, "tie": v["tie"],
                      "within_noise": None, "cells": len(at), "unfinished_cells": unfinished}
         if tied:
             b = tied[0]
-            leader = " = ".join(label(c, extra) for c in tied)
-            row.update({"leader": leader,
-                        **{f: (b[f] if all(c[f] == b[f] for c in tied) else [c[f] for c in tied]) for f in PROTOCOL_FIELDS},
+            row.update({**{f: (b[f] if all(c[f] == b[f] for c in tied) else [c[f] for c in tied]) for f in PROTOCOL_FIELDS},
                         "val_acc_mean": b["val_acc_mean"], "val_acc_std": b["val_acc_std"],
                         "replicates": min(c["replicates"] for c in tied),
-                        "missing": max(c["missing"] for c in tied),
-                        "runner_up": label(runner, extra) if runner else None,
-                        "margin": (b["val_acc_mean"] - runner["val_acc_mean"]) if runner else None,
-                        "pairs": None, "margin_ci_low": None, "margin_ci_high": None})
-            if rows is not None and runner is not None and len(tied) == 1:
-                st = compare_rows(_members(rows, b), _members(rows, runner))
-                row.update({"pairs": st["pairs"], "margin_ci_low": st["ci_low"], "margin_ci_high": st["ci_high"]})
-                row["within_noise"] = st["ci_low"] is None or st["ci_low"] <= 0.0 <= st["ci_high"]
-            elif rows is not None:
-                row["within_noise"] = len(tied) > 1
-            row["best"] = None if row["tie"] or row["within_noise"] else leader
+                        "missing": max(c["missing"] for c in tied), **v})
         if with_paper:
             published = paper.TABLE2.get(s)
             if published:
@@ -162,22 +181,17 @@ def table2(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[dic
         elif unfinished:
             notes.append(f"{s}/class: {unfinished} of {len(at)} cells still miss tasks; the best may change")
 
-    def best(r: dict) -> str:
-        if r["best"] or not r["leader"]:
-            return r["best"] or "-"
-        return f"tied: {r['leader']}" if r["tie"] else f"tied within noise: {r['leader']}, {r['runner_up']}"
-
-    def interval(r: dict) -> str:
+    def margin_interval(r: dict) -> str:
         if r.get("margin_ci_low") is None:
             return "n/a" if r.get("pairs") is not None else "-"
-        return f"[{r['margin_ci_low'] * 100:+.2f}, {r['margin_ci_high'] * 100:+.2f}]"
+        return interval(r["margin_ci_low"], r["margin_ci_high"], 100, 2)
 
-    columns = [key("examples_per_class", "per class", numeric=True), Column("best protocol", best, numeric=False),
+    columns = [key("examples_per_class", "per class", numeric=True), Column("best protocol", verdict_text, numeric=False),
                Column("val acc %", lambda r: pm(r.get("val_acc_mean"), r.get("val_acc_std"), 100)),
                key("replicates", numeric=True), key("runner_up", "runner-up"),
                Column("margin", lambda r: num(r.get("margin"), 100, 2))]
     if rows is not None:
-        columns += [key("pairs", numeric=True), Column("margin 95 % interval", interval)]
+        columns += [key("pairs", numeric=True), Column("margin 95 % interval", margin_interval)]
     columns += [Column("cells done", lambda r: f"{r['cells'] - r['unfinished_cells']}/{r['cells']}")]
     if with_paper:
         columns += [Column("paper n d f", lambda r: (f"{r['paper_transfer_layers']} {r['paper_initial_decay_epochs']} "
@@ -199,12 +213,15 @@ def table2(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[dic
 NAMES = ("scratch", "common", "optimal")
 
 
-def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
+def compare(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[dict] | None = None) -> View:
+    """Scratch, common and optimal per size (and other varied settings), the best by
+    `verdict`'s rule (the finished task `rows` give its paired interval, as in Table 2) and
+    relative improvements."""
     extra, with_paper = varying(cells, SETTINGS), paper.applies(dataset)
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
         groups.setdefault((size_key(c["examples_per_class"]), *(value_key(c[a]) for a in extra)), []).append(c)
-    rows = []
+    out = []
     for k in sorted(groups):
         at = groups[k]
         row: dict = {"examples_per_class": at[0]["examples_per_class"], **{a: at[0][a] for a in extra}}
@@ -213,26 +230,28 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
             row[f"{name}_mean"] = cell["val_acc_mean"] if cell else None
             row[f"{name}_std"] = cell["val_acc_std"] if cell else None
             row[f"{name}_replicates"] = cell["replicates"] if cell else 0
-        tied, _ = _best(at)
-        row["best"] = tied[0]["protocol"] if tied else None
-        row["best_mean"] = tied[0]["val_acc_mean"] if tied else None
+        v = verdict(at, rows)
+        tied = v.pop("tied")
+        row.update(v)
+        row["leader_mean"] = tied[0]["val_acc_mean"] if tied else None
         row["optimal_vs_common"] = _relative(row["optimal_mean"], row["common_mean"])
         row["optimal_vs_scratch"] = _relative(row["optimal_mean"], row["scratch_mean"])
         row["common_vs_scratch"] = _relative(row["common_mean"], row["scratch_mean"])
-        row["best_vs_common"] = _relative(row["best_mean"], row["common_mean"])
+        row["leader_vs_common"] = _relative(row["leader_mean"], row["common_mean"])
         if with_paper:
             s = row["examples_per_class"]
             row["paper_optimal"] = paper.TABLE2_ACC.get(s)
             row["paper_common"] = paper.COMMON_AT_10 if s == 10 else None
             row["paper_optimal_vs_common"] = paper.OPTIMAL_VS_COMMON_AT_10 if s == 10 else None
-        rows.append(row)
+        out.append(row)
     columns = [key("examples_per_class", "per class", numeric=True)] + [key(a) for a in extra]
     columns += [Column(f"{n} %", lambda r, n=n: pm(r[f"{n}_mean"], r[f"{n}_std"], 100)) for n in NAMES]
-    columns += [Column("best found %", lambda r: num(_pct(r["best_mean"]))), key("best", "best protocol"),
+    columns += [Column("best protocol", verdict_text, numeric=False),
+                Column("leader %", lambda r: num(_pct(r["leader_mean"]))),
                 Column("optimal vs common", lambda r: signed(r["optimal_vs_common"])),
                 Column("optimal vs scratch", lambda r: signed(r["optimal_vs_scratch"])),
                 Column("common vs scratch", lambda r: signed(r["common_vs_scratch"])),
-                Column("best vs common", lambda r: signed(r["best_vs_common"]))]
+                Column("leader vs common", lambda r: signed(r["leader_vs_common"]))]
     if with_paper:
         columns += [Column("paper optimal %", lambda r: num(r.get("paper_optimal"))),
                     Column("paper common %", lambda r: num(r.get("paper_common"))),
@@ -240,13 +259,17 @@ def compare(cells: Sequence[dict], dataset: str | None = None) -> View:
     notes = ["mean ± std over replicates (splits and seeds, counted in the scratch_, common_ and "
              "optimal_replicates fields); "
              "relative improvement = (a / b - 1) x 100 of mean validation accuracies "
-             "(the paper: optimal +47.8 % over common at 10/class)"]
-    missing = [n for n in NAMES if all(r[f"{n}_mean"] is None for r in rows)]
+             "(the paper: optimal +47.8 % over common at 10/class)",
+             "best protocol: the leader (highest mean) is named best only as Table 2 names it"
+             + (", when the paired 95 % interval of its difference from the runner-up excludes zero, "
+                "else tied within noise" if rows is not None else "")]
+    missing = [n for n in NAMES if all(r[f"{n}_mean"] is None for r in out)]
     if missing:
         notes.append(f"this study has no finished {', '.join(missing)} cells")
-    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std", "replicates")), "best",
-              "best_mean", "optimal_vs_common", "optimal_vs_scratch", "common_vs_scratch", "best_vs_common"]
-    return View("compare", "Optimal vs common vs scratch", columns, rows, notes, fields)
+    fields = ["examples_per_class", *extra, *(f"{n}_{s}" for n in NAMES for s in ("mean", "std", "replicates")),
+              "best", "leader", "tie", "within_noise", "runner_up", "margin", "pairs", "margin_ci_low", "margin_ci_high",
+              "leader_mean", "optimal_vs_common", "optimal_vs_scratch", "common_vs_scratch", "leader_vs_common"]
+    return View("compare", "Optimal vs common vs scratch", columns, out, notes, fields)
 
 
 # ---------------------------------------------------------------- the paper's numbers beside ours
@@ -256,11 +279,21 @@ def _find(cells: Sequence[dict], size, **fields) -> dict | None:
 
 
 def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
-    ours = paper.applies(dataset)
+    """Every published number beside ours; for a study on another data set no row (rows of
+    dashes would say nothing), one note saying why."""
+    columns = [key("quantity"), Column("paper", lambda r: str(r["paper"])),
+               Column("ours", lambda r: r["ours"] if isinstance(r["ours"], str) else num(r["ours"], digits=2)),
+               Column("difference", lambda r: num(r["difference"], digits=2))]
+    fields = ["quantity", "paper", "ours", "difference"]
+    title = "The paper's numbers beside ours"
+    if not paper.applies(dataset):
+        on = f"on {dataset}" if dataset else "not on one data set"
+        return View("paper", title, columns, [], [
+            f"the paper's numbers (Plested & Gedeon 2019; Yosinski et al. 2014) are ImageNet's and this study is {on}: "
+            "nothing to set them beside"], fields)
     rows = []
 
     def add(quantity: str, published: float | str, value: float | None) -> None:
-        value = value if ours else None
         diff = value - published if isinstance(published, float) and value is not None else None
         rows.append({"quantity": quantity, "paper": published, "ours": value, "difference": diff})
 
@@ -285,15 +318,9 @@ def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
     anb = [c["val_acc_mean"] * 100 for n in range(1, 8) if (c := _find(cells, "full", transfer_layers=n, **SWEEP_N))]
     lo, hi = paper.YOSINSKI_ANB_PLUS
     rows.append({"quantity": "Yosinski AnB+: n = 1..7, full (%)", "paper": f"{lo}-{hi}",
-                 "ours": f"{min(anb):.1f}-{max(anb):.1f}" if anb and ours else None, "difference": None})
-    columns = [key("quantity"), Column("paper", lambda r: str(r["paper"])),
-               Column("ours", lambda r: r["ours"] if isinstance(r["ours"], str) else num(r["ours"], digits=2)),
-               Column("difference", lambda r: num(r["difference"], digits=2))]
+                 "ours": f"{min(anb):.1f}-{max(anb):.1f}" if anb else None, "difference": None})
     notes = ["Plested & Gedeon (2019), ImageNet, mean over 4 splits; Yosinski et al. (2014) released logs"]
-    if not ours:
-        notes.append(f"this study is on {dataset}: the published numbers are ImageNet's, so ours are not set beside them")
-    return View("paper", "The paper's numbers beside ours", columns, rows, notes,
-                ["quantity", "paper", "ours", "difference"])
+    return View("paper", title, columns, rows, notes, fields)
 
 
 # ---------------------------------------------------------------- the state of the study
