@@ -211,3 +211,62 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_outside_the_clone(tmp_path):
     task = hpcxfer("run-task", str(study), "0", ok=False)
     assert task.returncode == 2 and "pip install 'hpcxfer[train]'" in task.stderr
     print(f"wheel built and installed in {installed:.0f} s; whole test {time.monotonic() - t0:.0f} s")
+
+
+# ---------------------------------------------------------------- scripts/setup.sh and the Makefile
+def _setup(tmp_path: Path, *level: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """scripts/setup.sh run in a copy of the clone with apt-get, dpkg-query, sudo and the
+    venv's python stood in for by scripts that log their arguments (nothing installed);
+    the log: one line per call."""
+    repo, bin_dir, log = tmp_path / "repo", tmp_path / "bin", tmp_path / "calls.log"
+    (repo / "scripts").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "scripts" / "setup.sh", repo / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "pyproject.toml", repo / "pyproject.toml")
+    (repo / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
+    log.write_text("")
+    stubs = {bin_dir / "apt-get": 'echo "apt-get $*" >> LOG',
+             bin_dir / "dpkg-query": "exit 1",  # nothing installed
+             bin_dir / "sudo": '"$@"',
+             # imports (and PyTorch's index) fail, so that every install step runs; pip succeeds
+             repo / ".venv" / "bin" / "python": 'echo "python $*" >> LOG; [ "$1" != -c ]'}
+    for path, body in stubs.items():
+        path.write_text(f"#!/bin/sh\n{body.replace('LOG', str(log))}\n")
+        path.chmod(0o755)
+    out = subprocess.run(["bash", str(repo / "scripts" / "setup.sh"), *level], capture_output=True, text=True,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=60)
+    return out, log.read_text().splitlines()
+
+
+def test_quickstart_setup_installs_only_what_the_quick_start_needs(tmp_path):
+    out, calls = _setup(tmp_path, "quickstart")
+    assert out.returncode == 0, out.stderr
+    (apt,) = [c for c in calls if c.startswith("apt-get install")]
+    assert apt.split()[-1] == "dataset-fashion-mnist" and "slurm" not in apt and "munge" not in apt
+    installs = [c for c in calls if " -m pip install" in c and " -e " in c]
+    assert installs == ["python -m pip install -q -e .[train]"]
+    if not shutil.which("nvidia-smi") and not Path("/proc/driver/nvidia/version").exists():
+        # no GPU: torch's CPU build is tried first; here its index is not reached, and the log says so
+        assert any("import urllib.request" in c and "download.pytorch.org/whl/cpu" in c for c in calls)
+        assert "cannot be reached: pip's default torch (on PyPI a CUDA build of several GB)" in out.stdout
+
+    out, calls = _setup(tmp_path, "test")
+    assert out.returncode == 0, out.stderr
+    (apt,) = [c for c in calls if c.startswith("apt-get install")]
+    assert apt.split()[-3:] == ["dataset-fashion-mnist", "slurm-wlm", "munge"]
+    assert [c for c in calls if " -m pip install" in c and " -e " in c] == ["python -m pip install -q -e .[train,test]"]
+
+    bad = _setup(tmp_path, "everything")[0]
+    assert bad.returncode == 2 and "unknown level 'everything'" in bad.stderr
+
+
+def test_make_quickstart_and_make_test_use_their_own_setup_level():
+    def dry(target: str) -> str:
+        out = subprocess.run(["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    quick, test = dry("quickstart"), dry("test")
+    assert "./scripts/setup.sh quickstart" in quick and "setup.sh test" not in quick
+    assert "./scripts/setup.sh test" in test and "pytest" in test
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
