@@ -167,8 +167,8 @@ def _role(cell: dict) -> str | None:
 
 def curve_figure(curves: Sequence) -> FigureData | None:
     """Validation accuracy by epoch, one panel per size: the named protocols (scratch, common,
-    optimal) and the best by final accuracy (named in the panel's title), mean ± std over
-    replicates (collect/metrics.py's curves)."""
+    optimal) and the one of highest final mean (named in the panel's title: a leader, not
+    Table 2's verdict), mean ± std over replicates (collect/metrics.py's curves)."""
     by_size: dict = {}
     for c in curves:
         if "protocol" in c.cell and "val_acc" in c.metrics and len(c.epochs):
@@ -181,8 +181,8 @@ def curve_figure(curves: Sequence) -> FigureData | None:
         best = at[max(range(len(at)), key=lambda i: (finals[i], -i))]
         shown = [(n, c) for n in NAMES for c in at if is_named(c.cell, n)]
         if all(c is not best for _, c in shown):
-            shown.append(("best found", best))
-            titles[size] = f"{size_label(size)}; best: {best.cell['protocol']}"
+            shown.append(("highest mean", best))
+            titles[size] = f"{size_label(size)}; highest mean: {best.cell['protocol']}"
         for role, c in shown:
             keep = c.mean[:, j] == c.mean[:, j]  # epochs with a value
             series.append(Series(role, c.epochs[keep].tolist(), (c.mean[keep, j] * 100).tolist(),

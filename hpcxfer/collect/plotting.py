@@ -34,8 +34,8 @@ METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": 
             "svg": {"Date": None}}
 
 
-#: A protocol's colour where it has a role: Fig. 6's bar colours, black for the best found.
-ROLES = {"scratch": COLOURS[0], "common": COLOURS[1], "optimal": COLOURS[2], "best found": COLOURS[6]}
+#: A protocol's colour where it has a role: Fig. 6's bar colours, black for the highest mean.
+ROLES = {"scratch": COLOURS[0], "common": COLOURS[1], "optimal": COLOURS[2], "highest mean": COLOURS[6]}
 OTHER = "#777777"
 
 

@@ -288,9 +288,9 @@ def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
     title = "The paper's numbers beside ours"
     if not paper.applies(dataset):
         on = f"on {dataset}" if dataset else "not on one data set"
-        return View("paper", title, columns, [], [
-            f"the paper's numbers (Plested & Gedeon 2019; Yosinski et al. 2014) are ImageNet's and this study is {on}: "
-            "nothing to set them beside"], fields)
+        note = (f"the paper's numbers (Plested & Gedeon 2019; Yosinski et al. 2014) are ImageNet's and this study "
+                f"is {on}: nothing to set them beside")
+        return View("paper", title, columns, [], [note], fields)
     rows = []
 
     def add(quantity: str, published: float | str, value: float | None) -> None:
