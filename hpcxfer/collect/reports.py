@@ -288,8 +288,8 @@ def paper_numbers(cells: Sequence[dict], dataset: str | None = None) -> View:
     title = "The paper's numbers beside ours"
     if not paper.applies(dataset):
         on = f"on {dataset}" if dataset else "not on one data set"
-        note = (f"the paper's numbers (Plested & Gedeon 2019; Yosinski et al. 2014) are ImageNet's and this study "
-                f"is {on}: nothing to set them beside")
+        note = (f"none shown: the published numbers (Plested & Gedeon 2019; Yosinski et al. 2014) are ImageNet's "
+                f"and this study is {on}")
         return View("paper", title, columns, [], [note], fields)
     rows = []
 
