@@ -65,8 +65,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(planned.blocks) > 1:
         for name, block in planned.blocks:
             counts.add_row(Text(f"  finetune: {name}"), str(len({t.task_id for t in block})))
+        counts.caption = "a task two sub-grids share counts in each"
     console.print(counts)
     _cost_table(planned)
+    for line in planned.warnings:
+        console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     return 0
 
 
@@ -84,10 +87,14 @@ def _cost_table(planned) -> None:
                      no_wrap=True)
     for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
         table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
-    for name, c in rows:
+    totals = sum(1 for name, _ in rows if name.startswith("total"))
+    for i, (name, c) in enumerate(rows):
         table.add_row(Text(name), str(c.tasks), fmt_images(c.images),
-                      *(fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])))
+                      *(fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])),
+                      end_section=i == len(rows) - totals - 1)
     console.print(table)
+    for note in planned.row_notes():
+        console.print(f"  {note}", highlight=False, markup=False)
     for line in planned.assumptions():
         console.print(f"  {line}", highlight=False, markup=False)
     console.print(planned.summary(), highlight=False)
@@ -95,12 +102,14 @@ def _cost_table(planned) -> None:
 
 def _task_table(tasks, title: str, limit: int) -> None:
     table = Table(title=title)
-    for col in ("task_id", "stage", "split", "per class", "n", "h", "d", "f", "epochs", "batch"):
+    for col in ("task_id", "stage", "split", "seed", "per class", "n", "h", "d", "f", "epochs", "batch"):
         table.add_column(col, justify="left" if col in ("task_id", "stage") else "right",
                          no_wrap=col == "task_id")
     for t in tasks[:limit]:
-        table.add_row(t.task_id, t.stage, str(t.split), str(t.examples_per_class), str(t.transfer_layers),
-                      str(t.high_lr_layers), str(t.initial_decay_epochs), str(t.frozen_layers),
+        # A pre-training has no protocol: its n, h, d, f are blank, not the defaults it carries.
+        protocol = (t.transfer_layers, t.high_lr_layers, t.initial_decay_epochs, t.frozen_layers)
+        table.add_row(t.task_id, t.stage, str(t.split), str(t.seed), str(t.examples_per_class),
+                      *(str(v) if t.stage == "finetune" else "" for v in protocol),
                       str(t.epochs), str(t.batch_size))
     if len(tasks) > limit:
         table.caption = f"... and {len(tasks) - limit} more (--limit N, or --json for all)"
@@ -115,6 +124,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError(None, "--scripts", "goes with --dry-run (a real submit writes its scripts into the study)")
     _check_target(args.scripts, "--scripts", folder=True)
     req = service.prepare(args.grid, args.backend, args.root)
+    for line in req.warnings:
+        console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     if args.dry_run:
         return _dry_run(args, service.dry_run(req), req.estimate)
     outcome = service.submit(req, _SubmitReport(), wait=args.wait)

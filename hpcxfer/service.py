@@ -19,7 +19,9 @@ from functools import cached_property
 from typing import Protocol
 
 from hpcxfer.backends import BACKENDS, Backend, Submission, get_backend
+from hpcxfer.backends.resources import placeholders
 from hpcxfer.backends.scheduler import SchedulerError
+from hpcxfer.errors import ConfigError
 from hpcxfer.grid import cost
 from hpcxfer.grid.cost import fmt_images, fmt_number
 from hpcxfer.grid.expansion import Expansion, expand_study
@@ -45,9 +47,17 @@ class GridPlan:
     blocks: list[tuple[str, list[Task]]]
     cost_rows: list[tuple[str, cost.Cost]] | None
     no_cost: str | None = None
+    warnings: list[str] = field(default_factory=list)  # what submit would warn about or refuse
 
     def assumptions(self) -> list[str]:
         return cost.assumptions(self.grid, self.tasks)
+
+    def row_notes(self) -> list[str]:
+        """What the cost table's rows add up to, one line each."""
+        if not self.cost_rows:
+            return []
+        grouped = self.cost_rows[-1][0] == cost.TOTAL_GROUPED
+        return [cost.ROWS_NOTE, *([cost.GROUPED_NOTE] if grouped else [])]
 
     def summary(self) -> str:
         return cost.summary_line(self.cost_rows[-1][1]) if self.cost_rows else f"no cost estimate: {self.no_cost}"
@@ -57,7 +67,22 @@ def plan(grid_file: str) -> GridPlan:
     grid = load_grid(grid_file)
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
-    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why)
+    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid))
+
+
+def _plan_warnings(grid: Grid) -> list[str]:
+    """What a submit to each scheduler whose section the grid sets would warn about or
+    refuse, and the placeholders it would refuse."""
+    given = grid.model_fields_set
+    chosen = [n for n in ("slurm", "pbs", "gadi") if n in given or (n != "gadi" and "resources" in given)]
+    out = []
+    for name in chosen:
+        try:
+            out += get_backend(name).check_resources(grid)
+        except ConfigError as e:
+            out.append(f"submit --backend {name} would refuse: {e}")
+    out += [f"{p}: a placeholder; submit refuses it until it is set" for p in placeholders(grid)]
+    return out
 
 
 def _price(grid: Grid, expansion: Expansion) -> tuple[list[tuple[str, cost.Cost]] | None, str | None]:
@@ -78,6 +103,8 @@ class Request:
     paths: StudyPaths
     tasks: list[Task]
     estimate: str  # the cost line that plan prints too
+    warnings: list[str] = field(default_factory=list)  # what the jobs ask for, against the estimate
+    placeholders: list[str] = field(default_factory=list)  # fields still holding `<project>` and the like
 
 
 def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
@@ -87,7 +114,8 @@ def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
     estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
-    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate)
+    warnings = chosen.check_resources(grid)  # a task that cannot finish is refused here
+    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, warnings, placeholders(grid))
 
 
 @dataclass
@@ -173,6 +201,7 @@ def dry_run(req: Request) -> DryRun:
     data = req.grid.data
     notes = [f"data not checked (dry run): {data.dataset} at {data.path or 'its default places'} is "
              "opened and checked by the real submit", *notes, *sub.notes]
+    notes += [f"{p}: a placeholder, which the real submit refuses" for p in req.placeholders]
     return DryRun(chosen, sub, notes)
 
 
@@ -207,6 +236,9 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     none of the grid's tasks is held any more."""
     from hpcxfer.extras import require_train
 
+    if req.placeholders:
+        raise ConfigError(req.grid.source, req.placeholders[0].split()[0], "holds a placeholder: "
+                          + "; ".join(req.placeholders) + " (set it to the real place, then submit)")
     require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
     from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
     from hpcxfer.locks import submit_lock

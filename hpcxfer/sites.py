@@ -25,6 +25,7 @@ class GadiQueue(Queue):
     name: str
     gpus_per_node: int
     mem_gb_per_gpu: int
+    max_hours: int = 48  # the longest walltime a job may ask for
 
     def request(self, gpus: int) -> dict[str, int]:
         """ncpus, ngpus and mem (GB) for `gpus` GPUs: Gadi insists on the ratio."""
@@ -35,11 +36,25 @@ class GadiQueue(Queue):
         return self.su_per_cpu_hour * gpus * self.cpus_per_gpu
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """What a SLURM or PBS job asks for with each GPU where the grid does not say: assumed
+    for a cluster hpcxfer has no table of (a common GPU node: 4 GPUs, 32 cores, 256 GB or
+    more), and priced as the smallest GPU of the tables, so no estimate is too short."""
+
+    cpus_per_gpu: int = 8
+    mem_gb_per_gpu: int = 64
+    device: str = "v100"
+
+
 #: Memory of each GPU model the site tables name, in GB (what sizes a protocol group).
 GPU_MEMORY_GB: dict[str, float] = {"v100": 32, "a100": 80, "h200": 141}
 
 #: The smallest GPU of the tables: assumed where a grid asks for GPUs without saying which.
 SMALLEST_GPU = "v100"
+
+#: SLURM and PBS clusters without a table of their own (docs/design.md §4).
+CLUSTER = Cluster(device=SMALLEST_GPU)
 
 GADI_QUEUES: dict[str, GadiQueue] = {
     "gpuvolta": GadiQueue("v100", 12, 3.0, name="gpuvolta", gpus_per_node=4, mem_gb_per_gpu=95),

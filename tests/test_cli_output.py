@@ -36,7 +36,7 @@ def test_plan_piped_keeps_every_queue_and_its_numbers():
     rows = price_study(load_grid(ALL))
     total = rows[-1][1]
     lines = out.stdout.splitlines()
-    (last,) = [ln for ln in lines if ln.startswith("│ total (each task once)")]
+    (last,) = [ln for ln in lines if ln.startswith("│ total in groups (as run)")]
     for queue in ("gpuvolta", "dgxa100", "gpuhopper"):
         assert queue in out.stdout
         for value in (total.gpu_hours[queue], total.su[queue]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hpcxfer.grid import expand, load_grid
-from hpcxfer.grid.cost import model_for, price, price_study, summary_line
+from hpcxfer.grid.cost import TOTAL, TOTAL_ALONE, TOTAL_GROUPED, model_for, price, price_study, summary_line
 
 SMALL = {
     "study": "priced", "arch": "alexnet", "data": {"dataset": "cifar10"},
@@ -20,7 +20,7 @@ SMALL = {
 
 def test_small_grid_priced_by_hand(write_grid):
     rows = dict(price_study(load_grid(write_grid(SMALL))))
-    total = rows["total (each task once)"]
+    total = rows[TOTAL_GROUPED if TOTAL_GROUPED in rows else TOTAL]
     # CIFAR-10: 5 classes a half, 5,000 validation images of them. Evaluations: 2 epochs
     # -> 1 (after the last); 4 epochs every 3 -> 2. Arrays on disk: nothing to decode.
     pre = 10 + 2 * 500 / 1000 + 1 * 5000 / 4000          # 12.25 s
@@ -139,7 +139,7 @@ def test_protocol_groups_pay_start_up_and_decoding_once(write_grid):
     pre = 10 + 2 * 500 / 1000 + 1 * 5000 / 4000                       # 12.25 s, alone
     x10 = 10 + 4 * 2 * 50 / 1000 + 2 * 2 * 5000 / 4000                 # one start-up, two members
     full = 10 + 4 * 2 * 25000 / 1000 + 2 * 2 * 5000 / 4000
-    grouped, alone = rows["total (each task once)"], rows["total, every task alone"]
+    grouped, alone = rows[TOTAL_GROUPED if TOTAL_GROUPED in rows else TOTAL], rows[TOTAL_ALONE]
     assert grouped.tasks == alone.tasks == 5
     assert set(grouped.workers.values()) == {3} and set(alone.workers.values()) == {5}
     assert grouped.gpu_hours["gpuvolta"] == pytest.approx((pre + x10 + full) / 3600)

@@ -78,7 +78,9 @@ def test_automatic_groups_fit_the_gpu_each_backend_names(write_grid):
     assert memory("gadi", gadi={"queue": "gpuhopper"}) == 141 and memory("gadi") == 32  # gpuvolta: a V100
     assert memory("slurm", resources={"gpus": 1}) == memory("pbs", resources={"gpus": 2}) == 32
     assert memory("slurm", resources={"gpus": 1, "gpu_memory_gb": 80}) == 80
-    assert memory("slurm") is None and memory("local") is None
+    assert memory("slurm") == 32  # one GPU unless told otherwise
+    assert memory("slurm", resources={"gpus": 0}) is None and memory("pbs", runtime={"device": "cpu"}) is None
+    assert memory("local") is None
     assert memory("local", resources={"gpu_memory_gb": 24}) == 24
     tasks = _grid(write_grid, arch="alexnet")
     assert [len(u.members) for u in units(tasks, 0, device_gb=32)[0]] == [1, 1, 8, 8, 8, 8]  # 8 of 11

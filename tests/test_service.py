@@ -52,6 +52,9 @@ class InProcess:
         on_change({"running": 0, "done": len(units)})
         return Submission(self.name, tasks=[m for u in units for m in u.members], job_ids=["inprocess:1"])
 
+    def check_resources(self, grid):
+        return []
+
     def device_memory_gb(self, grid):
         return None
 

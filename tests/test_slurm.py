@@ -35,7 +35,7 @@ GRID = {
     "pretrain": {"epochs": 1, "batch_size": 50, "examples_per_class": 20},
     "finetune": {"split": [0], "seed": [0, 1], "examples_per_class": [100], "epochs": 4, "batch_size": 20},
     "experiments": [{"name": "common", "protocol": ["common"]}],
-    "runtime": {"threads": 1, "eval_every": 4, "group_max": 1},
+    "runtime": {"threads": 1, "eval_every": 4, "group_max": 1, "device": "cpu"},  # no GPU on the test cluster
     "resources": {"cpus": 1, "mem_gb": 1, "time": "20"},
     "slurm": {"partition": "debug", "array_parallelism": 2},
 }

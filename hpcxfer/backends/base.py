@@ -58,12 +58,17 @@ class Backend(Protocol):
     def cancel(self, paths: StudyPaths) -> list[str]:
         """Cancel what the study has queued; returns the job ids cancelled."""
 
+    def check_resources(self, grid: Grid) -> list[str]:
+        """One line for each stage whose jobs ask for less than its tasks need; raises
+        ConfigError where a task cannot finish within its jobs and their resumes."""
+
 
 def requested_gpu_memory_gb(grid: Grid) -> float | None:
     """The grid's `resources.gpu_memory_gb`, or 32 GB (a V100's, the smallest of the site
     tables, hpcxfer/sites.py) where it asks for GPUs without saying which."""
     r = grid.resources
-    return r.gpu_memory_gb or (float(GPU_MEMORY_GB[SMALLEST_GPU]) if r.gpus else None)
+    gpus = r.gpus if r.gpus is not None else grid.runtime.device != "cpu"  # one GPU unless told otherwise
+    return r.gpu_memory_gb or (float(GPU_MEMORY_GB[SMALLEST_GPU]) if gpus else None)
 
 
 def members(units: list[Unit]) -> dict[str, list[str]]:

@@ -1,6 +1,7 @@
 """NCI Gadi: PBS Pro without arrays. Each stage's tasks are dealt into at most
-`gadi.max_jobs` packed jobs; each job asks for `gpus_per_job` GPUs on a queue of the table
-in hpcxfer/sites.py (with the CPUs and memory Gadi requires per GPU), `-l storage` so /g/data
+`gadi.max_jobs` packed jobs; each job asks for `gpus_per_job` GPUs (by default sized from the
+plan, hpcxfer/backends/resources.py) on one node of a queue of the table in hpcxfer/sites.py
+(with the CPUs and memory Gadi requires per GPU), a walltime from the plan, `-l storage` so /g/data
 and /scratch are mounted, node-local `jobfs`, `wd`, and runs one task per GPU at a time
 (`hpcxfer.backends.pack`) until its list or its walltime runs out. What a walltime kill
 leaves unfinished resumes from its checkpoint at the next `hpcxfer submit`.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
-from hpcxfer.backends.resources import minutes
+from hpcxfer.backends.resources import stage_plan
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
 from hpcxfer.sites import GADI_QUEUES, GPU_MEMORY_GB
@@ -66,36 +67,34 @@ class GadiBackend(PbsBackend):
         return math.ceil(n / grid.gadi.max_jobs), None
 
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
-        g = grid.gadi
-        req = GADI_QUEUES[g.queue].request(g.gpus_per_job)
+        g, res = grid.gadi, stage_plan(grid, stage, self.name).resources
         opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend(self.name).logs}/",
-                "-P": g.project, "-q": g.queue, "-l ncpus=": req["ncpus"], "-l ngpus=": req["ngpus"],
-                "-l mem=": f"{req['mem_gb']}GB", "-l jobfs=": f"{g.jobfs_gb}GB", "-l walltime=": self.walltime(grid),
+                "-P": g.project, "-q": g.queue, "-l ncpus=": res.cpus, "-l ngpus=": res.gpus,
+                "-l mem=": f"{res.mem_gb:g}GB", "-l jobfs=": f"{g.jobfs_gb}GB", "-l walltime=": self.walltime(grid, stage),
                 "-l storage=": storage(paths, grid), "-l wd": True}
         if after:
             opts["-W depend="] = "afterok:" + ":".join(after)
         return opts
 
-    @staticmethod
-    def walltime(grid: Grid) -> str:
-        total = minutes(grid.gadi.walltime)
+    def walltime(self, grid: Grid, stage: str) -> str:
+        total = stage_plan(grid, stage, self.name).resources.minutes
         return f"{total // 60:02d}:{total % 60:02d}:00"
 
     def device_memory_gb(self, grid: Grid) -> float | None:
         return grid.resources.gpu_memory_gb or GPU_MEMORY_GB[GADI_QUEUES[grid.gadi.queue].device]
 
     def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
-        g = grid.gadi
-        rate = GADI_QUEUES[g.queue].su_per_hour(g.gpus_per_job)
-        hours = minutes(g.walltime) / 60
-        return (f"{stage}, {n_tasks} task(s) on {g.gpus_per_job} GPU(s) of {g.queue}: "
-                f"{rate:g} SU/h, at most {rate * hours:g} SU")
+        g, res = grid.gadi, stage_plan(grid, stage, self.name).resources
+        rate = GADI_QUEUES[g.queue].su_per_hour(res.gpus)
+        return (f"{stage}, {n_tasks} task(s) on {res.gpus} GPU(s) of {g.queue}: "
+                f"{rate:g} SU/h, at most {rate * res.minutes / 60:g} SU")
 
-    def threads(self, grid: Grid) -> int:
+    def threads(self, grid: Grid, stage: str = "finetune") -> int:
         return grid.runtime.threads or GADI_QUEUES[grid.gadi.queue].cpus_per_gpu
 
     def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
-        return {"slots": grid.gadi.gpus_per_job, "walltime_s": minutes(grid.gadi.walltime) * 60}
+        res = stage_plan(grid, stage, self.name).resources
+        return {"slots": res.gpus, "walltime_s": res.minutes * 60}
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
         rec = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)

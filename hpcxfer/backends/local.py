@@ -152,6 +152,9 @@ class LocalBackend:
         # This machine: a GPU's memory only when the grid states it (asking torch costs seconds).
         return grid.resources.gpu_memory_gb
 
+    def check_resources(self, grid: Grid) -> list[str]:
+        return []  # this machine: no walltime, no request
+
     def held(self, paths: StudyPaths) -> set[str]:
         return {t for run in live_runs(paths) for t in run["held"]}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.render import directives, render
-from hpcxfer.backends.resources import Resources
+from hpcxfer.backends.resources import check, stage_plan
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
@@ -51,7 +51,7 @@ class PbsBackend(SchedulerBackend):
         return (int(m.group(1)), None) if m else (DEFAULT_MAX_ARRAY_SIZE, None)
 
     def options(self, paths: StudyPaths, grid: Grid, stage: str, n_tasks: int, after: list[str]) -> dict:
-        res = Resources.of(grid)
+        res = stage_plan(grid, stage, self.name).resources
         select = f"1:ncpus={res.cpus}:mem={res.mem_mb}mb" + (f":ngpus={res.gpus}" if res.gpus else "")
         opts = {"-N": f"hpcxfer-{stage}", "-j": "oe", "-o": f"{paths.backend(self.name).logs}/",
                 "-l select=": select, "-l walltime=": res.walltime, "-q": grid.pbs.queue, "-P": grid.pbs.project,
@@ -63,8 +63,12 @@ class PbsBackend(SchedulerBackend):
     def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
         return f"{stage}, {n_tasks} task(s)"
 
-    def threads(self, grid: Grid) -> int:
-        return grid.runtime.threads or grid.resources.cpus
+    def threads(self, grid: Grid, stage: str = "finetune") -> int:
+        return grid.runtime.threads or stage_plan(grid, stage, self.name).resources.cpus
+
+    def check_resources(self, grid: Grid) -> list[str]:
+        """Warnings on what the jobs ask for; ConfigError where a task cannot finish."""
+        return check(grid, self.name)
 
     def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
         return {"array": len(task_ids) > 1, "task_id": task_ids[0]}
@@ -73,7 +77,7 @@ class PbsBackend(SchedulerBackend):
                       after: list[str]) -> str:
         opts = self.options(paths, grid, stage, len(task_ids), after)
         return render(self.template, directives=directives("#PBS", opts), version=hpcxfer.__version__, study_dir=str(paths.dir),
-                      what=self.describe(grid, stage, len(task_ids)), threads=self.threads(grid), worker=sys.executable,
+                      what=self.describe(grid, stage, len(task_ids)), threads=self.threads(grid, stage), worker=sys.executable,
                       list_file=str(list_file), **self.context(paths, grid, stage, task_ids, list_file))
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:

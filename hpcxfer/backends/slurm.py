@@ -22,7 +22,7 @@ from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.render import directives, render
-from hpcxfer.backends.resources import Resources
+from hpcxfer.backends.resources import check, stage_plan
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.schema import Grid
@@ -94,9 +94,9 @@ class SlurmBackend(SchedulerBackend):
                                                 "SLURM's default")
         return max_array_size(), None
 
-    def options(self, paths: StudyPaths, grid: Grid, n_tasks: int, after: list[str]) -> dict:
-        """The #SBATCH options of one chunk of `n_tasks` tasks."""
-        res, spec = Resources.of(grid), grid.slurm
+    def options(self, paths: StudyPaths, grid: Grid, n_tasks: int, after: list[str], stage: str = "finetune") -> dict:
+        """The #SBATCH options of one chunk of `n_tasks` tasks of `stage`."""
+        res, spec = stage_plan(grid, stage, self.name).resources, grid.slurm
         array = n_tasks > 1
         throttle = f"%{spec.array_parallelism}" if spec.array_parallelism else ""
         return {"--job-name=": f"hpcxfer-{paths.name}", "--time=": res.minutes, "--cpus-per-task=": res.cpus,
@@ -109,10 +109,12 @@ class SlurmBackend(SchedulerBackend):
 
     def render_script(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
                       after: list[str]) -> str:
-        threads = grid.runtime.threads or grid.resources.cpus
-        return render(self.template, directives=directives("#SBATCH", self.options(paths, grid, len(task_ids), after)),
+        res = stage_plan(grid, stage, self.name).resources
+        threads = grid.runtime.threads or res.cpus
+        opts = self.options(paths, grid, len(task_ids), after, stage)
+        return render(self.template, directives=directives("#SBATCH", opts),
                       version=hpcxfer.__version__, study_dir=str(paths.dir), what=f"{stage}, {len(task_ids)} task(s)",
-                      threads=threads, cpus=grid.resources.cpus, gpus=Resources.of(grid).gpus,
+                      threads=threads, cpus=res.cpus, gpus=res.gpus,
                       worker=sys.executable, list_file=str(list_file), max_requeues=grid.slurm.max_requeues)
 
     def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
@@ -136,6 +138,10 @@ class SlurmBackend(SchedulerBackend):
 
     def log_of(self, rec: dict, index: int) -> str:
         return rec["logs"][index]
+
+    def check_resources(self, grid: Grid) -> list[str]:
+        """Warnings on what the jobs ask for; ConfigError where a task cannot finish."""
+        return check(grid, self.name)
 
     def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
         # All of the user's jobs at once (no -j: squeue fails on the whole list if one id has

@@ -181,10 +181,11 @@ def model_for(grid: Grid, counts: tuple[int, int, int] | None = None) -> Model:
                  gpu_decode=grid.runtime.gpu_decode, cache_gb=cache_share_gb(grid))
 
 
-def cache_share_gb(grid: Grid) -> float:
+def cache_share_gb(grid: Grid, slots: int | None = None) -> float:
     """Node-local disk for one task's decode cache on Gadi: the job's jobfs shared by the
-    tasks it runs at once (one per GPU), less the worker's reserve (2 %, at least 1 GiB)."""
-    share = grid.gadi.jobfs_gb / grid.gadi.gpus_per_job
+    tasks it runs at once (`slots`, one per GPU; default the grid's gpus_per_job, else 1),
+    less the worker's reserve (2 %, at least 1 GiB)."""
+    share = grid.gadi.jobfs_gb / (slots or grid.gadi.gpus_per_job or 1)
     return max(0.0, min(share * 0.98, share - 1.074))
 
 
@@ -251,6 +252,20 @@ def workers(tasks: list[Task], m: Model, queue: str) -> list[tuple[Task, int]]:
             for u in make_groups(tasks, m.group_max, device_gb)]
 
 
+def stage_workers(grid: Grid, tasks: list[Task], queue: Queue, slots: int = 1) -> dict[str, list[float]]:
+    """stage -> the estimated seconds of each of its workers (a task alone or a protocol
+    group, in the order they are formed) on one GPU of `queue`, `slots` tasks sharing a
+    job's node-local disk: what sizes a job's walltime (hpcxfer/backends/resources.py).
+    Raises UnknownSize where the data set's size is not known."""
+    m = model_for(grid)
+    m = replace(m, queues={**m.queues, "job": queue}, cache_gb=cache_share_gb(grid, slots))
+    out: dict[str, list[float]] = {}
+    for stage in ("pretrain", "finetune"):
+        units = workers([t for t in tasks if t.stage == stage], m, "job")
+        out[stage] = [task_seconds(t, m, "job", k) for t, k in units]
+    return out
+
+
 def price(tasks: list[Task], m: Model) -> Cost:
     cost = Cost(tasks=len(tasks))
     for q in m.queues:
@@ -266,25 +281,43 @@ def price(tasks: list[Task], m: Model) -> Cost:
     return cost
 
 
+#: The labels of price_study's total rows, which say what each adds up.
+TOTAL_ALONE = "total alone (sum of rows)"
+TOTAL_GROUPED = "total in groups (as run)"
+TOTAL = "total (sum of rows)"
+#: What the rows of price_study are, for a table's caption.
+ROWS_NOTE = ("rows: each task priced alone, counted in the first sub-grid that has it, so they add up to the "
+             "total below them")
+GROUPED_NOTE = ("'in groups': what runs, one start-up and one decoding per protocol group; no split into "
+                "sub-grids adds up to it, since a group may take members of several")
+
+
 def price_study(grid: Grid, counts: tuple[int, int, int] | None = None,
                 expansion: Expansion | None = None) -> list[tuple[str, Cost]]:
-    """(row name, cost) for pre-training, each sub-grid, and the whole study (each task once).
+    """(row name, cost) for pre-training, each sub-grid, and the whole study, the total
+    last. The rows above a total add up to it: a task that two sub-grids share is counted
+    in the first that has it, and each task is priced alone. With protocol groups a last
+    row prices what runs (a group's start-up and decoding once), which no split into
+    sub-grids adds up to, since one group may take members of several.
     expansion: the grid's, when the caller has it (the grid is then not expanded again)."""
     from hpcxfer.grid.expansion import expand_study
 
     m = model_for(grid, counts)
+    alone = replace(m, group_max=1)
     expansion = expansion or expand_study(grid)
     tasks, blocks = expansion.tasks, expansion.blocks
-    rows = [("pretrain", price([t for t in tasks if t.stage == "pretrain"], m))]
+    rows = [("pretrain", price([t for t in tasks if t.stage == "pretrain"], alone))]
     if len(blocks) > 1:
+        seen: set[str] = set()
         for name, block in blocks:
-            rows.append((name, price(list({t.task_id: t for t in block}.values()), m)))
+            new = [t for t in {t.task_id: t for t in block}.values() if t.task_id not in seen]
+            seen.update(t.task_id for t in new)
+            rows.append((name, price(new, alone)))
     else:
-        rows.append(("finetune", price([t for t in tasks if t.stage == "finetune"], m)))
-    if m.group_max != 1:  # side by side: what groups save
-        rows.append(("total, every task alone", price(tasks, replace(m, group_max=1))))
-    rows.append(("total (each task once)", price(tasks, m)))
-    return rows
+        rows.append(("finetune", price([t for t in tasks if t.stage == "finetune"], alone)))
+    if m.group_max == 1:
+        return rows + [(TOTAL, price(tasks, m))]
+    return rows + [(TOTAL_ALONE, price(tasks, alone)), (TOTAL_GROUPED, price(tasks, m))]
 
 
 def fmt_number(v: float) -> str:
@@ -349,5 +382,5 @@ def cache_sizes(grid: Grid, m: Model, tasks: list[Task] | None = None) -> list[s
     gb = (n_train + n_val) * m.bytes_per_image / 1e9
     fits = "fits" if gb <= m.cache_gb else "does not fit: such tasks decode every pass"
     return [f"decode cache of the largest streamed task: {gb:,.1f} GB on node-local disk; a task's share of "
-            f"gadi.jobfs_gb {grid.gadi.jobfs_gb} over gpus_per_job {grid.gadi.gpus_per_job} is "
+            f"gadi.jobfs_gb {grid.gadi.jobfs_gb} over gpus_per_job {grid.gadi.gpus_per_job or 1} is "
             f"{m.cache_gb:,.1f} GB: it {fits}"]

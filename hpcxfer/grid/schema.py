@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo,
+                      field_validator, model_validator)
 
 from hpcxfer.grid import limits
 from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
@@ -20,6 +21,7 @@ from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
 from hpcxfer.grid.runtime import DEFAULTS as _R
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
+from hpcxfer.sites import GADI_QUEUES
 
 DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
 #: Data sets read from image files, which `data.image_size` and `data.crop` apply to.
@@ -340,14 +342,15 @@ Walltime = Annotated[str, Field(pattern=r"^\d{1,6}(:[0-5]\d){0,2}$", description
 
 
 class ResourcesSpec(Strict):
-    """What one task needs, translated by each scheduler backend into its own flags."""
+    """What one SLURM or PBS array element needs; each field left out is sized from the
+    plan per stage (hpcxfer/backends/resources.py, docs/design.md §4)."""
 
-    gpus: int = Field(0, ge=0, le=1024)
+    gpus: int | None = Field(None, ge=0, le=1024, description="default: 1 (0 with runtime.device: cpu)")
     gpu_memory_gb: float | None = Field(None, gt=0, le=BIG, description="memory of one GPU, which sizes "
                                         "automatic protocol groups (default: 32 where gpus > 0; Gadi: its queue's)")
-    cpus: int = Field(1, ge=1, le=BIG)
-    mem_gb: float = Field(4, gt=0, le=BIG)
-    time: Walltime = "1:00:00"
+    cpus: int | None = Field(None, ge=1, le=BIG, description="default: the site's CPUs per GPU")
+    mem_gb: float | None = Field(None, gt=0, le=BIG, description="default: the site's memory per GPU")
+    time: Walltime | None = Field(None, description="default: the stage's longest task, estimated, plus a margin")
 
 
 class SlurmSpec(Strict):
@@ -358,12 +361,16 @@ class SlurmSpec(Strict):
     array_parallelism: int = Field(0, ge=0, le=BIG, description="array tasks at once (%K); 0 = no throttle")
     signal_delay: int = Field(90, ge=0, le=65535, description="seconds before the time limit that USR2 comes")
     max_requeues: int = Field(10, ge=0, le=BIG, description="requeues of one task after a checkpoint on request")
+    max_time: Walltime = Field("24:00:00", description="the longest time limit the site allows a job")
 
 
 class PbsSpec(Strict):
     queue: Name | None = None
     project: Name | None = None
     max_array_size: int = Field(0, ge=0, le=BIG, description="0 = read it from `qstat -Bf`")
+    max_walltime: Walltime = Field("24:00:00", description="the longest walltime the site allows a job")
+    resubmits: int = Field(0, ge=0, le=BIG, description="`hpcxfer submit`s after the first that the plan may "
+                           "need to finish a task cut off at walltime")
 
 
 class GadiSpec(Strict):
@@ -372,9 +379,20 @@ class GadiSpec(Strict):
     storage: Annotated[str, Field(pattern=r"^[a-z]+/[a-z0-9]+(\+[a-z]+/[a-z0-9]+)*$",
                                   max_length=MAX_STRING)] | None = None
     jobfs_gb: int = Field(10, ge=1, le=BIG)
-    gpus_per_job: int = Field(1, ge=1, le=1024)
-    walltime: Walltime = "2:00:00"
+    gpus_per_job: int | None = Field(None, ge=1, le=1024, description="default: the stage's tasks over max_jobs, "
+                                     "at most a node's GPUs")
+    walltime: Walltime | None = Field(None, description="default: the packed jobs' estimate plus a margin, at most 48 h")
     max_jobs: int = Field(8, ge=1, le=10_000, description="packed jobs per stage")
+    resubmits: int = Field(0, ge=0, le=BIG, description="`hpcxfer submit`s after the first that the plan may need "
+                           "to finish what a walltime cut off")
+
+    @field_validator("gpus_per_job")
+    @classmethod
+    def _one_node(cls, v: int | None, info: ValidationInfo) -> int | None:
+        queue = GADI_QUEUES.get(info.data.get("queue", ""))
+        if v is not None and queue and v > queue.gpus_per_node:
+            raise ValueError(f"{v} GPUs: a job of {queue.name} runs on one node, which has {queue.gpus_per_node}")
+        return v
 
 
 class Grid(Strict):
