@@ -26,7 +26,8 @@ def pretrain_task(grid: Grid, split: int) -> Task:
     p = grid.pretrain
     return Task(
         stage="pretrain", arch=grid.arch, dataset=grid.data.dataset, split=split,
-        examples_per_class=p.examples_per_class, transfer_layers=0, high_lr_layers=8, lr_high=p.lr, lr_low=p.lr,
+        examples_per_class=p.examples_per_class, transfer_layers=0,
+        high_lr_layers=protocols.num_units(grid.arch), lr_high=p.lr, lr_low=p.lr,
         initial_decay_epochs=p.decay_every, frozen_layers=0, lr_gamma=p.lr_gamma,
         decay_every=p.decay_every, epochs=p.epochs, batch_size=p.batch_size, momentum=p.momentum,
         weight_decay=p.weight_decay, seed=p.seed, **grid.data.task_fields(),
@@ -74,18 +75,44 @@ def check_size(grid: Grid, named: list[tuple[str, dict]]) -> None:
                           f"{sizes[biggest]:,}); at most {MAX_TASKS:,} in one study, split it into several")
 
 
-def _protocol_choices(axes: dict) -> list:
+def check_units(grid: Grid, named: list[tuple[str, dict]]) -> None:
+    """Refuse a unit count outside the architecture's range, or `optimal` where Table 2
+    does not apply, naming the sub-grid's field."""
+    bounds = protocols.ranges(grid.arch)
+    u = protocols.num_units(grid.arch)
+    for i, (_, axes) in enumerate(named):
+        where = "finetune" if not grid.experiments else f"experiments[{i}]"
+        wants_optimal = "optimal" in axes.get("protocol", ()) or any(
+            "optimal" in axes.get(f, ()) for f in PROTOCOL_FIELDS)
+        if wants_optimal and grid.arch not in protocols.TABLE2_ARCHS:
+            field = "protocol" if "optimal" in axes.get("protocol", ()) else next(
+                f for f in PROTOCOL_FIELDS if "optimal" in axes.get(f, ()))
+            try:
+                protocols.optimal("full", grid.arch)
+            except ValueError as e:
+                raise ConfigError(grid._source, f"{where}.{field}", str(e)) from None
+        for f, (lo, hi) in bounds.items():
+            for v in axes.get(f, ()):
+                if v != "optimal" and not lo <= v <= hi:
+                    raise ConfigError(grid._source, f"{where}.{f}", f"{v} is out of range {lo}..{hi} "
+                                      f"({grid.arch} has {u} transfer units)")
+
+
+def _protocol_choices(axes: dict, arch: str) -> list:
     if "protocol" in axes:
         return [("named", name) for name in axes["protocol"]]
-    lists = [axes.get(f, [protocols.COMMON[f]]) for f in PROTOCOL_FIELDS]
+    default = protocols.common(arch)
+    lists = [axes.get(f, [default[f]]) for f in PROTOCOL_FIELDS]
     return [("fields", combo) for combo in itertools.product(*lists)]
 
 
-def _resolve(choice: tuple, size: int | str) -> dict:
+def _resolve(choice: tuple, size: int | str, arch: str) -> dict:
     kind, value = choice
     if kind == "named":
-        return protocols.resolve(value, size)
-    best = protocols.optimal(size)
+        return protocols.resolve(value, size, arch)
+    if "optimal" not in value:
+        return dict(zip(PROTOCOL_FIELDS, value))
+    best = protocols.optimal(size, arch)
     return {f: (best[f] if v == "optimal" else v) for f, v in zip(PROTOCOL_FIELDS, value)}
 
 
@@ -95,10 +122,10 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
     data_fields = grid.data.task_fields()
     tasks = []
     for split, size, choice, *settings in itertools.product(
-        axes["split"], axes["examples_per_class"], _protocol_choices(axes),
+        axes["split"], axes["examples_per_class"], _protocol_choices(axes, grid.arch),
         *(axes[s] for s in SETTINGS),
     ):
-        proto = _resolve(choice, size)
+        proto = _resolve(choice, size, grid.arch)
         if proto["frozen_layers"] > proto["transfer_layers"]:
             raise ConfigError(
                 grid._source, f"{where}.frozen_layers",
@@ -121,6 +148,7 @@ def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
     """Each sub-grid's fine-tuning tasks (before de-duplication across sub-grids)."""
     named = blocks(grid)
     check_size(grid, named)
+    check_units(grid, named)
     splits = sorted({s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])})
     pretrain = {s: pretrain_task(grid, s) for s in splits}
     return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]

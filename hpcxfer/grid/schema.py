@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from hpcxfer.grid import limits
 from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
-from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
+from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS, UNITS
 from hpcxfer.grid.runtime import DEFAULTS as _R
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
@@ -24,8 +24,10 @@ from hpcxfer.grid.task import CROP, IMAGE_SIZE
 DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
 #: Data sets read from image files, which `data.image_size` and `data.crop` apply to.
 FOLDER_DATASETS = ("imagenet", "folders")
-#: Every architecture has the same eight numbered weight layers (hpcxfer/worker/models.py).
-ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
+#: Architectures, each with its transfer units (hpcxfer/grid/protocols.py `UNITS`).
+ARCHS = tuple(UNITS)
+#: Bounds of the unit-counting axes here; each architecture's own are checked at expansion.
+MAX_UNITS = 64
 
 
 class Strict(BaseModel):
@@ -129,10 +131,10 @@ NameText = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidat
 BIG = 10**6
 
 
-Layers = Annotated[list, axis("int", 0, 7, names=("optimal",))]
-HighLr = Annotated[list, axis("int", 1, 8, names=("optimal",))]
+Layers = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
+HighLr = Annotated[list, axis("int", 1, MAX_UNITS, names=("optimal",))]
 DecayStart = Annotated[list, axis("int", 0, BIG, names=("optimal",))]
-Frozen = Annotated[list, axis("int", 0, 6, names=("optimal",))]
+Frozen = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
 Sizes = Annotated[list, BeforeValidator(_sizes)]
 Protocols = Annotated[list, BeforeValidator(_protocols)]
 PosInt = Annotated[list, axis("int", 1, BIG)]

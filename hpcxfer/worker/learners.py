@@ -186,7 +186,7 @@ class Trainer:
 
     def train(self) -> None:
         for learner in self.learners:
-            learner.model.train()
+            protocol.train_mode(learner.model, learner.task.arch, learner.task.frozen_layers)
 
     def eval(self) -> None:
         for learner in self.learners:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpcxfer.worker.models import NUM_LAYERS, layer_prefixes, weight_layers
+from hpcxfer.worker.models import layer_prefixes, num_units, weight_layers
 
 
 def transfer(model: nn.Module, arch: str, source_state: dict[str, torch.Tensor], n: int) -> None:
@@ -28,21 +28,35 @@ def transfer(model: nn.Module, arch: str, source_state: dict[str, torch.Tensor],
                 own[k].copy_(source_state[k])
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def freeze(model: nn.Module, arch: str, f: int) -> None:
     for layer in weight_layers(model, arch)[:f]:
         for p in layer.parameters():
             p.requires_grad_(False)
 
 
+def train_mode(model: nn.Module, arch: str, f: int) -> None:
+    """Training mode, except the batch normalisation of frozen units 1..f, which stays in
+    evaluation mode: a frozen unit keeps its running statistics as well as its weights
+    (docs/design.md §1)."""
+    model.train()
+    for layer in weight_layers(model, arch)[:f]:
+        for m in layer.modules():
+            if isinstance(m, BATCH_NORMS):
+                m.eval()
+
+
 def param_groups(model: nn.Module, arch: str, *, high_lr_layers: int, frozen_layers: int,
                  lr_high: float, lr_low: float, weight_decay: float) -> list[dict]:
-    """Optimizer groups `low` (layers f+1..8-h) and `high` (the top h layers, minus frozen).
+    """Optimizer groups `low` (units f+1..U-h) and `high` (the top h units, minus frozen).
 
     Frozen layers are left out of the optimizer entirely: no update and no weight decay.
     Each group carries `initial_lr`, the rate the schedule multiplies.
     """
     layers = weight_layers(model, arch)
-    first_high = NUM_LAYERS - high_lr_layers  # 0-based index of the lowest high-lr layer
+    first_high = num_units(arch) - high_lr_layers  # 0-based index of the lowest high-lr unit
     groups = {"low": [], "high": []}
     for i, layer in enumerate(layers):
         if i < frozen_layers:
