@@ -213,7 +213,8 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     from hpcxfer.study import write_groups, write_study
 
     grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
-    check_data(grid.source, grid.data, tasks)
+    for stage in sorted({t.stage for t in tasks}):
+        check_data(grid.source, grid.stage_data(stage), [t for t in tasks if t.stage == stage], grid)
     report.estimate(req.estimate)
     with submit_lock(paths) as lock:
         write_study(paths, grid, tasks)

@@ -34,9 +34,7 @@ def study_paths(grid: Grid, root: str | None = None) -> StudyPaths:
 
 def task_config(task: Task, grid: Grid) -> dict:
     """task.json: the task's identity plus where its data is and how it runs."""
-    data = grid.data.model_dump()
-    if data.get("path"):
-        data["path"] = str(Path(data["path"]).absolute())
+    data = grid.task_data(task.stage)
     return {**task.to_dict(), "data": data, "runtime": grid.runtime.settings().to_dict()}
 
 

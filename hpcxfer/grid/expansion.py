@@ -6,9 +6,11 @@ over MAX_TASKS is an error, not a machine out of memory.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
@@ -22,15 +24,50 @@ SETTINGS = ("lr_high", "lr_low", "lr_gamma", "decay_every", "epochs", "batch_siz
             "weight_decay", "seed")
 
 
-def pretrain_task(grid: Grid, split: int) -> Task:
+def weights_digest(grid: Grid) -> str:
+    """SHA-256 of the grid's source model file (part of its fine-tuning tasks' identity)."""
+    path = Path(grid.transfer_source.weights)  # type: ignore[union-attr,arg-type]
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError as e:
+        raise ConfigError(grid._source, "source.weights", f"{path}: cannot read the model file "
+                          f"({e.strerror or e})") from None
+    return digest.hexdigest()
+
+
+def source_of(grid: Grid) -> str:
+    """A task's `source` field (hpcxfer/grid/task.py): empty for one data set split in two."""
+    src = grid.transfer_source
+    if src is None:
+        return ""
+    if src.weights is not None:
+        return f"weights:{weights_digest(grid)}"
+    fields = grid.stage_data("pretrain").task_fields()
+    return f"data:{src.dataset}" + (f":{fields['image_size']}/{fields['crop']}" if fields else "")
+
+
+def pretrain_splits(grid: Grid, splits: set[int]) -> list[int]:
+    """The splits that have a pre-training task: each split's in the paper's setting; one
+    (split 0) for a source data set, which is pre-trained whole; none for a model file."""
+    src = grid.transfer_source
+    if src is None:
+        return sorted(splits)
+    return [0] if src.dataset is not None else []
+
+
+def pretrain_task(grid: Grid, split: int, source: str = "") -> Task:
     p = grid.pretrain
+    data = grid.stage_data("pretrain")
     return Task(
-        stage="pretrain", arch=grid.arch, dataset=grid.data.dataset, split=split,
+        stage="pretrain", arch=grid.arch, dataset=data.dataset, split=split, source=source,
         examples_per_class=p.examples_per_class, transfer_layers=0,
         high_lr_layers=protocols.num_units(grid.arch), lr_high=p.lr, lr_low=p.lr,
         initial_decay_epochs=p.decay_every, frozen_layers=0, lr_gamma=p.lr_gamma,
         decay_every=p.decay_every, epochs=p.epochs, batch_size=p.batch_size, momentum=p.momentum,
-        weight_decay=p.weight_decay, seed=p.seed, **grid.data.task_fields(),
+        weight_decay=p.weight_decay, seed=p.seed, **data.task_fields(),
     ).with_id()
 
 
@@ -116,7 +153,7 @@ def _resolve(choice: tuple, size: int | str, arch: str) -> dict:
     return {f: (best[f] if v == "optimal" else v) for f, v in zip(PROTOCOL_FIELDS, value)}
 
 
-def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -> list[Task]:
+def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task], source: str = "") -> list[Task]:
     axes = {**FINETUNE_DEFAULTS, **axes}
     where = "finetune" if name == "finetune" else f"experiments {name!r}"
     data_fields = grid.data.task_fields()
@@ -133,13 +170,14 @@ def expand_block(grid: Grid, name: str, axes: dict, pretrain: dict[int, Task]) -
                 f"{proto['transfer_layers']} at {size} per class; only transferred layers can be frozen",
             )
         values = dict(zip(SETTINGS, settings))
-        pre = pretrain[split]
+        # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
+        # scratch included, so that a study's stages stay simple to schedule and count; a
+        # source data set has one pre-training, a model file none.
+        pre = pretrain.get(split if not grid.paired else 0)
         tasks.append(Task(
             stage="finetune", arch=grid.arch, dataset=grid.data.dataset, split=split,
-            examples_per_class=size, **proto, **values, **data_fields,
-            # Every fine-tuning task depends on its split's pre-training (docs/design.md §1),
-            # scratch included, so that a study's stages stay simple to schedule and count.
-            depends_on=(pre.task_id,),
+            examples_per_class=size, **proto, **values, **data_fields, source=source,
+            depends_on=(pre.task_id,) if pre is not None else (),
         ).with_id())
     return tasks
 
@@ -149,9 +187,10 @@ def expand_by_block(grid: Grid) -> list[tuple[str, list[Task]]]:
     named = blocks(grid)
     check_size(grid, named)
     check_units(grid, named)
-    splits = sorted({s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])})
-    pretrain = {s: pretrain_task(grid, s) for s in splits}
-    return [(name, expand_block(grid, name, axes, pretrain)) for name, axes in named]
+    splits = {s for _, axes in named for s in axes.get("split", FINETUNE_DEFAULTS["split"])}
+    source = source_of(grid)
+    pretrain = {s: pretrain_task(grid, s, source) for s in pretrain_splits(grid, splits)}
+    return [(name, expand_block(grid, name, axes, pretrain, source)) for name, axes in named]
 
 
 @dataclass(frozen=True)
@@ -167,8 +206,9 @@ def expand_study(grid: Grid) -> Expansion:
     """The grid's tasks and its sub-grids' tasks, from one expansion."""
     by_block = expand_by_block(grid)
     finetune = list({t.task_id: t for _, ts in by_block for t in ts}.values())
-    splits = sorted({t.split for t in finetune})
-    return Expansion([pretrain_task(grid, s) for s in splits] + finetune, by_block)
+    splits = pretrain_splits(grid, {t.split for t in finetune})
+    source = source_of(grid) if splits else ""  # a model file (no pre-training) is read once
+    return Expansion([pretrain_task(grid, s, source) for s in splits] + finetune, by_block)
 
 
 def expand(grid: Grid) -> list[Task]:

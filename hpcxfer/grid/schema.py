@@ -10,6 +10,7 @@ Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
@@ -39,9 +40,10 @@ class Strict(BaseModel):
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted((k for k in data if k not in cls.model_fields), key=repr)
+            keys = [f.alias or name for name, f in cls.model_fields.items()]
+            unknown = sorted((k for k in data if k not in keys), key=repr)
             if unknown:
-                valid = ", ".join(cls.model_fields)
+                valid = ", ".join(keys)
                 raise ValueError(f"unknown key {short(unknown[0])}; valid keys: {valid}")
         elif data is not None and not isinstance(data, BaseModel):
             raise ValueError(f"expected a mapping, got {type(data).__name__} {short(data)}")
@@ -180,6 +182,21 @@ class DataSpec(Strict):
         if self.dataset not in FOLDER_DATASETS:
             return {}  # array data sets have one size; these settings do nothing there
         return {"image_size": self.image_size, "crop": self.crop}
+
+
+class SourceSpec(DataSpec):
+    """The source of a transfer: a data set (the keys of `data`), pre-trained by the study on
+    all its classes, or a model from a file (`weights`: a state dict of the architecture,
+    read with weights_only=True; nothing is fetched at run time)."""
+
+    dataset: Literal[DATASETS] | None = None  # type: ignore[valid-type]
+    weights: PathText | None = Field(None, description="a state dict of the grid's arch, instead of pre-training")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SourceSpec":
+        if (self.dataset is None) == (self.weights is None):
+            raise ValueError("give either 'dataset' (pre-trained by the study) or 'weights' (a model file)")
+        return self
 
 
 class PretrainSpec(Strict):
@@ -385,7 +402,12 @@ class Grid(Strict):
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=MAX_NAME)
     root: PathText = "runs"
-    data: DataSpec
+    #: The data the fine-tuning tasks read: `data` (split into source and target halves by
+    #: class), or `target` when the grid names `source` and `target` (it is then both).
+    data: DataSpec | None = None
+    # the grid's `source` key (`source` here names the grid file, as it always has)
+    transfer_source: SourceSpec | None = Field(None, alias="source")
+    target: DataSpec | None = None
     arch: Literal[ARCHS] = "alexnet-narrow"  # type: ignore[valid-type]
     pretrain: PretrainSpec = PretrainSpec()
     finetune: Axes
@@ -402,6 +424,40 @@ class Grid(Strict):
     def source(self) -> str:
         """The grid file it was loaded from (what an error about its fields names)."""
         return self._source
+
+    @property
+    def paired(self) -> bool:
+        """A grid of a separate source and target, not one data set split in two."""
+        return self.target is not None
+
+    def stage_data(self, stage: str) -> DataSpec:
+        """The data a stage trains on: the source for pre-training in a paired grid, else `data`."""
+        src = self.transfer_source
+        if stage == "pretrain" and src is not None and src.dataset is not None:
+            return DataSpec(**src.model_dump(exclude={"weights"}))
+        return self.data  # type: ignore[return-value]
+
+    def task_data(self, stage: str) -> dict:
+        """task.json's `data`: the stage's data section with absolute paths, and for
+        fine-tuning from a model file its path as `source_weights`."""
+        data = self.stage_data(stage).model_dump()
+        if data.get("path"):
+            data["path"] = str(Path(data["path"]).absolute())
+        src = self.transfer_source
+        if stage == "finetune" and src is not None and src.weights is not None:
+            data["source_weights"] = str(Path(src.weights).absolute())
+        return data
+
+    @model_validator(mode="after")
+    def _data_or_pair(self) -> "Grid":
+        if self.data is not None and (self.transfer_source is not None or self.target is not None):
+            raise ValueError("give either 'data' (one data set split into source and target classes) or "
+                             "'source' and 'target', not both")
+        if self.data is None:
+            if self.transfer_source is None or self.target is None:
+                raise ValueError("give 'data' (one data set split in two), or 'source' and 'target'")
+            object.__setattr__(self, "data", self.target)  # what fine-tuning reads, for every consumer
+        return self
 
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":

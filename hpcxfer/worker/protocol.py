@@ -9,23 +9,62 @@ n = transfer_layers: layers 1..n copied from the source model, the rest keep the
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from hpcxfer.worker.models import layer_prefixes, num_units, weight_layers
+from hpcxfer.worker.models import num_units, unit_keys, weight_layers
+
+
+def load_source(path: Path) -> dict[str, torch.Tensor]:
+    """A source model file: a state dict read with weights_only=True. ValueError (OSError
+    for an unreadable file) when it is not a mapping of names to tensors."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path}: not a state dict torch.load reads with weights_only=True "
+                         f"({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict (names to tensors)")
+    return state
+
+
+def _adapted(key: str, mine: torch.Tensor, theirs: torch.Tensor, first_conv: str) -> torch.Tensor | None:
+    """The source tensor for `key`, or None where it does not fit. The first convolution
+    alone adapts its input channels (timm's adapt_input_conv): RGB weights summed for a
+    grey input, grey weights spread over RGB (w / 3 each), so a grey image gives the
+    same response either way."""
+    if theirs.shape == mine.shape:
+        return theirs
+    if key != first_conv or theirs.dim() != 4 or theirs.shape[:1] + theirs.shape[2:] != mine.shape[:1] + mine.shape[2:]:
+        return None
+    if theirs.shape[1] == 3 and mine.shape[1] == 1:
+        return theirs.sum(1, keepdim=True)
+    if theirs.shape[1] == 1 and mine.shape[1] == 3:
+        return theirs.repeat(1, 3, 1, 1) / 3
+    return None
 
 
 def transfer(model: nn.Module, arch: str, source_state: dict[str, torch.Tensor], n: int) -> None:
-    """Copy the weights and biases of layers 1..n from a source model's state dict."""
+    """Copy units 1..n (weights, biases, batch-norm statistics) from a source model's state
+    dict; ValueError naming the first key the source lacks or holds in another shape."""
     own = model.state_dict()
-    for prefix in layer_prefixes(arch)[:n]:
-        keys = [k for k in own if k.startswith(prefix)]
-        for k in keys:
-            if k not in source_state or source_state[k].shape != own[k].shape:
-                raise ValueError(f"source model has no matching {k}")
-        with torch.no_grad():
-            for k in keys:
-                own[k].copy_(source_state[k])
+    first_conv = next((k for k, v in own.items() if v.dim() == 4), "")
+    keys = [k for unit in unit_keys(model, arch)[:n] for k in unit]
+    picked = {}
+    for k in keys:
+        theirs = source_state.get(k)
+        fit = None if theirs is None else _adapted(k, own[k], theirs, first_conv)
+        if fit is None:
+            have = "no " + k if theirs is None else f"{k} of shape {tuple(theirs.shape)}"
+            raise ValueError(f"the source model has {have}; {arch} needs {tuple(own[k].shape)}")
+        picked[k] = fit
+    with torch.no_grad():
+        for k, v in picked.items():
+            own[k].copy_(v)
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
