@@ -10,6 +10,7 @@ n = transfer_layers: layers 1..n copied from the source model, the rest keep the
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,10 +23,14 @@ def load_source(path: Path) -> dict[str, torch.Tensor]:
     """A source model file: a state dict read with weights_only=True. ValueError (OSError
     for an unreadable file) when it is not a mapping of names to tensors."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of old pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        lines = str(e).splitlines() or [type(e).__name__]
+        why = next((line.strip() for line in lines if "Unsupported" in line), lines[0])
         raise ValueError(f"{path}: not a state dict torch.load reads with weights_only=True "
-                         f"({str(e).splitlines()[0][:120]})") from None
+                         f"({why[:160]})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict (names to tensors)")
