@@ -379,7 +379,7 @@ def cmd_run_task(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a shipped example's grid files into DIR; nothing is overwritten without --force."""
     from hpcxfer.fileio import atomic_write_bytes
-    from hpcxfer.shipped import example_files_at, prepare_data
+    from hpcxfer.shipped import PREPARED, example_files_at
 
     target = Path(args.dir)
     if target.exists() and not target.is_dir():
@@ -393,9 +393,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path, data in files:
         if path.is_dir():
             raise ConfigError(path, None, "is a folder; nothing of the example can be written there")
-    prepared = prepare_data(args.example, target)  # before the grid files: they name its data
-    if prepared:
-        console.print(Text(prepared))
+    if args.example in PREPARED:  # its data before the grid files, which name it
+        from hpcxfer.data.digits import prepare
+
+        console.print(Text(prepare(target / PREPARED[args.example])))
     for path, data in files:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

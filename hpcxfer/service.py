@@ -208,13 +208,12 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     from hpcxfer.extras import require_train
 
     require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
-    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+    from hpcxfer.worker.protocol import check_inputs  # imports torch: after the grid is known to be good
     from hpcxfer.locks import submit_lock
     from hpcxfer.study import write_groups, write_study
 
     grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
-    for stage in sorted({t.stage for t in tasks}):
-        check_data(grid.source, grid.stage_data(stage), [t for t in tasks if t.stage == stage], grid)
+    check_inputs(grid, tasks)
     report.estimate(req.estimate)
     with submit_lock(paths) as lock:
         write_study(paths, grid, tasks)

@@ -63,16 +63,3 @@ def example_files_at(name: str, dest: Path) -> list[tuple[Path, bytes]]:
     folder = PREPARED[name]
     absolute = json.dumps(str((dest / folder).absolute())).encode()
     return [(path, data.replace(f"path: {folder} ".encode(), b"path: " + absolute + b" ")) for path, data in files]
-
-
-def prepare_data(name: str, dest: Path) -> str | None:
-    """Write the data example `name` needs under `dest` (kept if there already); a line
-    saying what was done, or None for an example without data."""
-    if name not in PREPARED:
-        return None
-    from hpcxfer.data.digits import write_digits
-
-    folder = dest / PREPARED[name]
-    if (folder / "train").is_dir() and (folder / "val").is_dir():
-        return f"kept {folder} (prepared before)"
-    return f"wrote {write_digits(folder)} images of scikit-learn's digits under {folder}"

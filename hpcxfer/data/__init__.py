@@ -56,13 +56,13 @@ __all__ = ["Dataset", "ImageSet", "OPENERS", "check_data", "class_split", "drawn
            "open_dataset", "remap", "task_subset"]
 
 
-def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> None:
+def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> Dataset:
     """Before anything is submitted: the data set opens, every class the tasks read has
     enough training images for the largest size asked of it, and the image files the
     study reads are readable (data.verify: a sample of headers, every header, or a full
     decode). Only then is a freshly scanned file index written to its cache. With a
-    separate source and target (`grid.paired`), the target has two classes or more and a
-    source model file fits the architecture (checked here, before anything is written)."""
+    separate source and target (`grid.paired`), the target has two classes or more.
+    Returns the data set."""
     from hpcxfer.errors import DataError
 
     paired = bool(grid is not None and grid.paired)
@@ -91,8 +91,6 @@ def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> No
                                 f"than the {size} per class asked ({at}{len(short)} classes short)")
         used_train.update(task_subset(ds.train.labels, ds.num_classes, stage=stage, split=split,
                                       per_class=size if size == "full" else int(size), paired=paired)[1].tolist())
-    if paired and "finetune" in stages and grid.transfer_source.weights is not None:
-        check_weights(grid_source, grid, ds)
     mode = options.get("verify", "sample")
     if mode != "none" and ds.train.path is not None:
         try:
@@ -101,24 +99,7 @@ def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> No
             raise DataError(grid_source, where, e.message, e.hint) from None
     if ds.save_index is not None:
         ds.save_index()
-
-
-def check_weights(grid_source: str, grid: Any, target: Dataset) -> None:
-    """The grid's source model file is a state dict that fits its architecture for the
-    target (every unit but the head, which is replaced to fit the target's classes)."""
-    from hpcxfer.errors import DataError
-    from hpcxfer.worker.models import build_model, num_units
-    from hpcxfer.worker.protocol import load_source, transfer
-
-    path = grid.transfer_source.weights
-    try:
-        state = load_source(path)
-        transfer(build_model(grid.arch, target.num_classes, target.channels), grid.arch, state,
-                 num_units(grid.arch) - 1)
-    except OSError as e:
-        raise DataError(grid_source, "source.weights", f"{path}: cannot read ({e.strerror or e})") from None
-    except ValueError as e:
-        raise DataError(grid_source, "source.weights", f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+    return ds
 
 
 def verify(ds: Dataset, train_indices: list[int], mode: str) -> None:

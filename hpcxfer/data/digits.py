@@ -51,3 +51,11 @@ def write_digits(dest: Path, val_per_class: int = VAL_PER_CLASS) -> int:
         raise
     fsync_dir(dest.parent)
     return len(images)
+
+
+def prepare(folder: Path) -> str:
+    """The digits tree at `folder` for `hpcxfer init dissimilar`, kept if there already; a
+    line saying which."""
+    if (folder / "train").is_dir() and (folder / "val").is_dir():
+        return f"kept {folder} (prepared before)"
+    return f"wrote {write_digits(folder)} images of scikit-learn's digits under {folder}"

@@ -12,11 +12,17 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from hpcxfer.worker.models import num_units, unit_keys, weight_layers
+from hpcxfer.errors import DataError
+from hpcxfer.grid.task import Task
+from hpcxfer.worker.models import build_model, num_units, unit_keys, weight_layers
+
+if TYPE_CHECKING:
+    from hpcxfer.grid.schema import Grid  # pydantic, which a worker never imports
 
 
 def load_source(path: Path) -> dict[str, torch.Tensor]:
@@ -112,6 +118,30 @@ def param_groups(model: nn.Module, arch: str, *, high_lr_layers: int, frozen_lay
          "weight_decay": weight_decay}
         for name, params in groups.items() if params
     ]
+
+
+def check_inputs(grid: "Grid", tasks: list[Task]) -> None:
+    """Before anything is written: each stage's data (hpcxfer/data `check_data`), and a
+    source model file, which must be a state dict that fits the architecture for the
+    target (every unit but the head, which is replaced to fit the target's classes)."""
+    from hpcxfer.data import check_data
+
+    if not grid.paired:
+        check_data(grid.source, grid.data, tasks)
+        return
+    for stage in sorted({t.stage for t in tasks}):
+        ds = check_data(grid.source, grid.stage_data(stage), [t for t in tasks if t.stage == stage], grid)
+        src = grid.transfer_source
+        if stage != "finetune" or src is None or src.weights is None:
+            continue
+        try:
+            state = load_source(Path(src.weights))
+            transfer(build_model(grid.arch, ds.num_classes, ds.channels), grid.arch, state, num_units(grid.arch) - 1)
+        except OSError as e:
+            raise DataError(grid.source, "source.weights", f"{src.weights}: cannot read ({e.strerror or e})") from None
+        except ValueError as e:
+            message = str(e) if str(src.weights) in str(e) else f"{src.weights}: {e}"
+            raise DataError(grid.source, "source.weights", message) from None
 
 
 def lr_factor(epoch: int, *, initial_decay_epochs: int, decay_every: int, lr_gamma: float) -> float:
