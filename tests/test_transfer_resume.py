@@ -81,7 +81,7 @@ def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path)
         proc = start(paths.dir, group.group_id)
         worker = worker_of(proc)
         seen = mtime(gp.checkpoint)
-        if wait_for(lambda: mtime(gp.checkpoint) not in (0, seen), proc, timeout=300):
+        if wait_for(lambda seen=seen: mtime(gp.checkpoint) not in (0, seen), proc, timeout=300):
             time.sleep(rng.uniform(0, 0.4))
         killed = proc.poll() is None
         if killed:

@@ -16,12 +16,33 @@ from hpcxfer.errors import ConfigError
 from hpcxfer.grid import protocols
 from hpcxfer.grid.limits import MAX_TASKS
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS
-from hpcxfer.grid.schema import FINETUNE_DEFAULTS, Grid
+from hpcxfer.grid.schema import FINETUNE_DEFAULTS, DataSpec, Grid
 from hpcxfer.grid.task import Task
 
 #: Product order of the fine-tuning axes (outermost first).
 SETTINGS = ("lr_high", "lr_low", "lr_gamma", "decay_every", "epochs", "batch_size", "momentum",
             "weight_decay", "seed")
+
+
+def stage_data(grid: Grid, stage: str) -> DataSpec:
+    """The data a stage trains on: the source for pre-training in a grid of a separate
+    source and target, else `data` (which is the target there)."""
+    src = grid.transfer_source
+    if stage == "pretrain" and src is not None and src.dataset is not None:
+        return DataSpec(**src.model_dump(exclude={"weights"}))
+    return grid.data  # type: ignore[return-value]
+
+
+def task_data(grid: Grid, stage: str) -> dict:
+    """task.json's `data`: the stage's data section with absolute paths, and for
+    fine-tuning from a model file its path as `source_weights`."""
+    data = stage_data(grid, stage).model_dump()
+    if data.get("path"):
+        data["path"] = str(Path(data["path"]).absolute())
+    src = grid.transfer_source
+    if stage == "finetune" and src is not None and src.weights is not None:
+        data["source_weights"] = str(Path(src.weights).absolute())
+    return data
 
 
 def weights_digest(grid: Grid) -> str:
@@ -45,7 +66,7 @@ def source_of(grid: Grid) -> str:
         return ""
     if src.weights is not None:
         return f"weights:{weights_digest(grid)}"
-    fields = grid.stage_data("pretrain").task_fields()
+    fields = stage_data(grid, "pretrain").task_fields()
     return f"data:{src.dataset}" + (f":{fields['image_size']}/{fields['crop']}" if fields else "")
 
 
@@ -60,7 +81,7 @@ def pretrain_splits(grid: Grid, splits: set[int]) -> list[int]:
 
 def pretrain_task(grid: Grid, split: int, source: str = "") -> Task:
     p = grid.pretrain
-    data = grid.stage_data("pretrain")
+    data = stage_data(grid, "pretrain")
     return Task(
         stage="pretrain", arch=grid.arch, dataset=data.dataset, split=split, source=source,
         examples_per_class=p.examples_per_class, transfer_layers=0,

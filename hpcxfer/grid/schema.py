@@ -10,7 +10,6 @@ Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size b
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
@@ -429,24 +428,6 @@ class Grid(Strict):
     def paired(self) -> bool:
         """A grid of a separate source and target, not one data set split in two."""
         return self.target is not None
-
-    def stage_data(self, stage: str) -> DataSpec:
-        """The data a stage trains on: the source for pre-training in a paired grid, else `data`."""
-        src = self.transfer_source
-        if stage == "pretrain" and src is not None and src.dataset is not None:
-            return DataSpec(**src.model_dump(exclude={"weights"}))
-        return self.data  # type: ignore[return-value]
-
-    def task_data(self, stage: str) -> dict:
-        """task.json's `data`: the stage's data section with absolute paths, and for
-        fine-tuning from a model file its path as `source_weights`."""
-        data = self.stage_data(stage).model_dump()
-        if data.get("path"):
-            data["path"] = str(Path(data["path"]).absolute())
-        src = self.transfer_source
-        if stage == "finetune" and src is not None and src.weights is not None:
-            data["source_weights"] = str(Path(src.weights).absolute())
-        return data
 
     @model_validator(mode="after")
     def _data_or_pair(self) -> "Grid":

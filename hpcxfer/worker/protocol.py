@@ -120,17 +120,18 @@ def param_groups(model: nn.Module, arch: str, *, high_lr_layers: int, frozen_lay
     ]
 
 
-def check_inputs(grid: "Grid", tasks: list[Task]) -> None:
+def check_inputs(grid: Grid, tasks: list[Task]) -> None:
     """Before anything is written: each stage's data (hpcxfer/data `check_data`), and a
     source model file, which must be a state dict that fits the architecture for the
     target (every unit but the head, which is replaced to fit the target's classes)."""
     from hpcxfer.data import check_data
+    from hpcxfer.grid.expansion import stage_data
 
     if not grid.paired:
         check_data(grid.source, grid.data, tasks)
         return
     for stage in sorted({t.stage for t in tasks}):
-        ds = check_data(grid.source, grid.stage_data(stage), [t for t in tasks if t.stage == stage], grid)
+        ds = check_data(grid.source, stage_data(grid, stage), [t for t in tasks if t.stage == stage], grid)
         src = grid.transfer_source
         if stage != "finetune" or src is None or src.weights is None:
             continue
