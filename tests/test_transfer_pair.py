@@ -4,6 +4,7 @@ nothing written) and a fine-tuning that starts from the file."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 
@@ -144,3 +145,15 @@ def test_fine_tuning_from_a_model_file_keeps_frozen_units_as_the_file_holds_them
     for k in keys[0][1:] + keys[1] + keys[2] + keys[3]:  # units 1..4: weights and batch-norm statistics
         assert torch.equal(trained[k], source[k]), k
     assert not torch.equal(trained["layer4.0.bn1.running_mean"], source["layer4.0.bn1.running_mean"])
+
+
+def test_a_model_file_changed_after_submit_is_refused_by_the_worker(tmp_path, digits):
+    weights = _weights(tmp_path / "model.pt")
+    paths = prepare_study(_write(tmp_path, _pair(tmp_path, digits, {"weights": str(weights)}, experiments=[
+        {"name": "common", "protocol": "common"}])))
+    (task,) = expand(load_grid(tmp_path / "pair.yaml"))
+    _weights(weights, classes=9)  # replaced after the study was written
+    assert run_task(str(paths.dir), task.task_id) != EXIT_DONE
+    failed = read_json(paths.task(task.task_id).failed)
+    assert "changed since the task was planned" in json.dumps(failed)
+    assert not paths.task(task.task_id).result.exists()
