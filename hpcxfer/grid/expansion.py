@@ -1,4 +1,6 @@
-"""Grid -> tasks. Pure and deterministic: the same grid always gives the same ids.
+"""Grid -> tasks. Deterministic: the same grid always gives the same ids. Its one read is
+a source model file's SHA-256 (`source.weights`), once an expansion: the file's content is
+part of its fine-tuning tasks' identity.
 
 The number of tasks is counted from the axes' lengths before any task is built; a grid
 over MAX_TASKS is an error, not a machine out of memory.
