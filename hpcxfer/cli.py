@@ -391,12 +391,12 @@ def cmd_run_task(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Write a shipped example's grid files into DIR; nothing is overwritten without --force."""
     from hpcxfer.fileio import atomic_write_bytes
-    from hpcxfer.shipped import example_files
+    from hpcxfer.shipped import PREPARED, example_files_at
 
     target = Path(args.dir)
     if target.exists() and not target.is_dir():
         raise ConfigError(None, "DIR", f"{args.dir} is a file; name a folder for the example")
-    files = [(target / rel, data) for rel, data in example_files(args.example)]
+    files = example_files_at(args.example, target)
     if not args.force:
         present = [path for path, _ in files if path.exists() or path.is_symlink()]
         if present:
@@ -405,6 +405,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path, data in files:
         if path.is_dir():
             raise ConfigError(path, None, "is a folder; nothing of the example can be written there")
+    if args.example in PREPARED:  # its data before the grid files, which name it
+        from hpcxfer.data.digits import prepare
+
+        console.print(Text(prepare(target / PREPARED[args.example])))
     for path, data in files:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -464,7 +468,8 @@ the line) shows the traceback instead."""
 COMMANDS = {
     "init": ("write a shipped example grid into a folder",
              "Write the files of a shipped example (quickstart: a small Fashion-MNIST study for a "
-             "laptop; plested2019: the paper's six experiments on ImageNet) into DIR. Files that exist "
+             "laptop; plested2019: the paper's six experiments on ImageNet; dissimilar: Fashion-MNIST's "
+             "clothes to scikit-learn's digits, whose images it writes under DIR/digits) into DIR. Files that exist "
              "are never overwritten without --force.",
              "hpcxfer init plested2019 ~/grids    # then: hpcxfer plan ~/grids/plested2019/all.yaml"),
     "plan": ("validate and expand a grid: tasks, counts and cost",

@@ -240,12 +240,12 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         raise ConfigError(req.grid.source, req.placeholders[0].split()[0], "holds a placeholder: "
                           + "; ".join(req.placeholders) + " (set it to the real place, then submit)")
     require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
-    from hpcxfer.data import check_data  # imports torch: after the grid is known to be good
+    from hpcxfer.worker.protocol import check_inputs  # imports torch: after the grid is known to be good
     from hpcxfer.locks import submit_lock
     from hpcxfer.study import write_groups, write_study
 
     grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
-    check_data(grid.source, grid.data, tasks)
+    check_inputs(grid, tasks)
     report.estimate(req.estimate)
     with submit_lock(paths) as lock:
         write_study(paths, grid, tasks)

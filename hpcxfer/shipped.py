@@ -10,6 +10,7 @@ editable) holds them beside it. `folder()` finds either, the package's own copy 
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 
 from hpcxfer.errors import HpcxferError
@@ -24,7 +25,11 @@ EXAMPLES = {
     "plested2019": tuple(f"plested2019/{n}" for n in (
         "all.yaml", "base.yaml", "exp3.1.yaml", "exp3.2.yaml", "exp3.3.yaml", "exp3.4.yaml", "exp3.5.yaml",
         "exp3.6.yaml", "README.md")),
+    "dissimilar": ("dissimilar.yaml", "dissimilar-alexnet.yaml"),
 }
+#: Examples whose data `hpcxfer init` prepares: name -> the folder under DIR it writes, which
+#: the example's `path: <folder>` lines are pointed at (absolute).
+PREPARED = {"dissimilar": "digits"}
 
 
 class MissingFiles(HpcxferError):
@@ -47,3 +52,14 @@ def example_files(name: str) -> list[tuple[str, bytes]]:
     """(path relative to jobs/, contents) of each file of example `name`."""
     jobs = folder("jobs")
     return [(rel, (jobs / rel).read_bytes()) for rel in EXAMPLES[name]]
+
+
+def example_files_at(name: str, dest: Path) -> list[tuple[Path, bytes]]:
+    """(where, contents) of each file of example `name` written into `dest`: a prepared
+    example's data path made absolute, so the grid runs from any folder."""
+    files = [(dest / rel, data) for rel, data in example_files(name)]
+    if name not in PREPARED:
+        return files
+    folder = PREPARED[name]
+    absolute = json.dumps(str((dest / folder).absolute())).encode()
+    return [(path, data.replace(f"path: {folder} ".encode(), b"path: " + absolute + b" ")) for path, data in files]

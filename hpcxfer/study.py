@@ -34,10 +34,9 @@ def study_paths(grid: Grid, root: str | None = None) -> StudyPaths:
 
 def task_config(task: Task, grid: Grid) -> dict:
     """task.json: the task's identity plus where its data is and how it runs."""
-    data = grid.data.model_dump()
-    if data.get("path"):
-        data["path"] = str(Path(data["path"]).absolute())
-    return {**task.to_dict(), "data": data, "runtime": grid.runtime.settings().to_dict()}
+    from hpcxfer.grid.expansion import task_data
+
+    return {**task.to_dict(), "data": task_data(grid, task.stage), "runtime": grid.runtime.settings().to_dict()}
 
 
 def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:

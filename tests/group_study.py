@@ -54,14 +54,15 @@ def fashion_tree(root: Path) -> Path:
 
 
 def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int = 3, batch_size: int = 10,
-               members: list[dict] | None = None) -> tuple[StudyPaths, Task, list[Task], Group]:
+               members: list[dict] | None = None, arch: str = "alexnet-narrow"
+               ) -> tuple[StudyPaths, Task, list[Task], Group]:
     """The study (its group.json written as submit writes it): paths, the pre-training, the
     fine-tuning tasks in group order, the group."""
     tree = fashion_tree(root.parent)
     grid_file = root / f"{name}.yaml"
     root.mkdir(parents=True, exist_ok=True)
     grid_file.write_text(yaml.safe_dump(merge(TINY_GRID, {
-        "study": name, "root": str(root / "runs"),
+        "study": name, "root": str(root / "runs"), "arch": arch,
         "data": {"dataset": "folders", "path": str(tree), "image_size": 28, "crop": 28,
                  "index_cache": str(root / "index")},
         "pretrain": {"epochs": 2, "batch_size": 32, "examples_per_class": TRAIN_PER_CLASS, "decay_every": 1},

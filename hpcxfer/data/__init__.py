@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hpcxfer.data.base import Dataset, ImageSet
-from hpcxfer.data.splits import class_split, first_per_class, remap
+from hpcxfer.data.splits import class_split, drawn_per_class, first_per_class, remap, task_subset
 
 #: Data set name (the grid's data.dataset) -> opener(path, options) -> Dataset, where
 #: options is the grid's `data` section as a dict (task.json's "data").
@@ -52,42 +52,54 @@ def open_dataset(name: str, path: str | None = None, options: dict | None = None
     return OPENERS[name](path, options or {})
 
 
-__all__ = ["Dataset", "ImageSet", "OPENERS", "check_data", "class_split", "first_per_class", "open_dataset", "remap"]
+__all__ = ["Dataset", "ImageSet", "OPENERS", "check_data", "class_split", "drawn_per_class", "first_per_class",
+           "open_dataset", "remap", "task_subset"]
 
 
-def check_data(grid_source: str, data: Any, tasks: list) -> None:
-    """Before anything is submitted: the data set opens, every class of every split has
+def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> Dataset:
+    """Before anything is submitted: the data set opens, every class the tasks read has
     enough training images for the largest size asked of it, and the image files the
     study reads are readable (data.verify: a sample of headers, every header, or a full
-    decode). Only then is a freshly scanned file index written to its cache."""
+    decode). Only then is a freshly scanned file index written to its cache. With a
+    separate source and target (`grid.paired`), the target has two classes or more.
+    Returns the data set."""
     from hpcxfer.errors import DataError
 
+    paired = bool(grid is not None and grid.paired)
     options = data.model_dump() if hasattr(data, "model_dump") else dict(data)
+    stages = {t.stage for t in tasks}
+    where = "data" if not paired else ("source" if stages == {"pretrain"} else "target")
     try:
         ds = open_dataset(options["dataset"], options.get("path"), {**options, "save_index": False})
     except DataError as e:
-        raise DataError(grid_source, e.field or "data", e.message, e.hint) from None
+        raise DataError(grid_source, where if e.field in (None, "data") else e.field, e.message, e.hint) from None
+    if paired and "finetune" in stages and ds.num_classes < 2:
+        raise DataError(grid_source, "target", f"{ds.num_classes} class in the target's training set; "
+                        "fine-tuning needs two or more")
     used_train: set[int] = set()
     counts = np.bincount(ds.train.labels, minlength=ds.num_classes)
     for split, stage, size in sorted({(t.split, t.stage, str(t.examples_per_class)) for t in tasks}):
-        source, target = class_split(ds.num_classes, split)
-        classes = source if stage == "pretrain" else target
+        classes = task_subset(ds.train.labels, ds.num_classes, stage=stage, split=split, per_class="full",
+                              paired=paired)[0]
         field = "finetune.examples_per_class" if stage == "finetune" else "pretrain.examples_per_class"
         if size != "full":
             short = [c for c in classes if counts[c] < int(size)]
             if short:
                 c = short[0]
+                at = f"split {split}, " if not paired else ""
                 raise DataError(grid_source, field, f"{ds.describe_class(c)}: {counts[c]} training images, fewer "
-                                f"than the {size} per class asked (split {split}, {len(short)} classes short)")
-        used_train.update(first_per_class(ds.train.labels, classes, size if size == "full" else int(size)).tolist())
+                                f"than the {size} per class asked ({at}{len(short)} classes short)")
+        used_train.update(task_subset(ds.train.labels, ds.num_classes, stage=stage, split=split,
+                                      per_class=size if size == "full" else int(size), paired=paired)[1].tolist())
     mode = options.get("verify", "sample")
     if mode != "none" and ds.train.path is not None:
         try:
             verify(ds, sorted(used_train), mode)
         except DataError as e:
-            raise DataError(grid_source, "data", e.message, e.hint) from None
+            raise DataError(grid_source, where, e.message, e.hint) from None
     if ds.save_index is not None:
         ds.save_index()
+    return ds
 
 
 def verify(ds: Dataset, train_indices: list[int], mode: str) -> None:

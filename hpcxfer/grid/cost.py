@@ -91,7 +91,12 @@ QUEUES: dict[str, Queue] = dict(GADI_QUEUES)
 #: Training speed relative to AlexNet's at 224 px. VGG-11: measured on the H200 (fp32
 #: 3,107 vs 19,307 images/s; 7.6 vs 0.714 G multiply-adds would say 0.094). The narrow
 #: AlexNet on 28-32 px images: assumed from its multiply-adds (2.9 M), an upper bound.
-ARCH_SPEED = {"alexnet": 1.0, "vgg11": 0.161, "alexnet-narrow": 0.714 / 0.0029}
+#: The ResNets: measured on this repository's 2-core CPU (one torch thread, SGD training
+#: steps, best of 3: batch 8 at 224 px for AlexNet 4.3, ResNet-18 2.4, ResNet-50 1.0
+#: images/s; batch 64 at 28 px for the narrow AlexNet 614 and the narrow ResNet 199); on
+#: GPUs the same ratios are assumed, not measured.
+ARCH_SPEED = {"alexnet": 1.0, "vgg11": 0.161, "alexnet-narrow": 0.714 / 0.0029, "resnet18": 0.56,
+              "resnet50": 0.23, "resnet-narrow": 0.714 / 0.0029 * 0.32}
 
 #: (classes, training images, validation images) of each named data set.
 DATA_COUNTS = {

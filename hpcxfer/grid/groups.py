@@ -29,7 +29,8 @@ PREFIX = "g-"
 #: say otherwise: the 42 protocols of a cell of the paper's study fit in one group.
 AUTO_MAX = 64
 #: Parameters of each architecture with a 500-class head (the narrow one: 5 classes).
-ARCH_PARAMS = {"alexnet": 59.1e6, "vgg11": 130.8e6, "alexnet-narrow": 0.1e6}
+ARCH_PARAMS = {"alexnet": 59.1e6, "vgg11": 130.8e6, "alexnet-narrow": 0.1e6, "resnet18": 11.4e6,
+               "resnet50": 24.5e6, "resnet-narrow": 0.16e6}
 #: Device memory a member takes, in multiples of its fp32 weights: weights, gradients and
 #: momentum (3), and as much again for activations and workspace at batch 256 (assumed).
 MEMBER_FACTOR = 6

@@ -1,4 +1,11 @@
-"""Named fine-tuning protocols and the paper's numbers (docs/design.md §1)."""
+"""Named fine-tuning protocols, the paper's numbers and each architecture's transfer units
+(docs/design.md §1).
+
+The protocol fields count an architecture's transfer units bottom-up: AlexNet's eight
+weight layers (VGG-11's five stages and three fully connected layers map onto them), a
+ResNet's stem, four stages and head. hpcxfer/worker/models.py says which modules make
+each unit; this table is what the grid validates against, without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +28,41 @@ OPTIMAL_HIGH_LR_LAYERS = 1
 
 PROTOCOL_FIELDS = ("transfer_layers", "high_lr_layers", "initial_decay_epochs", "frozen_layers")
 
+ALEXNET_UNITS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+RESNET_UNITS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+#: arch -> its transfer units, bottom-up; the last is the head, re-initialised for the target.
+UNITS: dict[str, tuple[str, ...]] = {
+    "alexnet-narrow": ALEXNET_UNITS, "alexnet": ALEXNET_UNITS, "vgg11": ALEXNET_UNITS,
+    "resnet-narrow": RESNET_UNITS, "resnet18": RESNET_UNITS, "resnet50": RESNET_UNITS,
+}
+#: Architectures with AlexNet's eight units, the only ones Table 2 (`optimal`) describes.
+TABLE2_ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
+
 COMMON = {"transfer_layers": 7, "high_lr_layers": 8, "initial_decay_epochs": 30, "frozen_layers": 0}
 SCRATCH = {"transfer_layers": 0, "high_lr_layers": 8, "initial_decay_epochs": 30, "frozen_layers": 0}
 NAMED = ("common", "scratch", "optimal")
+
+
+def num_units(arch: str) -> int:
+    return len(UNITS[arch])
+
+
+def ranges(arch: str) -> dict[str, tuple[int, int]]:
+    """Inclusive bounds of n, h and f for `arch`: the head is never transferred (n <= U-1)
+    and at least one unit above the frozen ones trains (f <= U-2); AlexNet's are the
+    paper's 0..7, 1..8 and 0..6."""
+    u = num_units(arch)
+    return {"transfer_layers": (0, u - 1), "high_lr_layers": (1, u), "frozen_layers": (0, u - 2)}
+
+
+def common(arch: str = "alexnet") -> dict:
+    """Every unit but the head transferred, all at the high rate (Yosinski's protocol)."""
+    u = num_units(arch)
+    return {"transfer_layers": u - 1, "high_lr_layers": u, "initial_decay_epochs": 30, "frozen_layers": 0}
+
+
+def scratch(arch: str = "alexnet") -> dict:
+    return {"transfer_layers": 0, "high_lr_layers": num_units(arch), "initial_decay_epochs": 30, "frozen_layers": 0}
 
 
 def table2_row(examples_per_class: int | str) -> dict:
@@ -37,7 +76,11 @@ def table2_row(examples_per_class: int | str) -> dict:
     return TABLE2[smaller[-1] if smaller else 10]
 
 
-def optimal(examples_per_class: int | str) -> dict:
+def optimal(examples_per_class: int | str, arch: str = "alexnet") -> dict:
+    """Table 2's protocol at a size; ValueError for an architecture it does not describe."""
+    if arch not in TABLE2_ARCHS:
+        raise ValueError(f"'optimal' is the paper's Table 2, measured on AlexNet's eight layers; {arch} has "
+                         f"{num_units(arch)} transfer units and no such table: give n, h, d and f instead")
     row = table2_row(examples_per_class)
     return {
         "transfer_layers": row["transfer_layers"],
@@ -47,14 +90,14 @@ def optimal(examples_per_class: int | str) -> dict:
     }
 
 
-def resolve(name: str, examples_per_class: int | str) -> dict:
-    """n, h, d, f of a named protocol at a size."""
+def resolve(name: str, examples_per_class: int | str, arch: str = "alexnet") -> dict:
+    """n, h, d, f of a named protocol at a size, for `arch`'s units."""
     if name == "common":
-        return dict(COMMON)
+        return common(arch)
     if name == "scratch":
-        return dict(SCRATCH)
+        return scratch(arch)
     if name == "optimal":
-        return optimal(examples_per_class)
+        return optimal(examples_per_class, arch)
     raise ValueError(f"unknown protocol {name!r}; choose from {', '.join(NAMED)}")
 
 
@@ -62,5 +105,8 @@ def names_of(task: dict) -> list[str]:
     """The named protocols a resolved fine-tuning task is an instance of (may be several)."""
     if task.get("stage") != "finetune":
         return []
-    size = task["examples_per_class"]
-    return [n for n in NAMED if all(task[k] == v for k, v in resolve(n, size).items())]
+    size, arch = task["examples_per_class"], task.get("arch", "alexnet")
+    if arch not in UNITS:
+        arch = "alexnet"
+    named = [n for n in NAMED if n != "optimal" or arch in TABLE2_ARCHS]
+    return [n for n in named if all(task[k] == v for k, v in resolve(n, size, arch).items())]

@@ -17,7 +17,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from hpcxfer.grid import limits
 from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
-from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS
+from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS, UNITS
 from hpcxfer.grid.runtime import DEFAULTS as _R
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
@@ -26,8 +26,10 @@ from hpcxfer.sites import GADI_QUEUES
 DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
 #: Data sets read from image files, which `data.image_size` and `data.crop` apply to.
 FOLDER_DATASETS = ("imagenet", "folders")
-#: Every architecture has the same eight numbered weight layers (hpcxfer/worker/models.py).
-ARCHS = ("alexnet-narrow", "alexnet", "vgg11")
+#: Architectures, each with its transfer units (hpcxfer/grid/protocols.py `UNITS`).
+ARCHS = tuple(UNITS)
+#: Bounds of the unit-counting axes here; each architecture's own are checked at expansion.
+MAX_UNITS = 64
 
 
 class Strict(BaseModel):
@@ -39,9 +41,10 @@ class Strict(BaseModel):
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted((k for k in data if k not in cls.model_fields), key=repr)
+            keys = [f.alias or name for name, f in cls.model_fields.items()]
+            unknown = sorted((k for k in data if k not in keys), key=repr)
             if unknown:
-                valid = ", ".join(cls.model_fields)
+                valid = ", ".join(keys)
                 raise ValueError(f"unknown key {short(unknown[0])}; valid keys: {valid}")
         elif data is not None and not isinstance(data, BaseModel):
             raise ValueError(f"expected a mapping, got {type(data).__name__} {short(data)}")
@@ -131,10 +134,10 @@ NameText = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidat
 BIG = 10**6
 
 
-Layers = Annotated[list, axis("int", 0, 7, names=("optimal",))]
-HighLr = Annotated[list, axis("int", 1, 8, names=("optimal",))]
+Layers = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
+HighLr = Annotated[list, axis("int", 1, MAX_UNITS, names=("optimal",))]
 DecayStart = Annotated[list, axis("int", 0, BIG, names=("optimal",))]
-Frozen = Annotated[list, axis("int", 0, 6, names=("optimal",))]
+Frozen = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
 Sizes = Annotated[list, BeforeValidator(_sizes)]
 Protocols = Annotated[list, BeforeValidator(_protocols)]
 PosInt = Annotated[list, axis("int", 1, BIG)]
@@ -180,6 +183,21 @@ class DataSpec(Strict):
         if self.dataset not in FOLDER_DATASETS:
             return {}  # array data sets have one size; these settings do nothing there
         return {"image_size": self.image_size, "crop": self.crop}
+
+
+class SourceSpec(DataSpec):
+    """The source of a transfer: a data set (the keys of `data`), pre-trained by the study on
+    all its classes, or a model from a file (`weights`: a state dict of the architecture,
+    read with weights_only=True; nothing is fetched at run time)."""
+
+    dataset: Literal[DATASETS] | None = None  # type: ignore[valid-type]
+    weights: PathText | None = Field(None, description="a state dict of the grid's arch, instead of pre-training")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SourceSpec":
+        if (self.dataset is None) == (self.weights is None):
+            raise ValueError("give either 'dataset' (pre-trained by the study) or 'weights' (a model file)")
+        return self
 
 
 class PretrainSpec(Strict):
@@ -401,7 +419,12 @@ class Grid(Strict):
 
     study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=MAX_NAME)
     root: PathText = "runs"
-    data: DataSpec
+    #: The data the fine-tuning tasks read: `data` (split into source and target halves by
+    #: class), or `target` when the grid names `source` and `target` (it is then both).
+    data: DataSpec | None = None
+    # the grid's `source` key (`source` here names the grid file, as it always has)
+    transfer_source: SourceSpec | None = Field(None, alias="source")
+    target: DataSpec | None = None
     arch: Literal[ARCHS] = "alexnet-narrow"  # type: ignore[valid-type]
     pretrain: PretrainSpec = PretrainSpec()
     finetune: Axes
@@ -418,6 +441,22 @@ class Grid(Strict):
     def source(self) -> str:
         """The grid file it was loaded from (what an error about its fields names)."""
         return self._source
+
+    @property
+    def paired(self) -> bool:
+        """A grid of a separate source and target, not one data set split in two."""
+        return self.target is not None
+
+    @model_validator(mode="after")
+    def _data_or_pair(self) -> "Grid":
+        if self.data is not None and (self.transfer_source is not None or self.target is not None):
+            raise ValueError("give either 'data' (one data set split into source and target classes) or "
+                             "'source' and 'target', not both")
+        if self.data is None:
+            if self.transfer_source is None or self.target is None:
+                raise ValueError("give 'data' (one data set split in two), or 'source' and 'target'")
+            object.__setattr__(self, "data", self.target)  # what fine-tuning reads, for every consumer
+        return self
 
     @model_validator(mode="after")
     def _epochs_given(self) -> "Grid":

@@ -15,7 +15,7 @@ STAGES = ("pretrain", "finetune")
 IMAGE_SIZE, CROP = 256, 224
 #: Identity fields left out of a task's hash while they hold these values, so that the ids
 #: of tasks from before the fields existed stay what they were.
-QUIET_DEFAULTS = {"image_size": IMAGE_SIZE, "crop": CROP}
+QUIET_DEFAULTS = {"image_size": IMAGE_SIZE, "crop": CROP, "source": ""}
 #: What a task id looks like: a readable prefix and a hash (`ft-s0-x10-n7h8d30f0-1a2b3c4d5e`).
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,199}")
 
@@ -32,6 +32,13 @@ class Task:
     `QUIET_DEFAULTS`, so a grid that leaves them alone keeps the ids it had before they
     were fields. Array data sets (CIFAR, Fashion-MNIST) ignore them; expansion leaves them
     at their defaults there (hpcxfer/grid/schema.py `DataSpec.task_fields`).
+
+    `source` is empty in the paper's setting (one data set, `split` choosing its halves).
+    A grid with a separate source and target sets it: `data:NAME[:SIZE/CROP]` for a source
+    data set the study pre-trains on (all its classes), `weights:SHA256` for a model file.
+    There `dataset` is the data the task trains on (the source for pre-training, the target
+    for fine-tuning, all classes of each) and a fine-tuning task's `split` is the replicate:
+    the seed of its target subset's draw (hpcxfer/data/splits.py `drawn_per_class`).
     """
 
     stage: str
@@ -54,6 +61,7 @@ class Task:
     seed: int
     image_size: int = IMAGE_SIZE
     crop: int = CROP
+    source: str = ""
     depends_on: tuple[str, ...] = ()
     task_id: str = field(default="", compare=False)
 
@@ -138,7 +146,7 @@ _KINDS = {
     "initial_decay_epochs": "an integer", "frozen_layers": "an integer", "lr_gamma": "a number",
     "decay_every": "an integer", "epochs": "an integer", "batch_size": "an integer", "momentum": "a number",
     "weight_decay": "a number", "seed": "an integer", "depends_on": "a list of task ids",
-    "image_size": "an integer", "crop": "an integer",
+    "image_size": "an integer", "crop": "an integer", "source": "a string",
 }
 #: Fields a task record may leave out (their defaults).
 OPTIONAL = ("depends_on", *QUIET_DEFAULTS)

@@ -7,6 +7,7 @@ several (hpcxfer/worker/group.py).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hpcxfer.data import class_split, first_per_class, open_dataset, remap
+from hpcxfer.data import first_per_class, open_dataset, remap, task_subset
 from hpcxfer.errors import CheckpointError
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
@@ -41,6 +42,7 @@ class Data:
     view: Callable[[torch.Tensor], torch.Tensor]
     num_classes: int
     channels: int
+    source_weights: str | None = None  # a source model file (task.json's data.source_weights)
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +123,8 @@ def prepare_data(task: Task, data: dict, runtime: RuntimeSettings) -> Data:
     device = pick_device(runtime.device)
     precision = resolve(runtime.amp, runtime.channels_last, device)
     ds = open_dataset(task.dataset, data.get("path"), data)
-    source, target = class_split(ds.num_classes, task.split)
-    classes = source if task.stage == "pretrain" else target
-    train_idx = first_per_class(ds.train.labels, classes, task.examples_per_class)
+    classes, train_idx = task_subset(ds.train.labels, ds.num_classes, stage=task.stage, split=task.split,
+                                     per_class=task.examples_per_class, paired=bool(task.source))
     val_idx = first_per_class(ds.val.labels, classes, "full", what="validation set")
     budget = runtime.data_memory_gb * 1e9
     workers = runtime.loader_workers
@@ -134,7 +135,8 @@ def prepare_data(task: Task, data: dict, runtime: RuntimeSettings) -> Data:
     val = open_feed(ds.val, val_idx, remap(ds.val.labels[val_idx], classes), device, budget - in_memory, workers,
                     stream)
     return Data(precision=precision, train=train, val=val, normalize=Normalize(ds.mean, ds.std, device),
-                augment=for_training(ds), view=for_evaluation(ds), num_classes=len(classes), channels=ds.channels)
+                augment=for_training(ds), view=for_evaluation(ds), num_classes=len(classes), channels=ds.channels,
+                source_weights=data.get("source_weights"))
 
 
 def prepare_model(task: Task, runtime: RuntimeSettings, study: StudyPaths, data: Data,
@@ -146,13 +148,8 @@ def prepare_model(task: Task, runtime: RuntimeSettings, study: StudyPaths, data:
     torch.manual_seed(init_seed(task))
     model = build_model(task.arch, data.num_classes, data.channels)
     if task.transfer_layers > 0:
-        weights = study.task(task.depends_on[0]).weights
-        if not weights.is_file():
-            raise CheckpointError(f"{weights}: the pre-trained model this task transfers from is missing; "
-                                  f"run task {task.depends_on[0]} first")
         cache = sources if sources is not None else {}
-        if weights not in cache:
-            cache[weights] = torch.load(weights, map_location="cpu", weights_only=True)
+        weights = source_model(task, study, data, cache)
         protocol.transfer(model, task.arch, cache[weights], task.transfer_layers)
     protocol.freeze(model, task.arch, task.frozen_layers)
     precision = data.precision
@@ -163,6 +160,27 @@ def prepare_model(task: Task, runtime: RuntimeSettings, study: StudyPaths, data:
     optimizer = torch.optim.SGD(groups, lr=task.lr_high, momentum=task.momentum)
     return Learner(task=task, model=model, forward=torch.compile(model) if runtime.compile else model,
                    optimizer=optimizer, scaler=precision.scaler(), sums=Sums.zero(data.device))
+
+
+def source_model(task: Task, study: StudyPaths, data: Data, cache: dict[Path, dict]) -> Path:
+    """The file `task` transfers from, loaded into `cache`: its split's pre-trained model, or
+    the grid's model file, whose SHA-256 must still be the one in the task's identity."""
+    if data.source_weights is None:
+        weights = study.task(task.depends_on[0]).weights
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: the pre-trained model this task transfers from is missing; "
+                                  f"run task {task.depends_on[0]} first")
+        if weights not in cache:
+            cache[weights] = torch.load(weights, map_location="cpu", weights_only=True)
+        return weights
+    weights = Path(data.source_weights)
+    if weights not in cache:
+        blob = weights.read_bytes() if weights.is_file() else b""
+        if task.source != f"weights:{hashlib.sha256(blob).hexdigest()}":
+            raise CheckpointError(f"{weights}: the source model file is missing or changed since the task was "
+                                  "planned (its SHA-256 is part of the task's identity); plan and submit again")
+        cache[weights] = protocol.load_source(weights)
+    return weights
 
 
 def step(learner: Learner, precision: Precision, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -186,7 +204,7 @@ class Trainer:
 
     def train(self) -> None:
         for learner in self.learners:
-            learner.model.train()
+            protocol.train_mode(learner.model, learner.task.arch, learner.task.frozen_layers)
 
     def eval(self) -> None:
         for learner in self.learners:

@@ -1,0 +1,108 @@
+"""Exact resume of a ResNet protocol group (batch normalisation: running statistics, a
+frozen unit's kept in evaluation mode): SIGKILL at random moments, in a PID namespace, and
+every member's result, metrics and weights are an uninterrupted run's, bit for bit.
+
+As tests/test_group_resume.py does for AlexNet: each run is `python -m hpcxfer run-task
+STUDY g-...` with one torch thread under `unshare -fp --mount-proc`, so a kill reaches
+only the worker started here. The kill moments come from a printed seed
+(HPCXFER_KILL_SEED replays it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import mtime, newest_checkpoint, wait_for
+from group_study import make_study
+
+from hpcxfer.fileio import iter_jsonl, read_json
+from hpcxfer.worker import EXIT_DONE
+from hpcxfer.worker.main import run_task
+
+pytestmark = pytest.mark.slow
+
+ENV = {"HPCXFER_THREADS": "1", "OMP_NUM_THREADS": "1"}
+MEMBERS = [
+    {"transfer_layers": 0, "high_lr_layers": 6, "initial_decay_epochs": 30},
+    {"transfer_layers": 3, "frozen_layers": 2, "high_lr_layers": 1, "initial_decay_epochs": 1},
+    {"protocol": "common"},
+]
+STUDY = {"epochs": 6, "batch_size": 5, "members": MEMBERS, "arch": "resnet-narrow"}
+EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+def start(study_dir, group_id: str, namespace: bool = True) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "hpcxfer", "run-task", str(study_dir), group_id]
+    if namespace:
+        cmd = ["unshare", "-fp", "--mount-proc", "--kill-child=SIGKILL", *cmd]
+    return subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def worker_of(proc: subprocess.Popen) -> int:
+    """The pid of the worker that `unshare` forked."""
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        except FileNotFoundError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.005)
+    raise TimeoutError("unshare started no worker")
+
+
+def metrics(tp) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s")} for r in iter_jsonl(tp.metrics)]
+
+
+def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path):
+    ref, pre, members, group = make_study(tmp_path / "ref", "r", {"keep_checkpoints": True}, **STUDY)
+    assert run_task(str(ref.dir), pre.task_id) == EXIT_DONE
+    reference = start(ref.dir, group.group_id, namespace=False)
+    paths, *_ = make_study(tmp_path / "killed", "r", {"keep_checkpoints": True, "checkpoint_minutes": 0.0005},
+                           **STUDY)
+    shutil.copy(ref.task(pre.task_id).weights, paths.task(pre.task_id).weights)
+    gp = paths.group(group.group_id)
+    seed = int(os.environ.get("HPCXFER_KILL_SEED") or time.time_ns())
+    print(f"kill seed {seed} (replay: HPCXFER_KILL_SEED={seed})")
+    rng = random.Random(seed)
+    kills = 0
+    for _ in range(3):
+        proc = start(paths.dir, group.group_id)
+        worker = worker_of(proc)
+        seen = mtime(gp.checkpoint)
+        if wait_for(lambda seen=seen: mtime(gp.checkpoint) not in (0, seen), proc, timeout=300):
+            time.sleep(rng.uniform(0, 0.4))
+        killed = proc.poll() is None
+        if killed:
+            os.kill(worker, signal.SIGKILL)
+        proc.wait()
+        if all(paths.task(t.task_id).result.exists() for t in members):
+            break  # a kill after the results were written is no restart
+        kills += killed
+        newest_checkpoint(gp)  # a resumable checkpoint is there
+    while not all(paths.task(t.task_id).result.exists() for t in members):
+        proc = start(paths.dir, group.group_id)
+        assert proc.wait(timeout=600) == EXIT_DONE, proc.stderr.read().decode()
+    assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
+    assert kills >= 2, f"the group finished before it could be killed twice (seed {seed})"
+    mine = torch.load(gp.checkpoint, weights_only=True)["members"]
+    theirs = torch.load(ref.group(group.group_id).checkpoint, weights_only=True)["members"]
+    for t in members:
+        result, expected = read_json(paths.task(t.task_id).result), read_json(ref.task(t.task_id).result)
+        assert {k: result[k] for k in EXACT} == {k: expected[k] for k in EXACT}, (t.task_id, seed)
+        assert result["restarts"] == kills, seed
+        assert metrics(paths.task(t.task_id)) == metrics(ref.task(t.task_id)), seed
+        model = mine[t.task_id]["model"]
+        assert all(torch.equal(model[k], v) for k, v in theirs[t.task_id]["model"].items()), (t.task_id, seed)
+        assert any(k.endswith("running_var") for k in model)
