@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from hpcxfer import cli as hpcxfer_cli
+from hpcxfer.progress import Tracker
+from hpcxfer.watch import running_lines
 from hpcxfer.backends import scheduler
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.backends.slurm import SlurmBackend
@@ -222,7 +224,7 @@ def test_squeue_asks_for_the_users_jobs_only(tmp_path, monkeypatch):
 
 def test_wait_shows_each_running_task_at_its_epoch(big):
     paths, tasks, failed, running = big
-    column = hpcxfer_cli._Running(paths, {t.task_id for t in running + failed[:2]})
-    text = column(None).plain
-    assert f"{running[0].task_id} epoch 3/40" in text and failed[0].task_id not in text
-    assert f"+{RUNNING - 3}" in text  # three shown, the others counted
+    snap, _ = Tracker(paths, running + failed[:2]).poll()
+    text = "\n".join(running_lines(snap))
+    assert f"{running[0].task_id}  epoch 3/40" in text and failed[0].task_id not in text
+    assert f"... and {RUNNING - 3} more running" in text  # three shown, the others counted
