@@ -140,25 +140,47 @@ def _header(col: Col, narrow: bool, widest: int) -> Text:
     return Text("\n".join(textwrap.wrap(name, max(widest, 1), break_long_words=False)) or name)
 
 
-def _cell(value) -> Text:
-    return value if isinstance(value, Text) else Text(str(value))
+def encodable(text: str, encoding: str) -> str:
+    """`text` with the ASCII stand-in of each character `encoding` cannot hold, so that
+    a table is laid out with the characters it will show."""
+    try:
+        text.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        return text.encode(encoding, errors=ERRORS).decode(encoding) if _known(encoding) else text
 
 
-def _build(cols: Sequence[Col], rows: Sequence[Sequence], keep: list[int], narrow: bool, **kw) -> Table:
+def _known(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    codecs.register_error(ERRORS, stand_in)
+    return True
+
+
+def _cell(value, encoding: str = "utf-8") -> Text:
+    text = value if isinstance(value, Text) else Text(str(value))
+    plain = encodable(text.plain, encoding)
+    return text if plain == text.plain else Text(plain, style=text.style)
+
+
+def _build(cols: Sequence[Col], rows: Sequence[Sequence], keep: list[int], narrow: bool, encoding: str,
+           **kw) -> Table:
     chosen = box.SIMPLE_HEAD if narrow else kw.pop("wide_box", box.HEAVY_HEAD)
     # Narrow: two spaces between columns (the box's own and one of padding), none at the edges.
     table = Table(box=chosen, pad_edge=chosen is not box.SIMPLE_HEAD, **({"padding": (0, 1, 0, 0)} if narrow else {}),
                   **{k: v for k, v in kw.items() if k != "wide_box"})
     for i in keep:
         col = cols[i]
-        cells = [_cell(r[i]) for r in rows]
+        cells = [_cell(r[i], encoding) for r in rows]
         widest = max((c.cell_len for c in cells), default=0)
         header = _header(col, narrow, widest)
         atom = {"no_wrap": True, "min_width": max(widest, *(len(x) for x in header.plain.split("\n")))}
         table.add_column(header, justify="right" if col.right else "left", style=col.style,
                          **({"overflow": "fold"} if col.text else atom))
     for r in rows:
-        table.add_row(*(_cell(r[i]) for i in keep))
+        table.add_row(*(_cell(r[i], encoding) for i in keep))
     return table
 
 
@@ -173,11 +195,11 @@ def fit_table(console: Console, cols: Sequence[Col], rows: Sequence[Sequence], *
     # Text columns fold, so they need only TEXT_MIN: the probe stands for the table at its narrowest.
     probe = [[Text("x" * min(TEXT_MIN, _cell(r[i]).cell_len)) if c.text else r[i] for i, c in enumerate(cols)]
              for r in rows]
-    while narrow and len(keep) > 1 and _needs(console, _build(cols, probe, keep, narrow, **table_kw)) > width:
+    while narrow and len(keep) > 1 and _needs(console, _build(cols, probe, keep, narrow, console.encoding, **table_kw)) > width:
         lowest = min(keep, key=lambda i: (cols[i].priority, -i))
         keep.remove(lowest)
         dropped.insert(0, cols[lowest].header)
-    table = _build(cols, rows, keep, narrow, **table_kw)
+    table = _build(cols, rows, keep, narrow, console.encoding, **table_kw)
     if dropped:
         note = f"not shown at {width} columns: {', '.join(dropped)}"
         table.caption = Text(f"{table.caption.plain}\n{note}" if isinstance(table.caption, Text)

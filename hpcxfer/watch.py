@@ -213,7 +213,7 @@ class Waiting:
     def line(self, snap: Snapshot, final: bool = False) -> str:
         """One plain progress line."""
         words = counts_text(snap)
-        left = "" if final else f"; {eta_text(snap)}"
+        left = "; the wait is over" if final else f"; {eta_text(snap)}"
         return (f"{_clock()} tasks: {snap.done}/{snap.total} done" + (f", {words}" if words else "")
                 + f"; elapsed {duration(time.monotonic() - self.started)}" + left)
 
