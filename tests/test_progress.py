@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from benchmarks.synthetic import finetune_task, pretrain_task, write_study
+from benchmarks.synthetic import finetune_task, write_study
 from hpcxfer import cli as hpcxfer_cli
-from hpcxfer.progress import Tracker, read_mark
 from hpcxfer.procs import ProcessId
+from hpcxfer.progress import Tracker, read_mark
 from hpcxfer.watch import eta_text, running_lines
 
 

@@ -30,7 +30,7 @@ def run(*args, columns: int | None = None, env: dict | None = None) -> subproces
     base = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "PYTHONIOENCODING")}
     if columns:
         base["COLUMNS"] = str(columns)
-    return subprocess.run([sys.executable, "-m", "hpcxfer", *map(str, args)], capture_output=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "hpcxfer", *map(str, args)], capture_output=True, timeout=300, check=False,
                           env={**base, **(env or {})})
 
 
