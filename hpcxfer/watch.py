@@ -97,11 +97,11 @@ class _Bar(Progress):
     that no task id is cut on a narrow terminal."""
 
     def __init__(self, console: Console, latest: Callable[[], Snapshot | None]):
+        self.latest = latest  # before rich's own start-up, which may render
         narrow = console.width < NARROW
         super().__init__(TextColumn("tasks"), BarColumn(bar_width=20 if narrow else 40),
                          TextColumn("{task.completed}/{task.total} done"), TimeElapsedColumn(), _Eta(latest),
                          console=console)
-        self.latest = latest
 
     def get_renderables(self):
         yield self.make_tasks_table(self.tasks)

@@ -5,17 +5,19 @@ terminal, `submit --wait` prints plain progress lines and one line per task that
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
 
 import pytest
+from rich.console import Console
 
 from benchmarks.synthetic import finetune_task, write_study
 from hpcxfer import cli as hpcxfer_cli
 from hpcxfer.procs import ProcessId
 from hpcxfer.progress import Tracker, read_mark
-from hpcxfer.watch import eta_text, running_lines
+from hpcxfer.watch import Waiting, eta_text, running_lines
 
 
 def _study(tmp_path, n: int = 4):
@@ -122,3 +124,17 @@ def test_wait_off_a_terminal_prints_progress_lines_and_each_ended_task(write_gri
     ended = [ln.split()[2:] for ln in lines if re.match(r"\d\d:\d\d:\d\d done ", ln)]
     assert len(ended) == 3 and all(len(e) == 1 for e in ended), out.stdout  # one line per task, its id whole
     assert not any(ln != ln.rstrip() for ln in lines)
+
+
+def test_the_live_bar_counts_tasks_and_shows_each_running_task_whole(tmp_path):
+    paths, tasks = _study(tmp_path)
+    _hold(paths, tasks[0])
+    _mark(paths, tasks[0], 4, time.time())
+    _finish(paths, tasks[1])
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=60, color_system=None)
+    with Waiting(console, Tracker(paths, tasks, held=True), every_s=60):
+        pass
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.getvalue())
+    assert "tasks" in text and "1/4 done" in text and "est. " in text
+    assert f"  {tasks[0].task_id}  epoch 4/10" in text and "1 running" in text
