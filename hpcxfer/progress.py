@@ -50,10 +50,11 @@ def read_mark(path: Path) -> Mark | None:
     return Mark(epoch, epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None, at)
 
 
-def epochs_done(tp: TaskPaths) -> int | None:
-    """Epochs a task has completed: progress.json's count, or its last evaluated epoch."""
+def epochs_done(tp: TaskPaths, evaluated: int | None = None) -> int | None:
+    """Epochs a task has completed: progress.json's count, or its last evaluated epoch
+    (`evaluated`, when the caller has read it already)."""
     mark = read_mark(tp.progress)
-    evaluated = last_epoch(tp)
+    evaluated = last_epoch(tp) if evaluated is None else evaluated
     known = [e for e in (mark.epoch if mark else None, evaluated) if e is not None]
     return max(known) if known else None
 
@@ -136,12 +137,13 @@ class Tracker:
                 self.finished[tid] = task.epochs
                 completed += task.epochs
             else:
-                done = epochs_done(tp) or 0
+                epoch = epochs_done(tp, st.epoch)
+                done = epoch or 0
                 completed += min(done, task.epochs)
                 if how not in (State.FAILED, "cancelled"):
                     left += max(task.epochs - done, 0)
                 if how == State.RUNNING:
-                    running.append(Running(tid, epochs_done(tp), task.epochs))
+                    running.append(Running(tid, epoch, task.epochs))
                     seed += _own_rate(tp, task.epochs)
             counts[how] += 1
             if how in (State.DONE, State.FAILED, "cancelled") and self.last.get(tid) not in (None, how):
