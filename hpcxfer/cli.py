@@ -16,34 +16,16 @@ import os
 import sys
 import textwrap
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
+from hpcxfer.terminal import Col, fit_table, id_ranges, make_console, plain_streams
 
-#: Width of a console that is not a terminal: wide enough that no table is cropped.
-PIPE_WIDTH = 10_000
-
-
-class _Console(Console):
-    def on_broken_pipe(self) -> None:
-        """rich's own handling exits 1; main() handles a closed pipe the same way for all."""
-        self.quiet = True
-        raise BrokenPipeError
-
-
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    terminal = hasattr(stream, "isatty") and stream.isatty()
-    return _Console(stderr=stderr, width=None if terminal else PIPE_WIDTH)
-
-
-console = _console()
-err_console = _console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 # ---------------------------------------------------------------- plan
@@ -57,16 +39,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
             sys.stdout.write(json.dumps(t.to_dict(), sort_keys=True) + "\n")
         return 0
     _task_table(tasks, f"{planned.grid.study}: {len(tasks)} tasks", limit=args.limit)
-    counts = Table(title="tasks by stage and sub-grid")
-    counts.add_column("stage / sub-grid")
-    counts.add_column("tasks", justify="right")
-    for stage, n in Counter(t.stage for t in tasks).items():
-        counts.add_row(stage, str(n))
+    rows = [[stage, str(n)] for stage, n in Counter(t.stage for t in tasks).items()]
     if len(planned.blocks) > 1:
-        for name, block in planned.blocks:
-            counts.add_row(Text(f"  finetune: {name}"), str(len({t.task_id for t in block})))
-        counts.caption = "a task two sub-grids share counts in each"
-    console.print(counts)
+        rows += [[f"  finetune: {name}", str(len({t.task_id for t in block}))] for name, block in planned.blocks]
+    console.print(fit_table(console, [Col("stage / sub-grid", text=True), Col("tasks", right=True)], rows,
+                            title="tasks by stage and sub-grid",
+                            caption="a task two sub-grids share counts in each" if len(planned.blocks) > 1 else None))
     _cost_table(planned)
     for line in planned.warnings:
         console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
@@ -81,39 +59,34 @@ def _cost_table(planned) -> None:
         console.print(planned.summary(), highlight=False, markup=False)
         return
     queues = list(rows[-1][1].su)
-    table = Table(title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)")
-    # On a terminal long names are cut to keep the table on screen; piped, nothing is cut.
-    table.add_column("stage / sub-grid", max_width=30 if console.is_terminal else None, overflow="ellipsis",
-                     no_wrap=True)
-    for col in ("tasks", "images", *(f"{q}\n{u}" for q in queues for u in ("GPU-h", "SU"))):
-        table.add_column(Text(col), justify="right", no_wrap=True, min_width=max(map(len, col.split("\n"))))
-    totals = sum(1 for name, _ in rows if name.startswith("total"))
-    for i, (name, c) in enumerate(rows):
-        table.add_row(Text(name), str(c.tasks), fmt_images(c.images),
-                      *(fmt_number(v) for q in queues for v in (c.gpu_hours[q], c.su[q])),
-                      end_section=i == len(rows) - totals - 1)
-    console.print(table)
+    # Narrow, a queue is named without its prefix (volta, a100, hopper) so that all of them fit.
+    cols = [Col("stage / sub-grid", text=True), Col("tasks", right=True, priority=4),
+            Col("images", right=True, priority=3)]
+    for q in queues:
+        short = q.removeprefix("gpu").removeprefix("dgx")
+        cols += [Col(f"{q} {u}", f"{short} {u}", right=True, priority=6 if u == "SU" else 5) for u in ("GPU-h", "SU")]
+    cells = [[name, str(c.tasks), fmt_images(c.images), *(fmt_number(v) for q in queues
+                                                         for v in (c.gpu_hours[q], c.su[q]))] for name, c in rows]
+    console.print(fit_table(console, cols, cells,
+                            title="estimated cost, one GPU per task (GPU-hours and Gadi SU per queue)"))
     for note in planned.row_notes():
         console.print(f"  {note}", highlight=False, markup=False)
     for line in planned.assumptions():
         console.print(f"  {line}", highlight=False, markup=False)
-    console.print(planned.summary(), highlight=False)
+    console.print(planned.summary(), highlight=False, markup=False)
 
 
 def _task_table(tasks, title: str, limit: int) -> None:
-    table = Table(title=title)
-    for col in ("task_id", "stage", "split", "seed", "per class", "n", "h", "d", "f", "epochs", "batch"):
-        table.add_column(col, justify="left" if col in ("task_id", "stage") else "right",
-                         no_wrap=col == "task_id")
-    for t in tasks[:limit]:
-        # A pre-training has no protocol: its n, h, d, f are blank, not the defaults it carries.
-        protocol = (t.transfer_layers, t.high_lr_layers, t.initial_decay_epochs, t.frozen_layers)
-        table.add_row(t.task_id, t.stage, str(t.split), str(t.seed), str(t.examples_per_class),
-                      *(str(v) if t.stage == "finetune" else "" for v in protocol),
-                      str(t.epochs), str(t.batch_size))
-    if len(tasks) > limit:
-        table.caption = f"... and {len(tasks) - limit} more (--limit N, or --json for all)"
-    console.print(table)
+    cols = [Col("task_id", priority=9), Col("stage", priority=2), Col("split", right=True, priority=7),
+            Col("seed", right=True, priority=7), Col("per class", "x/class", right=True, priority=7),
+            *(Col(c, right=True, priority=6) for c in ("n", "h", "d", "f")),
+            Col("epochs", right=True, priority=5), Col("batch", right=True, priority=4)]
+    # A pre-training has no protocol: its n, h, d, f are blank, not the defaults it carries.
+    rows = [[t.task_id, t.stage, t.split, t.seed, t.examples_per_class,
+             *((t.transfer_layers, t.high_lr_layers, t.initial_decay_epochs, t.frozen_layers)
+               if t.stage == "finetune" else ("",) * 4), t.epochs, t.batch_size] for t in tasks[:limit]]
+    more = f"... and {len(tasks) - limit} more (--limit N, or --json for all)" if len(tasks) > limit else None
+    console.print(fit_table(console, cols, rows, title=title, caption=more))
 
 
 # ---------------------------------------------------------------- submit
@@ -128,52 +101,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
     if args.dry_run:
         return _dry_run(args, service.dry_run(req), req.estimate)
-    outcome = service.submit(req, _SubmitReport(), wait=args.wait)
+    from hpcxfer.watch import SubmitReport
+
+    outcome = service.submit(req, SubmitReport(console), wait=args.wait)
     if outcome.unfinished is None:
         return 0
     for s in outcome.unfinished:
-        console.print(Text(s.task_id, style="red") + Text(f" {s.state}: {s.detail} {s.log or ''}"))
+        console.print(Text(s.task_id, style="red") + Text(f" {s.state}: {s.detail or 'not finished'}"
+                                                          + (f" (log: {s.log})" if s.log else "")), soft_wrap=True)
     return 1 if outcome.unfinished else 0
-
-
-def _say_plan(plan) -> None:
-    grouped = f" ({len(plan.units)} workers, {len(plan.groups)} of them protocol groups)" if plan.groups else ""
-    console.print(f"study {plan.paths.dir}: {len(plan.tasks)} tasks; " + ", ".join(
-        f"{n} {s}" for s, n in sorted(plan.counts().items())) + f"; submitting {len(plan.todo)} to {plan.backend}"
-        + grouped, markup=False, highlight=False)
-
-
-class _SubmitReport:
-    """How a submit shows itself on the console (hpcxfer/service.py `Reporter`)."""
-
-    def estimate(self, line: str) -> None:
-        console.print(line, highlight=False, markup=False)
-
-    def plan(self, plan) -> None:
-        _say_plan(plan)
-
-    def submitted(self, sub) -> None:
-        if sub.job_ids:
-            console.print(f"submitted {len(sub.tasks)} tasks as {', '.join(sub.job_ids)}", markup=False)
-
-    @contextmanager
-    def watch(self, kind: str, paths, wanted: set[str], total: int):
-        with _progress(paths, wanted) as progress:
-            bar = progress.add_task("workers" if kind == "workers" else "tasks", total=total, detail="")
-
-            def workers(counts: dict) -> None:
-                finished = sum(n for k, n in counts.items() if k not in ("total", "running"))  # every outcome
-                detail = Text(f"{counts.get('running', 0)} running")
-                for k in ("failed", "skipped"):
-                    if counts.get(k):
-                        detail += Text(f", {counts[k]} {k}", style="red")
-                progress.update(bar, completed=finished, detail=detail)
-
-            def tasks(counts: dict) -> None:
-                detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()) if k != "done")
-                progress.update(bar, completed=counts.get("done", 0) + counts.get("failed", 0), detail=detail)
-
-            yield workers if kind == "workers" else tasks
 
 
 def _dry_run(args, dry, estimate: str) -> int:
@@ -181,7 +117,9 @@ def _dry_run(args, dry, estimate: str) -> int:
     --scripts DIR): no scheduler asked, the data set not opened, the study left as it is."""
     sub = dry.submission
     console.print(estimate, highlight=False, markup=False)
-    _say_plan(dry.plan)
+    from hpcxfer.watch import SubmitReport
+
+    SubmitReport(console).plan(dry.plan)
     if args.scripts:
         folder = Path(args.scripts)
         try:
@@ -205,48 +143,6 @@ def _dry_run(args, dry, estimate: str) -> int:
     return 0
 
 
-class _Running:
-    """A progress column: the study's running tasks, each at its epoch (read at most
-    every few seconds, whatever the refresh rate)."""
-
-    def __init__(self, paths, wanted: set[str], every_s: float = 3.0):
-        self.paths, self.wanted, self.every_s = paths, sorted(wanted), every_s
-        self.text, self.read_at = Text(""), 0.0
-
-    def __call__(self, task) -> Text:  # rich calls a column with the progress task
-        import time
-
-        from hpcxfer import service
-
-        if time.monotonic() - self.read_at < self.every_s:
-            return self.text
-        self.read_at = time.monotonic()
-        bits = []
-        for task_id, epoch, epochs in service.running(self.paths, self.wanted):
-            at = "starting" if epoch is None else f"epoch {epoch}" + (f"/{epochs}" if epochs else "")
-            bits.append(f"{task_id} {at}")
-        more = f" +{len(bits) - 3}" if len(bits) > 3 else ""
-        self.text = Text("; ".join(bits[:3]) + more, style="dim")
-        return self.text
-
-
-def _progress(paths, wanted: set[str]):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, RenderableColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    class RunningColumn(RenderableColumn):
-        def __init__(self, source):
-            super().__init__()
-            self.source = source
-
-        def render(self, task):
-            return self.source(task)
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), RunningColumn(_Running(paths, wanted)), console=console)
-
-
 # ---------------------------------------------------------------- status
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcxfer import overview, service
@@ -262,18 +158,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = []
         for s in shown:
             p = st.progress(s)
-            rows.append({**s.to_dict(), **{k: p[k] for k in ("epochs", "val_acc", "wall_s", "host")}})
+            p["epoch"] = overview.epoch_now(paths, s, p)
+            rows.append({**s.to_dict(), **{k: p[k] for k in ("epoch", "epochs", "val_acc", "wall_s", "host")}})
         sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": st.warnings}) + "\n")
         return 0
     if args.detailed or wanted_states:
         console.print(Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                            + (f"; showing {', '.join(sorted(wanted_states))}" if wanted_states else "")))
-        console.print(overview.task_table(paths, tasks, chosen, args.limit))
+        console.print(overview.task_table(console, paths, tasks, chosen, args.limit))
         return 0
-    for part in overview.overview(paths, tasks, states, st.subgrids(), counts, args.study_dir):
+    for part in overview.overview(console, paths, tasks, states, st.subgrids(), counts, args.study_dir):
         console.print(part)
     if not console.is_terminal:  # a pipe or a file: every task too, so that grep finds any
-        console.print(overview.task_table(paths, tasks, states, args.limit))
+        console.print(overview.task_table(console, paths, tasks, states, args.limit))
     return 0
 
 
@@ -355,7 +252,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     _print_summary(collected)
     if fmt == "table" and not args.out:
         for view in views:
-            console.print(render.rich_table(view))
+            console.print(_view_table(view))
         return 0
     summary = {"notes": collected.summary(), "skipped": collected.records.skipped.to_dict()}
     text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_text,
@@ -365,6 +262,22 @@ def cmd_collect(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+#: Columns of a collected view that a narrow terminal drops first: counts, then the paper's numbers.
+_COUNT_HEADERS = {"replicates": "reps", "pairs": None, "cells done": "cells", "missing": None,
+                  "wins / losses / ties": "w/l/t"}
+
+
+def _view_table(view) -> Table:
+    """A collected view as a table that fits the terminal (numbers whole, counts and the
+    paper's columns dropped first when it is narrow)."""
+    cols = []
+    for i, c in enumerate(view.columns):
+        priority = 9 if i == 0 else 2 if c.header in _COUNT_HEADERS else 3 if c.header.startswith("paper") else 5
+        cols.append(Col(c.header, _COUNT_HEADERS.get(c.header), priority=priority, right=c.numeric, text=not c.numeric))
+    caption = Text("\n".join(view.notes)) if view.notes else None
+    return fit_table(console, cols, view.cells(), title=Text(view.title), caption=caption, caption_justify="left")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -424,7 +337,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from hpcxfer import service
 
     cancelled = service.cancel(args.study_dir)
-    console.print(f"cancelled {', '.join(cancelled)}" if cancelled else "nothing queued to cancel", markup=False)
+    # A PBS array is one id per subjob: said as ranges (1234[0-99]), never one id each.
+    count = f" ({len(cancelled)} jobs)" if len(cancelled) > 1 else ""
+    console.print(Text(f"cancelled {', '.join(id_ranges(cancelled))}{count}" if cancelled
+                       else "nothing queued to cancel"), soft_wrap=True)
     return 0
 
 
@@ -611,6 +527,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    plain_streams()
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,

@@ -109,6 +109,10 @@ class TaskPaths(_WorkerPaths):
         return self.dir / "failed.json"
 
     @property
+    def progress(self) -> Path:
+        return self.dir / "progress.json"
+
+    @property
     def running(self) -> Path:
         """The task's lock: the worker that runs it (hpcxfer/locks.py)."""
         return self.dir / "running.json"

@@ -16,18 +16,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
-from hpcxfer.study import STATES, TaskState, task_progress
+from hpcxfer.progress import read_mark
+from hpcxfer.states import State
+from hpcxfer.study import TaskState, task_progress
+from hpcxfer.terminal import NARROW, Col, fit_table, glyphs_ok
 
 log = logging.getLogger(__name__)
 
 #: Order in which task rows are listed: what needs attention first.
-ORDER = {"failed": 0, "running": 1, "queued": 2, "pending": 3, "done": 4}
-COLOUR = {"done": "green", "failed": "red", "running": "cyan", "queued": "yellow", "pending": "white"}
+ORDER = {State.FAILED: 0, State.RUNNING: 1, State.QUEUED: 2, State.PENDING: 3, State.DONE: 4}
+COLOUR = {State.DONE: "green", State.FAILED: "red", State.RUNNING: "cyan", State.QUEUED: "yellow",
+          State.PENDING: "white"}
+#: A state's column header on a narrow terminal.
+SHORT = {State.PENDING: "pend", State.QUEUED: "queue", State.RUNNING: "run", State.DONE: "done",
+         State.FAILED: "fail"}
 #: How much of the overview each part may take.
 MAX_SUBGRIDS = 12
 MAX_FAILED = 3
@@ -57,33 +65,36 @@ def subgrids(paths: StudyPaths, study: dict | None) -> dict[str, list[str]]:
     return out if len(out) > 1 else {}
 
 
-def bar(counts: Counter, total: int, width: int = 20) -> Text:
+def bar(counts: Counter, total: int, width: int = 20, ascii_only: bool = False) -> Text:
     """A bar of done (green), failed (red), running (cyan) and the rest (dim), and the
-    done percentage."""
+    done percentage; `ascii_only`: in characters any stream can encode."""
+    full, part, empty = ("#", "=", ".") if ascii_only else ("█", "▒", "░")
     text = Text()
     used = 0
-    for state, char in (("done", "█"), ("failed", "█"), ("running", "▒")):
+    for state, char in ((State.DONE, full), (State.FAILED, full), (State.RUNNING, part)):
         n = round(width * counts.get(state, 0) / total) if total else 0
         n = min(n, width - used)
         text.append(char * n, style=COLOUR[state])
         used += n
-    text.append("░" * (width - used), style="dim")
-    pct = 100 * counts.get("done", 0) / total if total else 0
+    text.append(empty * (width - used), style="dim")
+    pct = 100 * counts.get(State.DONE, 0) / total if total else 0
     text.append(f" {pct:3.0f}%")
     return text
 
 
-def counts_table(states: Sequence[TaskState], blocks: dict[str, list[str]]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=None)
-    table.add_column("stage / sub-grid", no_wrap=True, max_width=40, overflow="ellipsis")
-    for col in ("tasks", *STATES):
-        table.add_column(col, justify="right")
-    table.add_column("progress", no_wrap=True)
+def counts_table(console: Console, states: Sequence[TaskState], blocks: dict[str, list[str]]) -> Table:
+    narrow = console.width < NARROW
+    cols = [Col("stage / sub-grid", text=True, priority=9), Col("tasks", right=True, priority=8),
+            *(Col(s.value, SHORT[s], right=True, priority=7 if s in (State.DONE, State.FAILED) else 6)
+              for s in State),
+            Col("progress", priority=3)]
     by_id = {s.task_id: s for s in states}
+    rows: list[list] = []
 
     def row(name: str, group: list[TaskState]) -> None:
         c = Counter(s.state for s in group)
-        table.add_row(Text(name), str(len(group)), *(str(c.get(s, 0)) for s in STATES), bar(c, len(group)))
+        rows.append([name, len(group), *(c.get(s, 0) for s in State),
+                     bar(c, len(group), 10 if narrow else 20, not glyphs_ok(console))])
 
     for stage in dict.fromkeys(s.stage for s in states):
         row(stage or "?", [s for s in states if s.stage == stage])
@@ -92,8 +103,8 @@ def counts_table(states: Sequence[TaskState], blocks: dict[str, list[str]]) -> T
             for name in names[:MAX_SUBGRIDS]:
                 row(f"  {name}", [by_id[t] for t in dict.fromkeys(blocks[name]) if t in by_id])
             if len(names) > MAX_SUBGRIDS:
-                table.add_row(Text(f"  ... and {len(names) - MAX_SUBGRIDS} more sub-grids"))
-    return table
+                rows.append([f"  ... and {len(names) - MAX_SUBGRIDS} more sub-grids", *[""] * (len(cols) - 1)])
+    return fit_table(console, cols, rows, wide_box=box.SIMPLE_HEAD)
 
 
 def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -109,7 +120,7 @@ def log_tail(path: str | None, lines: int = LOG_TAIL_LINES) -> list[str]:
     except OSError:
         return []
     tail = [ln.rstrip() for ln in data.splitlines() if ln.strip()][-lines:]
-    return [ln if len(ln) <= LOG_LINE_CHARS else ln[:LOG_LINE_CHARS - 1] + "…" for ln in tail]
+    return [ln if len(ln) <= LOG_LINE_CHARS else ln[:LOG_LINE_CHARS - 3] + "..." for ln in tail]
 
 
 def fmt_epoch(p: dict) -> str:
@@ -131,17 +142,25 @@ def fmt_wall(seconds) -> str:
 
 def one_line(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def overview(paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
+def epoch_now(paths: StudyPaths, st: TaskState, progress: dict) -> int | None:
+    """A task's epoch: for a running one, progress.json's (written at every epoch's end)
+    where it is ahead of the last evaluation."""
+    mark = read_mark(paths.task(st.task_id).progress) if st.state == State.RUNNING else None
+    known = [e for e in (progress.get("epoch"), mark.epoch if mark else None) if e is not None]
+    return max(known) if known else None
+
+
+def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
              counts: dict[str, int], study_dir_arg: str) -> list:
     """The renderables of the overview, in order."""
     out: list = []
     total = len(states)
     out.append(Text(f"{paths.name}: {total} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                     + f"  ({paths.dir})"))
-    out.append(counts_table(states, blocks))
+    out.append(counts_table(console, states, blocks))
     task_of = {t.task_id: t for t in tasks}
     failed = [s for s in states if s.state == "failed"]
     if failed:
@@ -159,7 +178,8 @@ def overview(paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskStat
         out.append(Text(f"running ({len(running)}):", style="cyan"))
         for s in running[:MAX_RUNNING]:
             p = task_progress(paths, task_of[s.task_id], s)
-            bits = [f"epoch {fmt_epoch(p)}" if p["epoch"] is not None else "starting",
+            p["epoch"] = epoch_now(paths, s, p)
+            bits = [f"epoch {fmt_epoch(p)}" if p["epoch"] is not None else "starting (no epoch finished yet)",
                     f"val acc {fmt_acc(p['val_acc'])}" if p["val_acc"] is not None else "",
                     fmt_wall(p["wall_s"]), f"on {p['host']}" if p["host"] else "",
                     s.extra.get("job", "")]
@@ -171,25 +191,26 @@ def overview(paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskStat
     return out
 
 
-def task_table(paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], limit: int | None) -> Table:
+def task_table(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState],
+               limit: int | None) -> Table:
     """One row per task, failed first, then running, queued, pending and done, each in
-    index order; at most `limit` rows."""
+    index order; at most `limit` rows. Ids are never cut: a narrow terminal drops other
+    columns first."""
     task_of = {t.task_id: t for t in tasks}
     ordered = sorted(states, key=lambda s: ORDER.get(s.state, 9))
     shown = ordered if limit is None else ordered[:limit]
     grouped = any(s.group for s in states)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    # Ids are never cut: a narrow terminal folds them, a pipe gets them whole.
-    table.add_column("task_id", no_wrap=True, overflow="fold", min_width=12)
-    for col in ("stage", "state", "epoch", "val acc", "wall", "host", *(["group"] if grouped else []), "detail"):
-        table.add_column(col, justify="right" if col in ("epoch", "val acc", "wall") else "left",
-                         no_wrap=col in ("state", "epoch", "val acc", "wall"), overflow="fold")
+    cols = [Col("task_id", priority=9), Col("stage", priority=3), Col("state", priority=9),
+            Col("epoch", right=True, priority=8), Col("val acc", right=True, priority=7),
+            Col("wall", right=True, priority=5), Col("host", text=True, priority=2),
+            *([Col("group", priority=1)] if grouped else []), Col("detail", text=True, priority=4)]
+    rows = []
     for s in shown:
         p = task_progress(paths, task_of[s.task_id], s)
-        detail = s.detail + (f" (log: {s.log})" if s.state == "failed" and s.log else "")
-        table.add_row(Text(s.task_id), Text(s.stage), Text(s.state, style=COLOUR.get(s.state, "white")),
-                      fmt_epoch(p), fmt_acc(p["val_acc"]), fmt_wall(p["wall_s"]), Text(p["host"] or ""),
-                      *([Text(s.group or "")] if grouped else []), Text(detail))
-    if limit is not None and len(ordered) > limit:
-        table.caption = f"... and {len(ordered) - limit} more (--limit N)"
-    return table
+        p["epoch"] = epoch_now(paths, s, p)
+        detail = s.detail + (f" (log: {s.log})" if s.state == State.FAILED and s.log else "")
+        rows.append([s.task_id, s.stage, Text(s.state, style=COLOUR.get(s.state, "white")), fmt_epoch(p),
+                     fmt_acc(p["val_acc"]), fmt_wall(p["wall_s"]), p["host"] or "",
+                     *([s.group or ""] if grouped else []), detail])
+    more = f"... and {len(ordered) - limit} more (--limit N)" if limit is not None and len(ordered) > limit else None
+    return fit_table(console, cols, rows, caption=more, wide_box=box.SIMPLE_HEAD)

@@ -33,7 +33,7 @@ from hpcxfer.layout import StudyPaths
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
-           "cancel", "decide", "dry_run", "held", "plan", "prepare", "running", "status", "submit", "wait_for"]
+           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "wait_for"]
 
 
 # ---------------------------------------------------------------- plan
@@ -216,11 +216,14 @@ class Reporter(Protocol):
     def submitted(self, sub: Submission) -> None: ...
 
     def watch(self, kind: str, paths: StudyPaths, wanted: set[str],
-              total: int) -> AbstractContextManager[Callable[[dict], None]]:
-        """A progress display, entered for the time of a wait; the callable takes counts.
-        kind "workers": an in-process backend's runner counts (running, and the outcomes
-        done, failed, skipped, interrupted, elsewhere, left) of `total` units; "tasks": the study states of the `total`
-        tasks polled from the scheduler."""
+              total: int) -> AbstractContextManager[Callable[..., None]]:
+        """A progress display of the `wanted` tasks, entered for the time of a wait. It
+        counts tasks (never workers: a protocol group is one worker for many tasks) and
+        reads their progress itself (hpcxfer/progress.py). The callable says that something
+        changed: kind "workers" (an in-process backend's runner, whose tasks wait in this
+        process): `on_change(counts)` with the runner's counts of its `total` units; kind
+        "tasks" (polled from the schedulers): `update(counts, view)` with the study states'
+        counts and what the backends hold (`held`)."""
         ...
 
 
@@ -276,30 +279,12 @@ def wait_for(paths: StudyPaths, tasks: list[Task], report: Reporter, poll_s: flo
     wanted = {t.task_id for t in tasks}
     with report.watch("tasks", paths, wanted, len(wanted)) as update:
         while True:
-            counts = Counter(s.state for s in study_states(paths, held(paths), tasks))
-            update(counts)
+            view = held(paths)
+            counts = Counter(s.state for s in study_states(paths, view, tasks))
+            update(counts, view)
             if not counts.get("queued") and not counts.get("running"):
                 return
             time.sleep(poll_s)
-
-
-def running(paths: StudyPaths, wanted: list[str]) -> list[tuple[str, int | None, int | None]]:
-    """(task id, last evaluated epoch or None while starting, its epochs where known) of
-    each of `wanted` that a live worker holds now: what a progress display shows."""
-    import json
-
-    from hpcxfer.study import last_epoch, task_running
-
-    out = []
-    for task_id in wanted:
-        tp = paths.task(task_id)
-        if tp.running.exists() and task_running(tp):
-            try:
-                epochs = Task.from_dict(json.loads(tp.config.read_text())).epochs
-            except (OSError, ValueError, TypeError, KeyError):
-                epochs = None
-            out.append((task_id, last_epoch(tp), epochs))
-    return out
 
 
 # ---------------------------------------------------------------- status, cancel

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from hpcxfer import cli as hpcxfer_cli
+from hpcxfer.progress import Tracker
+from hpcxfer.watch import running_lines
 from hpcxfer.backends import scheduler
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.backends.slurm import SlurmBackend
@@ -222,7 +224,28 @@ def test_squeue_asks_for_the_users_jobs_only(tmp_path, monkeypatch):
 
 def test_wait_shows_each_running_task_at_its_epoch(big):
     paths, tasks, failed, running = big
-    column = hpcxfer_cli._Running(paths, {t.task_id for t in running + failed[:2]})
-    text = column(None).plain
-    assert f"{running[0].task_id} epoch 3/40" in text and failed[0].task_id not in text
-    assert f"+{RUNNING - 3}" in text  # three shown, the others counted
+    snap, _ = Tracker(paths, running + failed[:2]).poll()
+    text = "\n".join(running_lines(snap))
+    assert f"{running[0].task_id}  epoch 3/40" in text and failed[0].task_id not in text
+    assert f"... and {RUNNING - 3} more running" in text  # three shown, the others counted
+
+
+@pytest.mark.parametrize("where", ["terminal", "pipe"])
+def test_status_of_1000_tasks_at_80_columns_keeps_every_count_and_id_whole(big, where):
+    paths, tasks, failed, running = big
+    argv = [sys.executable, "-m", "hpcxfer", "status", str(paths.dir)]
+    if where == "terminal":
+        text = on_terminal(argv, rows=60, cols=80).replace("\r\n", "\n")
+        text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # colours
+    else:
+        text = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "80"}).stdout
+    lines = text.splitlines()
+    assert all(len(ln) <= 80 for ln in lines) and "…" not in text, [ln for ln in lines if len(ln) > 80]
+    header = next(ln for ln in lines if ln.split()[:3] == ["stage", "/", "sub-grid"])
+    assert header.split()[3:] == ["tasks", "pend", "queue", "run", "done", "fail", "progress"]
+    finetune = next(ln.split() for ln in lines if ln.split()[:1] == ["finetune"])
+    assert finetune[:7] == ["finetune", "980", "59", "0", "5", "896", "20"]
+    words = set(text.split())
+    assert {t.task_id for t in failed[:3] + running} <= words  # ids whole in the overview
+    if where == "pipe":
+        assert {t.task_id for t in tasks} <= words  # and every id of the task rows
