@@ -47,7 +47,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                             caption="a task two sub-grids share counts in each" if len(planned.blocks) > 1 else None))
     _cost_table(planned)
     for line in planned.warnings:
-        console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
+        console.print(Text(f"warning: {line}", style="yellow"))
     return 0
 
 
@@ -98,7 +98,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _check_target(args.scripts, "--scripts", folder=True)
     req = service.prepare(args.grid, args.backend, args.root)
     for line in req.warnings:
-        console.print(Text(f"warning: {line}", style="yellow"), soft_wrap=True)
+        console.print(Text(f"warning: {line}", style="yellow"))
     if args.dry_run:
         return _dry_run(args, service.dry_run(req), req.estimate)
     from hpcxfer.watch import SubmitReport
