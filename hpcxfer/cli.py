@@ -78,7 +78,7 @@ def _cost_table(planned) -> None:
 
 def _task_table(tasks, title: str, limit: int) -> None:
     cols = [Col("task_id", priority=9), Col("stage", priority=2), Col("split", right=True, priority=7),
-            Col("seed", right=True, priority=7), Col("per class", "x/class", right=True, priority=7),
+            Col("seed", right=True, priority=3), Col("per class", "x/class", right=True, priority=7),
             *(Col(c, right=True, priority=6) for c in ("n", "h", "d", "f")),
             Col("epochs", right=True, priority=5), Col("batch", right=True, priority=4)]
     # A pre-training has no protocol: its n, h, d, f are blank, not the defaults it carries.
