@@ -4,22 +4,23 @@ A fine-tuning field given as a list is an axis of the grid; a scalar is fixed. T
 protocol fields also take `optimal` (Table 2's value for each size), and the `protocol`
 axis takes the named protocols `common`, `scratch` and `optimal`, which set all four.
 
-Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size bounded
-(hpcxfer/grid/limits.py), and text that can reach a job script free of control characters.
+Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, sizes bounded (limits.py),
+text that can reach a job script free of control characters. `search:` is in search.py.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 
 from hpcxfer.grid import limits
 from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
 from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS, UNITS
-from hpcxfer.grid.runtime import DEFAULTS as _R
-from hpcxfer.grid.runtime import RuntimeSettings
+from hpcxfer.grid.runtime import DEFAULTS as _R, RuntimeSettings
+from hpcxfer.grid.search import SearchSpec
+from hpcxfer.grid.strict import Strict
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
 from hpcxfer.sites import GADI_QUEUES
 
@@ -30,25 +31,6 @@ FOLDER_DATASETS = ("imagenet", "folders")
 ARCHS = tuple(UNITS)
 #: Bounds of the unit-counting axes here; each architecture's own are checked at expansion.
 MAX_UNITS = 64
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors that list the valid ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            keys = [f.alias or name for name, f in cls.model_fields.items()]
-            unknown = sorted((k for k in data if k not in keys), key=repr)
-            if unknown:
-                valid = ", ".join(keys)
-                raise ValueError(f"unknown key {short(unknown[0])}; valid keys: {valid}")
-        elif data is not None and not isinstance(data, BaseModel):
-            raise ValueError(f"expected a mapping, got {type(data).__name__} {short(data)}")
-        return data
 
 
 def _number(v: Any, what: str) -> float:
@@ -266,8 +248,7 @@ FINETUNE_DEFAULTS: dict[str, list] = {
 }
 
 
-def _decode_cache(value: str) -> str:
-    """auto, off, or a folder the worker can resolve on its node (hpcxfer/worker/decode_cache.py)."""
+def _decode_cache(value: str) -> str:  # a folder the worker resolves on its node (worker/decode_cache.py)
     if value in ("auto", "off"):
         return value
     if not value.startswith(("/", "~", "$")) or any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -436,6 +417,7 @@ class Grid(Strict):
     slurm: SlurmSpec = SlurmSpec()
     pbs: PbsSpec = PbsSpec()
     gadi: GadiSpec = GadiSpec()
+    search: SearchSpec | None = None
 
     @property
     def source(self) -> str:

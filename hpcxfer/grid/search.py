@@ -1,0 +1,57 @@
+"""The grid's `search:` section: successive halving over the protocols of each target size.
+
+Checked here on its own (types, ranges, rungs strictly increasing); what needs the expanded
+grid (a rung beyond a task's epochs, a grid with one protocol) is checked by
+hpcxfer/tune/settings.py, which also fills in what is left out.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+from hpcxfer.grid.limits import MAX_LIST, short
+from hpcxfer.grid.strict import Strict
+
+#: What a rung ranks candidates by, and whether more is better.
+METRICS = {"val_acc": True, "val_loss": False}
+#: The most epochs a rung may name (far beyond any real schedule).
+MAX_EPOCH = 10**6
+
+
+def _rungs(value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{short(value)} is not a non-empty list of epochs")
+    if len(value) > MAX_LIST:
+        raise ValueError(f"a list of {len(value)} rungs; at most {MAX_LIST}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EPOCH:
+            raise ValueError(f"{short(v)} is not an epoch 1..{MAX_EPOCH} (item {i} of the list)")
+        if i and v <= value[i - 1]:
+            raise ValueError(f"rungs must be strictly increasing: {v} follows {value[i - 1]} (item {i} of the list)")
+    return value
+
+
+def _metric(value: Any) -> str:
+    if value not in METRICS:
+        raise ValueError(f"{short(value)} is not a metric; choose from {', '.join(METRICS)}")
+    return value
+
+
+class SearchSpec(Strict):
+    """Successive halving: every candidate trains to the first rung, the best 1/eta of each
+    target size go on to the next, and so on to the last (docs/design.md, "Tune")."""
+
+    eta: int = Field(4, ge=2, le=1000, description="keep the best 1/eta of the candidates at each rung")
+    rungs: Annotated[list[int], BeforeValidator(_rungs)] | None = Field(
+        None, description="epochs of the fine-tuning tasks at which candidates are compared, strictly increasing, "
+        "the last at most the tasks' epochs (default: E/eta² and E/eta of the tasks' E epochs)")
+    metric: Annotated[str, BeforeValidator(_metric)] = Field(
+        "val_acc", description="what ranks candidates: val_acc (higher is better) or val_loss (lower)")
+    min_survivors: int = Field(1, ge=1, le=1000, description="at least this many candidates go on from a rung")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger value of the metric ranks a candidate higher."""
+        return METRICS[self.metric]
