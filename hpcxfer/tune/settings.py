@@ -1,0 +1,117 @@
+"""The search's settings, resolved against the expanded grid, and its price.
+
+A candidate is one setting of every fine-tuning field but the replicate ones (`split`,
+`seed`) within one target size (`examples_per_class`); its members are its tasks, one per
+(split, seed). What the schema cannot see is checked here, each failure one ConfigError
+naming the grid file and the field: a rung beyond the tasks' epochs, a target size with a
+single candidate (nothing to search).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from hpcxfer.errors import ConfigError
+from hpcxfer.grid.schema import Grid
+from hpcxfer.grid.search import METRICS, SearchSpec
+from hpcxfer.grid.task import Task
+
+#: The fields that make a task one member of its candidate, and the field a search runs within.
+MEMBER_FIELDS = ("split", "seed")
+SIZE_FIELD = "examples_per_class"
+_NOT_CANDIDATE = {*MEMBER_FIELDS, SIZE_FIELD, "depends_on"}
+
+
+@dataclass(frozen=True)
+class Search:
+    """Resolved settings: every rung explicit, checked against the tasks."""
+
+    eta: int
+    rungs: tuple[int, ...]
+    metric: str
+    min_survivors: int
+    epochs: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger value of the metric ranks a candidate higher."""
+        return METRICS[self.metric]
+
+    def keep(self, alive: int) -> int:
+        """How many of `alive` candidates go on from a rung: the best 1/eta, at least
+        `min_survivors`, never more than there are."""
+        return min(alive, max(math.ceil(alive / self.eta), self.min_survivors))
+
+
+def candidate_key(task: Task) -> str:
+    """A candidate's name, stable across runs: its fields other than size and replicate."""
+    ident = task.identity()
+    return ",".join(f"{k}={ident[k]}" for k in sorted(ident) if k not in _NOT_CANDIDATE)
+
+
+def candidates(tasks: Iterable[Task]) -> dict[int | str, dict[str, list[Task]]]:
+    """Fine-tuning tasks by target size, then by candidate, members in task order."""
+    out: dict[int | str, dict[str, list[Task]]] = {}
+    for t in tasks:
+        if t.stage == "finetune":
+            out.setdefault(t.examples_per_class, {}).setdefault(candidate_key(t), []).append(t)
+    return out
+
+
+def default_rungs(eta: int, epochs: int) -> tuple[int, ...]:
+    """E/eta² and E/eta epochs (rounded up, distinct, below E), the classic geometric ladder."""
+    if epochs == 1:
+        return (1,)
+    rungs = sorted({max(1, math.ceil(epochs / eta**2)), max(1, math.ceil(epochs / eta))})
+    return tuple(r for r in rungs if r < epochs) or (epochs - 1,)
+
+
+def resolve(grid: Grid, tasks: Iterable[Task]) -> Search:
+    """The grid's search settings (defaults where absent), checked against its tasks."""
+    spec = grid.search or SearchSpec()
+    by_size = candidates(tasks)
+    if not by_size:
+        raise ConfigError(grid.source, "search", "the grid has no fine-tuning tasks to search over")
+    for size, cands in by_size.items():
+        if len(cands) < 2:
+            raise ConfigError(grid.source, "search", f"examples_per_class {size} has one protocol; a search "
+                              "needs at least two candidates per target size (add protocols, or run the grid)")
+    epochs = min(t.epochs for cands in by_size.values() for ts in cands.values() for t in ts)
+    rungs = tuple(spec.rungs) if spec.rungs is not None else default_rungs(spec.eta, epochs)
+    if rungs[-1] > epochs:
+        raise ConfigError(grid.source, "search.rungs", f"rung {rungs[-1]} is beyond the fine-tuning tasks' "
+                          f"{epochs} epochs; rungs are epochs of those tasks")
+    return Search(spec.eta, rungs, spec.metric, spec.min_survivors, epochs)
+
+
+def alive_per_stage(search: Search, k: int) -> list[tuple[int, int]]:
+    """(candidates alive, epochs they reach) for each stretch of training of k candidates:
+    all k to the first rung, the survivors of each rung to the next, the last survivors to
+    the end. Exact in advance: the rule keeps a fixed count (hpcxfer/tune/rule.py)."""
+    out, alive = [], k
+    for r in search.rungs:
+        out.append((alive, r))
+        alive = search.keep(alive)
+    if search.rungs[-1] < search.epochs:
+        out.append((alive, search.epochs))
+    return out
+
+
+def images_share(search: Search, tasks: Iterable[Task], images_per_epoch: Callable[[Task], float]) -> tuple[float, float]:
+    """(search's fine-tuning images, the full grid's): what the search trains at most.
+
+    Each candidate of a size trains its members epoch by epoch up to where it is pruned;
+    `images_per_epoch(task)` is a task's training set (its size times the classes)."""
+    searched = full = 0.0
+    for cands in candidates(tasks).values():
+        per_candidate = [sum(images_per_epoch(t) for t in ts) for ts in cands.values()]
+        full += sum(n * ts[0].epochs for n, ts in zip(per_candidate, cands.values()))
+        # the candidates' members are alike within a size; price with their mean
+        mean = sum(per_candidate) / len(per_candidate)
+        done = 0
+        for alive, reach in alive_per_stage(search, len(cands)):
+            searched += alive * mean * (reach - done)
+            done = reach
+    return searched, full
