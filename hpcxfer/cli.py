@@ -46,6 +46,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                             title="tasks by stage and sub-grid",
                             caption="a task two sub-grids share counts in each" if len(planned.blocks) > 1 else None))
     _cost_table(planned)
+    if planned.search is not None:
+        from hpcxfer.tune.render import search_lines
+        console.print("\n".join(search_lines(planned.search)), highlight=False, markup=False)
     for line in planned.warnings:
         console.print(Text(f"warning: {line}", style="yellow"))
     return 0
@@ -87,6 +90,18 @@ def _task_table(tasks, title: str, limit: int) -> None:
                if t.stage == "finetune" else ("",) * 4), t.epochs, t.batch_size] for t in tasks[:limit]]
     more = f"... and {len(tasks) - limit} more (--limit N, or --json for all)" if len(tasks) > limit else None
     console.print(fit_table(console, cols, rows, title=title, caption=more))
+
+
+# ---------------------------------------------------------------- tune
+def cmd_tune(args: argparse.Namespace) -> int:
+    from hpcxfer import service
+    from hpcxfer.tune.render import search_lines
+
+    planned = service.tune_plan(args.grid)
+    console.print("\n".join(search_lines(planned)), highlight=False, markup=False)
+    if not args.dry_run:
+        raise ConfigError(None, "tune", "running a search is not built yet; --dry-run shows the search it would run")
+    return 0
 
 
 # ---------------------------------------------------------------- submit
@@ -393,6 +408,12 @@ COMMANDS = {
              "sub-grid, and the estimated GPU-hours and Gadi service units per queue. Reads nothing "
              "but the grid and writes nothing.",
              "hpcxfer plan jobs/plested2019/all.yaml --limit 10"),
+    "tune": ("search a grid's protocols by successive halving, per target size",
+             "Train every protocol of GRID to the first rung of its `search:` section (or the defaults), "
+             "keep the best 1/eta of each target size by a paired comparison with the leader, train those "
+             "to the next rung, and so on. --dry-run shows the rungs, what each size trains and the share "
+             "of the grid's fine-tuning images the search uses, and writes nothing.",
+             "hpcxfer tune grid.yaml --dry-run"),
     "submit": ("submit every task not done and not queued",
                "Submit every task of GRID that is not done, queued or running: running it again "
                "resumes a half-finished study. --dry-run prints the job scripts and commands "
@@ -456,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per task per line")
     p.add_argument("--limit", type=_count, default=40, help="task rows to show (default 40)")
     p.set_defaults(func=cmd_plan)
+
+    p = command("tune")
+    p.add_argument("grid")
+    p.add_argument("--dry-run", action="store_true", help="show the search and its price; write nothing")
+    p.set_defaults(func=cmd_tune)
 
     p = command("submit")
     p.add_argument("grid")

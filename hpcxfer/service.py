@@ -31,9 +31,10 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
+from hpcxfer.tune.settings import SearchPlan, plan_search
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
-           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "wait_for"]
+           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "tune_plan", "wait_for"]
 
 
 # ---------------------------------------------------------------- plan
@@ -48,6 +49,7 @@ class GridPlan:
     cost_rows: list[tuple[str, cost.Cost]] | None
     no_cost: str | None = None
     warnings: list[str] = field(default_factory=list)  # what submit would warn about or refuse
+    search: SearchPlan | None = None  # the grid's `search:` priced, when it has one
 
     def assumptions(self) -> list[str]:
         return cost.assumptions(self.grid, self.tasks)
@@ -67,7 +69,14 @@ def plan(grid_file: str) -> GridPlan:
     grid = load_grid(grid_file)
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
-    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid))
+    search = plan_search(grid, expansion.tasks) if grid.search is not None else None
+    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid), search)
+
+
+def tune_plan(grid_file: str) -> SearchPlan:
+    """The search `tune` would run on a grid (its `search:` section, or the defaults), priced."""
+    grid = load_grid(grid_file)
+    return plan_search(grid, expand_study(grid).tasks)
 
 
 def _plan_warnings(grid: Grid) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hpcxfer.errors import ConfigError
+from hpcxfer.grid import cost
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.search import METRICS, SearchSpec
 from hpcxfer.grid.task import Task
@@ -115,3 +116,31 @@ def images_share(search: Search, tasks: Iterable[Task], images_per_epoch: Callab
             searched += alive * mean * (reach - done)
             done = reach
     return searched, full
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A search as `plan` and `tune --dry-run` show it, before anything runs."""
+
+    search: Search
+    sizes: list[tuple[int | str, int, int, list[tuple[int, int]]]]  # size, candidates, members, stages
+    images: float | None  # the search's fine-tuning images, at most (None: the data's size is unknown)
+    grid_images: float | None
+
+    @property
+    def share(self) -> float | None:
+        """The search's images over the grid's fine-tuning images (0..1)."""
+        return self.images / self.grid_images if self.images is not None and self.grid_images else None
+
+
+def plan_search(grid: Grid, tasks: list[Task]) -> SearchPlan:
+    """The resolved search of a grid, what each size trains, and its price against the grid's."""
+    search = resolve(grid, tasks)
+    sizes = [(size, len(cands), max(len(ts) for ts in cands.values()), alive_per_stage(search, len(cands)))
+             for size, cands in candidates(tasks).items()]
+    try:
+        model = cost.model_for(grid)
+        images, full = images_share(search, tasks, lambda t: cost.task_images(t, model)[0])
+    except cost.UnknownSize:
+        images = full = None
+    return SearchPlan(search, sizes, images, full)

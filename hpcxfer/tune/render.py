@@ -1,0 +1,24 @@
+"""A search as lines of text, for `plan` and `tune --dry-run` (the CLI prints them)."""
+
+from __future__ import annotations
+
+from hpcxfer.tune.settings import SearchPlan
+
+
+def _stages(stages: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{alive} to epoch {reach}" for alive, reach in stages)
+
+
+def search_lines(plan: SearchPlan) -> list[str]:
+    """The search's settings, what each size trains, and its price against the grid's."""
+    s = plan.search
+    out = [f"search: eta {s.eta}, rungs at epochs {', '.join(map(str, s.rungs))} of {s.epochs}, "
+           f"ranked by {s.metric}, at least {s.min_survivors} kept per rung"]
+    for size, k, members, stages in plan.sizes:
+        out.append(f"  {size} per class: {k} candidates x {members} replicates; {_stages(stages)}")
+    if plan.share is None:
+        out.append("  search price: unknown (the data set's size is not known; set cost.train_images)")
+    else:
+        out.append(f"  search price: at most {plan.images:,.0f} of the grid's {plan.grid_images:,.0f} fine-tuning "
+                   f"images ({100 * plan.share:.1f} %)")
+    return out
