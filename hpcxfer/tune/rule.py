@@ -5,16 +5,18 @@ and seed: each candidate is compared with the leader (the best mean) pair by pai
 difference per (split, seed) both hold, with the 95 % t interval of the mean difference
 (hpcxfer/collect/paired.py `paired_stats`). The ranking:
 
-1. candidates tied with the leader (the interval includes 0, or fewer than two pairs to
-   tell) before those significantly behind it;
+1. candidates not behind the leader (the interval includes 0 or lies on the better side,
+   or fewer than two pairs to tell) before those significantly behind it;
 2. within each, by the mean paired difference, better first; then by name.
 
-The best `keep = max(ceil(k / eta), min_survivors)` go on. The interval orders the pruning
-but does not widen it: with a few pairs nearly every candidate is tied at an early rung,
-and keeping every tied one would make the search cost what the grid costs. What it buys is
-that a candidate whose advantage rests on one lucky split never pushes out one that is
-level with the leader on every split. The count is fixed, so a search's price is known
-before it starts (settings.py `images_share`).
+The best `keep = max(ceil(k / eta), min_survivors)` go on. Why this order: a candidate
+consistently behind the leader is known to be worse, while one whose interval includes 0
+may still be the best (with few pairs, an erratic protocol's mean says little); pruning
+what the evidence says is worse first is what keeps the grid's best alive. The interval
+orders the pruning but does not widen it: with a few pairs nearly every candidate is tied
+at an early rung, and keeping all of them would make the search cost what the grid
+costs. The count is fixed, so a search's price is known before it starts (settings.py
+`images_share`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Standing:
     mean_diff: float | None
     ci_low: float | None
     ci_high: float | None
-    tied: bool
+    behind: bool  # significantly behind the leader: the whole interval on the worse side
     kept: bool
 
     def to_dict(self) -> dict:
@@ -65,14 +67,15 @@ def decide(metrics: Mapping[str, Mapping[Hashable, float]], keep: int, higher_is
         common = sorted(values[c].keys() & values[leader].keys(), key=repr) if leader is not None else []
         stats = paired_stats([values[c][m] - values[leader][m] for m in common])
         lo, hi = stats["ci_low"], stats["ci_high"]
-        tied = bool(common) and (lo is None or lo - TIE <= 0 <= hi + TIE)
-        rows.append((c, stats, tied))
+        best_end = None if lo is None else max(sign * lo, sign * hi)  # the interval's better end, oriented
+        behind = not common or (best_end is not None and best_end < -TIE)
+        rows.append((c, stats, behind))
 
     def order(row):
-        c, stats, tied = row
+        c, stats, behind = row
         diff = stats["mean_diff"]
-        return (diff is None, not tied, -sign * diff if diff is not None else 0.0, c)
+        return (diff is None, behind, -sign * diff if diff is not None else 0.0, c)
 
     rows.sort(key=order)
-    return [Standing(c, i + 1, means.get(c), s["pairs"], s["mean_diff"], s["ci_low"], s["ci_high"], tied, i < keep)
-            for i, (c, s, tied) in enumerate(rows)]
+    return [Standing(c, i + 1, means.get(c), s["pairs"], s["mean_diff"], s["ci_low"], s["ci_high"], behind, i < keep)
+            for i, (c, s, behind) in enumerate(rows)]
