@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
+from hpcxfer.trust import TOKEN, seal, study_key
 
 HOST = socket.gethostname()
 
@@ -89,8 +91,20 @@ def cancel(study: Path) -> dict:
         run_file(runs, name, content)
     stage("bad run files")
 
-    real = ProcessId.of(leader)
-    run_file(runs, "real", {**record, **real.to_dict(), "group": True})
+    # Planted: a live process's pid and start time (what ps shows), no seal or a wrong one.
+    for f in runs.glob("*.json"):
+        f.unlink()
+    real = {**record, **ProcessId.of(leader).to_dict(), "group": True}
+    run_file(runs, "planted", real)
+    run_file(runs, "forged", {**real, TOKEN: seal(b"a key of someone else's" * 2, real)})
+    stage("planted run files")
+    status = cli("status", str(study), "--json")
+    report["planted_status"] = {"rc": status.returncode, "stdout": status.stdout, "stderr": status.stderr}
+
+    for f in runs.glob("*.json"):
+        f.unlink()
+    key, _ = study_key(StudyPaths(study).runner_key, create=True)  # as the study's own runner
+    run_file(runs, "real", {**real, TOKEN: seal(key, real)})
     report["real_pid"] = leader
     stage("a real runner")
     time.sleep(0.2)

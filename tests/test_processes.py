@@ -136,13 +136,23 @@ def test_cancel_signals_only_a_live_runner_it_can_identify(write_grid):
     assert all(bad["alive"].values()), bad["alive"]  # pid 0, 1, -pgid, a reused pid, another host's pid
     assert not {pid: cmd for pid, cmd in before.items() if bad["processes"].get(pid) != cmd}
 
+    planted = report["stages"]["planted run files"]
+    assert planted["rc"] == 0 and "nothing queued to cancel" in planted["stdout"], planted
+    assert all(planted["alive"].values()), planted["alive"]  # the named runner was not signalled
+    for name in ("planted", "forged"):
+        assert f"runs/{name}.json: skipped, not written by this study's runner" in planted["stderr"], planted
+    status = report["planted_status"]
+    assert status["rc"] == 0, status["stderr"]
+    assert json.loads(status["stdout"])["counts"]["queued"] == 0  # not held forever
+    assert "runs/planted.json: skipped" in status["stderr"]
+
     real = report["stages"]["a real runner"]
     assert f"cancelled local:{report['real_pid']}" in real["stdout"], real
     assert real["alive"] == {name: name != "own session" for name in everyone}
 
 
 def _damage(paths: StudyPaths, tasks) -> None:
-    runs = paths.backend_dir("local") / "runs"
+    runs = paths.backend("local").dir / "runs"
     runs.mkdir(parents=True)
     ids = [t.task_id for t in tasks]
     record = {"run_id": "x", "host": HOST, "tasks": ids, "max_parallel": 1, "threads": 1}
