@@ -309,7 +309,7 @@ def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli, tmp_pa
     waited = time.monotonic() - t0
     assert out.returncode == 2 and waited >= SUBMIT_WAIT_S, (out.returncode, waited)
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert f"another submit of this study is under way (pid {os.getpid()} on host {HOST}" in out.stderr
+    assert f"another submit or cancel of this study is under way (pid {os.getpid()} on host {HOST}" in out.stderr
     assert "submitting" not in out.stdout
     assert json.loads(paths.submit_lock.read_text())["token"] == held.token  # left alone
 
