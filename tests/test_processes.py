@@ -343,6 +343,20 @@ def test_two_submits_at_once_submit_each_task_once(write_grid):
         assert ProcessId.from_dict(run) is not None and run["group"] is True  # the runner's real pid
 
 
+@needs_namespace
+@pytest.mark.slow  # a runner started and cancelled
+def test_a_cancel_during_a_submit_waits_for_it_and_cancels_what_it_queued(write_grid):
+    grid_path = write_grid({"pretrain": {"epochs": 30}, "local": {"max_parallel": 1}, "runtime": {"eval_every": 30}})
+    tasks = expand(load_grid(grid_path))
+    report = in_namespace("cancel_during_submit", str(grid_path))
+    cancel = report["cancel"]
+    assert cancel["rc"] == 0 and "Traceback" not in cancel["stderr"], cancel
+    assert f"cancelled local:{report['runner']}" in cancel["stdout"], cancel  # not "nothing queued"
+    assert report["runner_stopped"], "the runner kept running after the cancel"
+    counts = report["counts"]
+    assert counts["done"] < len(tasks) and counts["queued"] == counts["running"] == 0, counts
+
+
 def test_states_of_a_study_with_a_lock_of_each_kind(write_grid):
     """study_states never raises on what running.json files hold."""
     _, paths, tasks = make_study(write_grid)
