@@ -378,6 +378,7 @@ def status(study_dir: str) -> StudyStatus:
 def _recording(paths: StudyPaths) -> str | None:
     """What study.json says of a submit that stopped while recording the study, or None."""
     from hpcxfer.fileio import read_json
+    from hpcxfer.locks import inspect
     from hpcxfer.study import RECORDING
 
     try:
@@ -386,6 +387,9 @@ def _recording(paths: StudyPaths) -> str | None:
         return None
     if since is None:
         return None
+    holder = inspect(paths.submit_lock)
+    if holder is not None and holder.live:
+        return None  # a submit is recording it right now
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
     return (f"the submit of {when} stopped before it had recorded the whole study; `hpcxfer submit` "
             "of its grid again completes it")
