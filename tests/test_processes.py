@@ -357,6 +357,22 @@ def test_a_cancel_during_a_submit_waits_for_it_and_cancels_what_it_queued(write_
     assert counts["done"] < len(tasks) and counts["queued"] == counts["running"] == 0, counts
 
 
+def test_a_cancel_gives_up_on_a_submit_that_never_finishes(write_grid):
+    from hpcxfer.service import cancel
+
+    _, paths, _ = make_study(write_grid)
+    held = Lock(paths.submit_lock, heartbeat_s=0).acquire()
+    t0 = time.monotonic()
+    with pytest.raises(LockHeld) as err:
+        cancel(str(paths.dir), wait_s=0.5)
+    assert time.monotonic() - t0 >= 0.5
+    message = str(err.value)
+    assert f"another submit or cancel of this study is under way (pid {os.getpid()} on host {HOST}" in message
+    assert "cancel again once it is done" in message and "\n" not in message
+    held.release()
+    assert cancel(str(paths.dir), wait_s=0.5) == [] and not paths.submit_lock.exists()
+
+
 def test_states_of_a_study_with_a_lock_of_each_kind(write_grid):
     """study_states never raises on what running.json files hold."""
     _, paths, tasks = make_study(write_grid)
