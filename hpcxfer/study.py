@@ -8,7 +8,8 @@ is read off its files (and, for queued work, the backend's own record).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,27 +40,53 @@ def task_config(task: Task, grid: Grid) -> dict:
     return {**task.to_dict(), "data": task_data(grid, task.stage), "runtime": grid.runtime.settings().to_dict()}
 
 
+#: study.json's mark of a submit still recording the study (the time it began).
+RECORDING = "recording"
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OS error of a write to `path` that does not name it (a write(2) or fsync that
+    found the disk full) is raised naming it."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
-    (re)written, so a changed runtime section applies to work not yet done."""
+    (re)written, so a changed runtime section applies to work not yet done.
+
+    study.json is written first, marked RECORDING, and again without the mark once the
+    index and every task.json are on disk: a submit that stops at any write in between
+    leaves a study that says so (`status`) and that the next submit completes."""
     info, index = check_records(paths, grid)
+    source = str(Path(grid.source).absolute())
+    with _writing(paths.study_json):
+        atomic_write_json(paths.study_json, {**info, RECORDING: time.time()})
     paths.tasks_dir.mkdir(parents=True, exist_ok=True)
     known = {t["task_id"] for t in index}
     added = [t.to_dict() for t in tasks if t.task_id not in known]
     if added:
-        rewrite_jsonl(paths.tasks_index, index + added)
+        with _writing(paths.tasks_index):
+            rewrite_jsonl(paths.tasks_index, index + added)
     for task in tasks:
         tp = paths.task(task.task_id)
         if not is_done(tp):
             config = task_config(task, grid)
             if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
-                atomic_write_json(tp.config, config)
-    source = str(Path(grid.source).absolute())
+                with _writing(tp.config):
+                    atomic_write_json(tp.config, config)
+    info.pop(RECORDING, None)
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})
-    atomic_write_json(paths.study_json, info)
+    with _writing(paths.study_json):
+        atomic_write_json(paths.study_json, info)
 
 
 def check_records(paths: StudyPaths, grid: Grid) -> tuple[dict, list[dict]]:
@@ -141,7 +168,8 @@ def write_groups(paths: StudyPaths, groups: list[Group]) -> None:
     for g in groups:
         gp = paths.group(g.group_id)
         if _read_or_none(gp.config) != g.to_dict():
-            atomic_write_json(gp.config, g.to_dict())
+            with _writing(gp.config):
+                atomic_write_json(gp.config, g.to_dict())
 
 
 def read_group(paths: StudyPaths, group_id: str) -> Group:
