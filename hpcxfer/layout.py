@@ -228,6 +228,12 @@ class StudyPaths:
         return self.dir / ".submit.lock"
 
     @property
+    def records(self) -> tuple[Path, ...]:
+        """What holds the study itself: no output of a command may replace any of it."""
+        return (self.study_json, self.tasks_index, self.submit_lock, self.tasks_dir, self.groups_dir,
+                self.dir / "backends")
+
+    @property
     def report(self) -> Path:
         """`hpcxfer report`'s default output."""
         return self.dir / "report.html"
