@@ -127,6 +127,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _say_plan(plan) -> None:
+    for line in (line for s in plan.states.values() for line in s.warnings()):
+        err_console.print(Text(f"warning: {line}"), soft_wrap=True)
     grouped = f" ({len(plan.units)} workers, {len(plan.groups)} of them protocol groups)" if plan.groups else ""
     console.print(f"study {plan.paths.dir}: {len(plan.tasks)} tasks; " + ", ".join(
         f"{n} {s}" for s, n in sorted(plan.counts().items())) + f"; submitting {len(plan.todo)} to {plan.backend}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import os
 import re
@@ -83,8 +84,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file's value; OSError for what is not a readable regular file (never waits on a
+    FIFO), ValueError for what is not JSON in UTF-8."""
+    return json.loads(read_regular(path))
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -170,17 +172,16 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
     """Records of a JSONL file, skipping lines that are not whole JSON objects (a torn
     last line from a write that never finished, garbage from a full disk)."""
     try:
-        with open(path, "rb") as f:
-            yield from (value for _, value, _ in jsonl_lines(f) if type(value) is dict)
+        data = read_regular(path)
     except FileNotFoundError:
         return
+    yield from (value for _, value, _ in jsonl_lines(io.BytesIO(data)) if type(value) is dict)
 
 
 def iter_jsonl_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """`jsonl_lines` of a file: for readers that must say where a file is damaged rather
     than skip it quietly."""
-    with open(path, "rb") as f:
-        yield from jsonl_lines(f)
+    yield from jsonl_lines(io.BytesIO(read_regular(path)))
 
 
 def rewrite_jsonl(path: Path, records: list[dict]) -> None:
@@ -198,7 +199,7 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"not a regular file ({kind_of(st.st_mode)})", str(path))
+            raise OSError(errno.EINVAL, kind_of(st.st_mode), str(path))
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read() if limit is None else f.read(limit + 1)
     finally:

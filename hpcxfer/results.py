@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpcxfer.fileio import loads
+from hpcxfer.fileio import loads, read_regular
 
 #: Metrics a result carries and collect aggregates.
 METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
@@ -77,8 +77,7 @@ def load(path: Path, task_id: str) -> tuple[dict | None, str | None]:
     """(result, None) for a valid result.json; (None, why) for a damaged one; (None, None)
     when there is none."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_regular(path, MAX_BYTES)
     except FileNotFoundError:
         return None, None
     except OSError as e:
