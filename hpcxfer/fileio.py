@@ -277,7 +277,7 @@ _JSON_MAX = 64 << 20
 
 
 def _refuse(option: str, value: str, why: str, hint: str = "") -> ConfigError:
-    return ConfigError(None, option, f"{value}: {why}", hint)
+    return ConfigError(None, option, f"cannot write {value}: {why}", hint)
 
 
 def _pseudo(real: str) -> str | None:
@@ -306,7 +306,7 @@ def _check_place(value: str, option: str, real: Path) -> None:
         raise _refuse(option, value, f"inside {top}, which holds no files to write", "name a file elsewhere")
     study = _study_record(real)
     if study is not None:
-        raise _refuse(option, value, f"one of the records of the study {study}; writing it would destroy the study",
+        raise _refuse(option, value, f"a record of the study {study}; writing it would destroy the study",
                       "name a file elsewhere")
 
 
@@ -336,7 +336,7 @@ def output_file(value: str | Path, option: str, kind: str, force: bool = False) 
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise _refuse(option, value, f"cannot be written ({why_unreadable(e)})") from None
+        raise _refuse(option, value, why_unreadable(e)) from None
     if st is None and os.path.lexists(path):
         raise _refuse(option, value, "a symbolic link to nothing", "name the file itself")
     if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
@@ -356,10 +356,10 @@ def output_file(value: str | Path, option: str, kind: str, force: bool = False) 
         try:
             head = read_regular(real, _JSON_MAX if kind == "json" else _HEAD)
         except OSError as e:
-            raise _refuse(option, value, f"cannot be read to tell what it is ({why_unreadable(e)})",
+            raise _refuse(option, value, f"it cannot be read to tell what it is ({why_unreadable(e)})",
                           "--force replaces it") from None
         if not _recognise(kind, head[:_JSON_MAX] if kind == "json" else head[:_HEAD]):
-            raise _refuse(option, value, f"exists and is not an earlier {kind} output of hpcxfer; nothing written",
+            raise _refuse(option, value, f"it exists and is not an earlier {kind} output of hpcxfer",
                           "--force replaces it")
     return Output(real)
 
