@@ -261,9 +261,21 @@ def load_grid(path: str | Path) -> Grid:
             # experiments are concatenated across files, so list positions name no file
             err = ConfigError(_owner(files, e.errors()[0]["loc"], path), err.field, err.message, err.hint)
         raise err from None
+    grid = _data_path_resolved(grid, _owner(files, ("data", "path"), path))
     grid._source = str(path)
     grid._sources = tuple(str(p) for p, _ in files)
     return grid
+
+
+def _data_path_resolved(grid: Grid, owner: Path) -> Grid:
+    """`data.path` relative to the folder of the grid file that gives it, as `extends` is,
+    whatever folder hpcxfer runs in (an absolute path, ~ or $VAR is kept as written). The
+    path is no part of a task's identity, so task ids do not change with it."""
+    given = grid.data.path
+    if given is None or given.startswith(("~", "$")) or os.path.isabs(given):
+        return grid
+    resolved = os.path.normpath(os.path.join(owner.absolute().parent, given))
+    return grid.model_copy(update={"data": grid.data.model_copy(update={"path": resolved})})
 
 
 def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> str:
