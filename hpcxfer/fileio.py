@@ -337,14 +337,12 @@ def output_file(value: str | Path, option: str, kind: str, force: bool = False) 
         st = None
     except OSError as e:
         raise _refuse(option, value, why_unreadable(e)) from None
-    if st is None and os.path.lexists(path):
-        raise _refuse(option, value, "a symbolic link to nothing", "name the file itself")
     if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         return Output(path, direct=True)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise _refuse(option, value, f"{kind_of(st.st_mode)}; name a file")
-    if st is None:
-        real = Path(os.path.realpath(path.parent)) / path.name
+    if st is None:  # a new file, or a symlink to one: written where the link leads
+        real = Path(os.path.realpath(path))
         _check_place(value, option, real)
         _check_parent(value, option, real)
         return Output(real)

@@ -25,6 +25,8 @@ from hpcxfer.fileio import loads, read_regular
 METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
 ACCURACIES = ("val_acc", "train_acc")
 LOSSES = ("val_loss", "train_loss")
+#: How `load` begins its reason for a result.json it could not read at all.
+UNREADABLE = "unreadable"
 #: A result.json is a few hundred bytes; a larger file is not one.
 MAX_BYTES = 1 << 20
 
@@ -81,7 +83,7 @@ def load(path: Path, task_id: str) -> tuple[dict | None, str | None]:
     except FileNotFoundError:
         return None, None
     except OSError as e:
-        return None, f"unreadable ({e.strerror or type(e).__name__})"
+        return None, f"{UNREADABLE} ({e.strerror or type(e).__name__})"
     if len(data) > MAX_BYTES:
         return None, f"larger than {MAX_BYTES} bytes"
     try:

@@ -297,6 +297,8 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
     if damaged:
+        if damaged.startswith(results.UNREADABLE):
+            st.unreadable[str(tp.result)] = damaged.removeprefix(results.UNREADABLE).strip(" ()")
         st.state, st.log = "failed", str(tp.log)
         st.detail = f"damaged {tp.result.name}: {damaged}; trained again at the next submit"
         return st
