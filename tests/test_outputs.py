@@ -90,7 +90,7 @@ def test_a_fifo_is_written_in_place(study, tmp_path, cli):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     out = cli("collect", paths.dir, "--format", "json", "--out", fifo)
     reader.join(60)
