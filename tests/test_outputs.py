@@ -102,7 +102,7 @@ def test_a_fifo_is_written_in_place(study, tmp_path, cli):
 @pytest.mark.parametrize("target", ["tasks.jsonl", "study.json", "tasks/{task}/result.json", "tasks/{task}/new.html",
                                     "groups/x/r.html", "backends/local/r.html", "tasks"])
 def test_report_never_replaces_a_record_of_the_study(study, cli, target):
-    grid, paths = study
+    _, paths = study
     task = next(paths.tasks_dir.iterdir()).name
     before = {p: p.read_bytes() for p in paths.dir.rglob("*") if p.is_file()}
     out = cli("report", paths.dir, "--out", paths.dir / target.format(task=task))
