@@ -195,7 +195,7 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
     FileNotFoundError when there is none; any other OSError, with a short `strerror`, for
     what is not a readable regular file: a directory, a symlink loop, a FIFO (opened without
     waiting for a writer, then refused), a device, a file the user may not read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -207,7 +207,7 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
 
 
 def why_unreadable(e: OSError) -> str:
-    """A few words for a read that failed: `Is a directory`, `not a regular file (a FIFO)`."""
+    """A few words for a read that failed: `a directory`, `a FIFO`, `Permission denied`."""
     return e.strerror or type(e).__name__
 
 
