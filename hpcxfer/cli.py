@@ -18,12 +18,16 @@ import textwrap
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
+
+if TYPE_CHECKING:
+    from hpcxfer.fileio import Output
 
 #: Width of a console that is not a terminal: wide enough that no table is cropped.
 PIPE_WIDTH = 10_000
@@ -187,7 +191,7 @@ def _dry_run(args, dry, estimate: str) -> int:
         except OSError as e:
             raise ConfigError(None, "--scripts", f"cannot write into {args.scripts}: {e.strerror or e}") from None
         for path in sub.files:
-            console.print(Text(f"wrote {folder / Path(path).name} (submit writes it as {path})"))
+            console.print(Text(f"wrote {Path(args.scripts) / Path(path).name} (submit writes it as {path})"))
     else:
         for script in sub.scripts:
             console.print(Text(f"# {script}\n{sub.files[script]}"), soft_wrap=True)
@@ -297,7 +301,7 @@ def _print_summary(collected) -> None:
 
 
 #: What a dry run's --scripts folder holds, by suffix: job scripts and task lists.
-SCRIPT_KINDS = {"sbatch": "script", "pbs": "script", "sh": "script", "txt": "list"}
+SCRIPT_KINDS = {"txt": "list"}
 
 
 def _script_kind(name: str) -> str:
@@ -307,17 +311,17 @@ def _script_kind(name: str) -> str:
 def _scripts_folder(value: str, force: bool) -> Path:
     from hpcxfer.fileio import output_folder
 
-    return output_folder(value, "--scripts", SCRIPT_KINDS, force)
+    return output_folder(value, "--scripts", (), force)  # its files are checked once the dry run names them
 
 
-def _write_out(out, data: bytes, option: str = "--out") -> None:
+def _write_out(out: Output, data: bytes) -> None:
     """Write what an output_file check allowed (hpcxfer/fileio.py), and say so."""
     from hpcxfer.fileio import write_output
 
     try:
         write_output(out, data)
     except OSError as e:
-        raise ConfigError(None, option, f"cannot write {out.path}: {e.strerror or e}") from None
+        raise ConfigError(None, "--out", f"cannot write {out.path}: {e.strerror or e}") from None
     if not out.direct:
         err_console.print(f"wrote {out.path}", highlight=False, markup=False)
 
@@ -330,11 +334,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
     names = parse_views(args.view)
     if fmt == "csv" and len(names) != 1:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
-    from hpcxfer.collect.figures import FORMATS as FIGURES
+    from hpcxfer.collect.figures import CURVES, FORMATS, SPECS
     from hpcxfer.fileio import output_file, output_folder
 
     out = output_file(args.out, "--out", fmt, args.force) if args.out else None
-    plots = output_folder(args.plots, "--plots", {f: f for f in FIGURES}, args.force) if args.plots else None
+    figure_files = [(f"{spec.name}.{ext}", ext) for spec in (*SPECS, CURVES) for ext in FORMATS]
+    plots = output_folder(args.plots, "--plots", figure_files, args.force) if args.plots else None
     collected = _collect(args)
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
     views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
@@ -342,6 +347,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
         from hpcxfer.collect.figures import study_figures, write_figures
 
         figures, left_out = study_figures(collected, args.ref)
+        for data in figures:  # a figure the static list above does not name (the paired deltas)
+            for ext in FORMATS:
+                output_file(plots / f"{data.name}.{ext}", "--plots", ext, args.force)
         try:
             written = write_figures(figures, plots)
         except OSError as e:
@@ -367,7 +375,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpcxfer.collect.html import build_report
-
     from hpcxfer.fileio import output_file
     from hpcxfer.layout import StudyPaths
 

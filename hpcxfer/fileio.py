@@ -362,11 +362,12 @@ def output_file(value: str | Path, option: str, kind: str, force: bool = False) 
     return Output(real)
 
 
-def output_folder(value: str | Path, option: str, kinds: dict[str, str], force: bool = False) -> Path:
+def output_folder(value: str | Path, option: str, files: Iterable[tuple[str, str]] = (), force: bool = False
+                  ) -> Path:
     """A folder a command writes several outputs into (--plots, --scripts), checked as
     `output_file` checks a file: not a file, not inside /proc, /sys or /dev, not a study's
-    records; and each file in it that the command may write (by suffix, `kinds`: suffix ->
-    kind) replaced only when it is hpcxfer's own output of that kind, or with `force`."""
+    records; and each of `files` ((name, kind) of what the command may write there) that
+    exists is replaced only when it is hpcxfer's own output of that kind, or with `force`."""
     value = str(value)
     path = Path(value).absolute()
     if path.exists() and not path.is_dir():
@@ -378,10 +379,9 @@ def output_folder(value: str | Path, option: str, kinds: dict[str, str], force: 
         return real
     if not os.access(real, os.W_OK | os.X_OK):
         raise _refuse(option, value, "not a folder you can write to")
-    for entry in sorted(real.iterdir()):
-        kind = kinds.get(entry.suffix.lstrip("."))
-        if kind is not None:
-            output_file(entry, option, kind, force)
+    for name, kind in files:
+        if os.path.lexists(real / name):
+            output_file(real / name, option, kind, force)
     return real
 
 
