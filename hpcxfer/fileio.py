@@ -340,7 +340,7 @@ def output_file(value: str | Path, option: str, kind: str, force: bool = False) 
     if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         return Output(path, direct=True)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise _refuse(option, value, f"{kind_of(st.st_mode)}; name a file")
+        raise _refuse(option, value, f"it is {kind_of(st.st_mode)}; name a file")
     if st is None:  # a new file, or a symlink to one: written where the link leads
         real = Path(os.path.realpath(path))
         _check_place(value, option, real)
@@ -371,7 +371,7 @@ def output_folder(value: str | Path, option: str, files: Iterable[tuple[str, str
     value = str(value)
     path = Path(value).absolute()
     if path.exists() and not path.is_dir():
-        raise _refuse(option, value, "a file; name a folder")
+        raise _refuse(option, value, "it is a file; name a folder")
     real = Path(os.path.realpath(path))
     _check_place(value, option, real)
     if not path.exists():
