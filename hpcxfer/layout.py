@@ -240,6 +240,12 @@ class StudyPaths:
         return self.dir / ".runner.key"
 
     @property
+    def records(self) -> tuple[Path, ...]:
+        """What holds the study itself: no output of a command may replace any of it."""
+        return (self.study_json, self.tasks_index, self.submit_lock, self.tasks_dir, self.groups_dir,
+                self.dir / "backends", self.runner_key)
+
+    @property
     def report(self) -> Path:
         """`hpcxfer report`'s default output."""
         return self.dir / "report.html"

@@ -386,6 +386,7 @@ def status(study_dir: str) -> StudyStatus:
     index, problems = read_index(paths)
     tasks = [Task.from_dict(d) for d in index]
     states = study_states(paths, held(paths, warnings=warnings), tasks)
+    warnings += [line for s in states for line in s.warnings()]  # unreadable records: said, never fatal
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
     return StudyStatus(paths, tasks, states, counts, problems, warnings)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import hpcxfer
 from hpcxfer import results
 from hpcxfer.errors import StudyError
-from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
+from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl, why_unreadable
 from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
@@ -114,7 +114,7 @@ def read_index(paths: StudyPaths) -> tuple[list[dict], list[str]]:
     tasks, problems, seen = [], [], set()
     try:
         lines = list(iter_jsonl_lines(paths.tasks_index))
-    except OSError as e:
+    except OSError as e:  # the study's own index: without it there is no study to show
         raise StudyError(f"{paths.tasks_index}: cannot read: {e.strerror or e}") from None
     for lineno, value, why in lines:
         if why is None:
@@ -252,11 +252,18 @@ class TaskState:
     epoch: int | None = None
     group: str | None = None  # the protocol group that last held the task
     extra: dict = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # a record's path -> why it could not be read
 
     def to_dict(self) -> dict:
         d = asdict(self)
         extra = d.pop("extra")
+        d.pop("unreadable")
         return {**d, **extra}
+
+    def warnings(self) -> list[str]:
+        """One line per record of the task that could not be read."""
+        return [f"{path}: unreadable ({why}); task {self.task_id} counts as not done"
+                for path, why in self.unreadable.items()]
 
 
 def task_lock(tp: TaskPaths) -> Holder | None:
@@ -272,8 +279,20 @@ def task_running(tp: TaskPaths) -> bool:
     return holder is not None and holder.live
 
 
-def last_epoch(tp: TaskPaths) -> int | None:
-    epochs = [r.get("epoch") for r in iter_jsonl(tp.metrics)]
+def metrics_records(tp: TaskPaths, unreadable: dict[str, str] | None = None) -> list[dict]:
+    """The whole records of a task's metrics.jsonl ([] when there is none). One that cannot be
+    read (a directory, a symlink loop, a FIFO, no permission) is [] too, and why is put
+    in `unreadable` under its path: one damaged task never makes the study unreadable."""
+    try:
+        return list(iter_jsonl(tp.metrics))
+    except OSError as e:
+        if unreadable is not None:
+            unreadable[str(tp.metrics)] = why_unreadable(e)
+        return []
+
+
+def last_epoch(tp: TaskPaths, unreadable: dict[str, str] | None = None) -> int | None:
+    epochs = [r.get("epoch") for r in metrics_records(tp, unreadable)]
     return max((e for e in epochs if isinstance(e, int)), default=None)
 
 
@@ -287,7 +306,7 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     if result is not None:
         st.state = "done"
         return st
-    st.epoch = last_epoch(tp)
+    st.epoch = last_epoch(tp, st.unreadable)
     view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
     if view:
         st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
@@ -305,6 +324,8 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
     if damaged:
+        if damaged.startswith(results.UNREADABLE):
+            st.unreadable[str(tp.result)] = damaged.removeprefix(results.UNREADABLE).strip(" ()")
         st.state, st.log = "failed", str(tp.log)
         st.detail = f"damaged {tp.result.name}: {damaged}; trained again at the next submit"
         return st
@@ -372,9 +393,8 @@ def task_progress(paths: StudyPaths, task: Task, st: TaskState) -> dict:
                        val_acc=_number(result.get("val_acc")), wall_s=_number(result.get("wall_s")),
                        host=result.get("host") if isinstance(result.get("host"), str) else None)
         return out
-    last = None
-    for last in iter_jsonl(tp.metrics):
-        pass
+    records = metrics_records(tp)
+    last = records[-1] if records else None
     if last:
         out.update(val_acc=_number(last.get("val_acc")), wall_s=_number(last.get("wall_s")))
     if st.state == "running":

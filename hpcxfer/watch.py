@@ -127,6 +127,8 @@ class SubmitReport:
         self.say(line)
 
     def plan(self, plan) -> None:
+        for line in (line for state in plan.states.values() for line in state.warnings()):
+            self.say(f"warning: {line}")  # an unreadable record: its task counts as not done
         grouped = f" ({len(plan.units)} workers, {len(plan.groups)} of them protocol groups)" if plan.groups else ""
         self.say(f"study {plan.paths.dir}: {len(plan.tasks)} tasks; "
                  + ", ".join(f"{n} {s}" for s, n in sorted(plan.counts().items()))
