@@ -108,7 +108,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _dry_run(args, service.dry_run(req), req.estimate)
     from hpcxfer.watch import SubmitReport
 
-    outcome = service.submit(req, SubmitReport(console), wait=args.wait)
+    outcome = service.submit(req, SubmitReport(console, err_console), wait=args.wait)
     if outcome.unfinished is None:
         return 0
     for s in outcome.unfinished:
@@ -124,7 +124,7 @@ def _dry_run(args, dry, estimate: str) -> int:
     console.print(estimate, highlight=False, markup=False)
     from hpcxfer.watch import SubmitReport
 
-    SubmitReport(console).plan(dry.plan)
+    SubmitReport(console, err_console).plan(dry.plan)
     if args.scripts:
         from hpcxfer.fileio import output_file, write_output
 
@@ -138,7 +138,7 @@ def _dry_run(args, dry, estimate: str) -> int:
         except OSError as e:
             raise ConfigError(None, "--scripts", f"cannot write into {args.scripts}: {e.strerror or e}") from None
         for path in sub.files:
-            console.print(Text(f"wrote {Path(args.scripts) / Path(path).name} (submit writes it as {path})"))
+            console.print(Text(f"wrote {Path(args.scripts) / Path(path).name} (submit writes it as {path})"), soft_wrap=True)
     else:
         for script in sub.scripts:
             console.print(Text(f"# {script}\n{sub.files[script]}"), soft_wrap=True)
