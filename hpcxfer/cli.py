@@ -98,10 +98,10 @@ def _task_table(tasks, title: str, limit: int) -> None:
 
 # ---------------------------------------------------------------- tune
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hpcxfer import service
     from hpcxfer.tune.render import search_lines
+    from hpcxfer.tune.settings import plan_file
 
-    planned = service.tune_plan(args.grid)
+    planned = plan_file(args.grid)
     console.print("\n".join(search_lines(planned)), highlight=False, markup=False)
     if not args.dry_run:
         raise ConfigError(None, "tune", "running a search is not built yet; --dry-run shows the search it would run")

@@ -36,7 +36,7 @@ from hpcxfer.study import STATES, TaskState, study_paths, study_states
 from hpcxfer.tune.settings import SearchPlan, plan_search
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
-           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "tune_plan", "wait_for"]
+           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "wait_for"]
 
 
 # ---------------------------------------------------------------- plan
@@ -73,12 +73,6 @@ def plan(grid_file: str) -> GridPlan:
     rows, why = _price(grid, expansion)
     search = plan_search(grid, expansion.tasks) if grid.search is not None else None
     return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid), search)
-
-
-def tune_plan(grid_file: str) -> SearchPlan:
-    """The search `tune` would run on a grid (its `search:` section, or the defaults), priced."""
-    grid = load_grid(grid_file)
-    return plan_search(grid, expand_study(grid).tasks)
 
 
 def _plan_warnings(grid: Grid) -> list[str]:

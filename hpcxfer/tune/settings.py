@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import cost
+from hpcxfer.grid.expansion import expand
+from hpcxfer.grid.load import load_grid
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.search import METRICS, SearchSpec
 from hpcxfer.grid.task import Task
@@ -144,3 +146,9 @@ def plan_search(grid: Grid, tasks: list[Task]) -> SearchPlan:
     except cost.UnknownSize:
         images = full = None
     return SearchPlan(search, sizes, images, full)
+
+
+def plan_file(grid_file: str) -> SearchPlan:
+    """The search `tune` would run on a grid file (its `search:` section, or the defaults), priced."""
+    grid = load_grid(grid_file)
+    return plan_search(grid, expand(grid))
