@@ -50,9 +50,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                             title="tasks by stage and sub-grid",
                             caption="a task two sub-grids share counts in each" if len(planned.blocks) > 1 else None))
     _cost_table(planned)
-    if planned.search is not None:
+    if planned.grid.search is not None:  # a search priced next to the full grid
         from hpcxfer.tune.render import search_lines
-        console.print("\n".join(search_lines(planned.search)), highlight=False, markup=False)
+        from hpcxfer.tune.settings import plan_search
+        console.print("\n".join(search_lines(plan_search(planned.grid, planned.tasks))), highlight=False, markup=False)
     for line in planned.warnings:
         console.print(Text(f"warning: {line}", style="yellow"))
     return 0
@@ -98,14 +99,22 @@ def _task_table(tasks, title: str, limit: int) -> None:
 
 # ---------------------------------------------------------------- tune
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hpcxfer.tune.render import search_lines
+    from hpcxfer.tune.render import outcome_lines, search_lines
     from hpcxfer.tune.settings import plan_file
 
     planned = plan_file(args.grid)
     console.print("\n".join(search_lines(planned)), highlight=False, markup=False)
-    if not args.dry_run:
-        raise ConfigError(None, "tune", "running a search is not built yet; --dry-run shows the search it would run")
-    return 0
+    if args.dry_run:
+        return 0
+    if not args.wait:
+        raise ConfigError(None, "--wait", "a search waits for each rung here: give --wait (promotion jobs on a "
+                          "scheduler are not built yet)")
+    from hpcxfer.tune.drive import run
+    from hpcxfer.watch import SubmitReport
+
+    outcome = run(args.grid, args.backend, args.root, SubmitReport(console, err_console))
+    console.print("\n".join(outcome_lines(outcome)), highlight=False, markup=False)
+    return 1 if outcome.unfinished else 0
 
 
 # ---------------------------------------------------------------- submit
@@ -502,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("tune")
     p.add_argument("grid")
+    p.add_argument("--backend", help="local, slurm, pbs or gadi (default: detected)")
+    p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
+    p.add_argument("--wait", action="store_true", help="drive every rung from here, waiting for each")
     p.add_argument("--dry-run", action="store_true", help="show the search and its price; write nothing")
     p.set_defaults(func=cmd_tune)
 

@@ -128,6 +128,16 @@ class TaskPaths(_WorkerPaths):
     def tensorboard(self) -> Path:
         return self.dir / "tb"
 
+    @property
+    def rung(self) -> Path:
+        """A search's stop request: {"stop_after": epoch} (hpcxfer/tune/drive.py)."""
+        return self.dir / "rung.json"
+
+    @property
+    def pruned(self) -> Path:
+        """A search stopped this task at a rung: the rung and its standing there."""
+        return self.dir / "pruned.json"
+
 
 @dataclass(frozen=True)
 class GroupPaths(_WorkerPaths):
@@ -257,6 +267,14 @@ class StudyPaths:
     @property
     def groups_dir(self) -> Path:
         return self.dir / "groups"
+
+    @property
+    def tune_dir(self) -> Path:
+        """A search's decisions, one file per rung (hpcxfer/tune/drive.py)."""
+        return self.dir / "tune"
+
+    def rung_decision(self, index: int) -> Path:
+        return self.tune_dir / f"rung-{index}.json"
 
     def group(self, group_id: str) -> GroupPaths:
         _component(group_id, "group id")

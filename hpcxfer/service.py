@@ -33,7 +33,6 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
-from hpcxfer.tune.settings import SearchPlan, plan_search
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
            "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "wait_for"]
@@ -51,7 +50,6 @@ class GridPlan:
     cost_rows: list[tuple[str, cost.Cost]] | None
     no_cost: str | None = None
     warnings: list[str] = field(default_factory=list)  # what submit would warn about or refuse
-    search: SearchPlan | None = None  # the grid's `search:` priced, when it has one
 
     def assumptions(self) -> list[str]:
         return cost.assumptions(self.grid, self.tasks)
@@ -71,8 +69,7 @@ def plan(grid_file: str) -> GridPlan:
     grid = load_grid(grid_file)
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
-    search = plan_search(grid, expansion.tasks) if grid.search is not None else None
-    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid), search)
+    return GridPlan(grid, expansion.tasks, expansion.blocks, rows, why, _plan_warnings(grid))
 
 
 def _plan_warnings(grid: Grid) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hpcxfer.tune.drive import Outcome
 from hpcxfer.tune.settings import SearchPlan
 
 
@@ -21,4 +22,18 @@ def search_lines(plan: SearchPlan) -> list[str]:
     else:
         out.append(f"  search price: at most {plan.images:,.0f} of the grid's {plan.grid_images:,.0f} fine-tuning "
                    f"images ({100 * plan.share:.1f} %)")
+    return out
+
+
+def outcome_lines(outcome: Outcome) -> list[str]:
+    """Each rung's survivors per size, and the finalists' state."""
+    out = []
+    for record in outcome.decided:
+        for size, standings in record["sizes"].items():
+            kept = [s["candidate"] for s in standings if s["kept"]]
+            out.append(f"rung {record['rung']} (epoch {record['epoch']}), {size} per class: "
+                       f"{len(kept)} of {len(standings)} go on: {'; '.join(kept)}")
+    out.append(f"finalists trained to epoch {outcome.search.epochs}: {len(outcome.finalists)} tasks"
+               + (f", {len(outcome.unfinished)} not finished" if outcome.unfinished else ""))
+    out.append(f"collect {outcome.paths.dir} to compare them")
     return out
