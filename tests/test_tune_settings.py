@@ -26,13 +26,14 @@ FOUR = merge(TINY_GRID, {
     ({"rungs": []}, "search.rungs", "non-empty"),
     ({"rungs": [0]}, "search.rungs", "not an epoch"),
     ({"rungs": [3, 13]}, "search.rungs", "beyond the fine-tuning tasks' 12 epochs"),
+    ({"rungs": [3, 7]}, "search.rungs", "rung 3 is not an epoch the tasks evaluate at (runtime.eval_every 2)"),
     ({"metric": "top5"}, "search.metric", "choose from val_acc, val_loss"),
     ({"min_survivors": 0}, "search.min_survivors", "greater than or equal to 1"),
     ({"patience": 3}, "search", "unknown key 'patience'"),
 ])
 @pytest.mark.parametrize("command", ["tune", "plan"])
 def test_bad_search_is_one_line_exit_2_nothing_written(write_grid, tmp_path, capsys, search, field, words, command):
-    path = write_grid(merge(FOUR, {"search": search}), base={})
+    path = write_grid(merge(FOUR, {"search": search, "runtime": {"eval_every": 2}}), base={})
     argv = [command, str(path), *(["--dry-run"] if command == "tune" else [])]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -57,6 +58,9 @@ def test_defaults_resolve_against_the_tasks(write_grid):
     assert default_rungs(3, 40) == (5, 14)
     assert default_rungs(2, 2) == (1,)
     assert default_rungs(4, 1) == (1,)
+    assert default_rungs(3, 40, eval_every=4) == (8, 16)  # 5 and 14, each up to an evaluated epoch
+    assert default_rungs(4, 40, eval_every=20) == (20,)
+    assert default_rungs(4, 10, eval_every=20) == (10,)  # the only evaluated epoch is the last
 
 
 def test_survivors_and_price_are_known_in_advance(write_grid):

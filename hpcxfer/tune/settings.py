@@ -63,12 +63,14 @@ def candidates(tasks: Iterable[Task]) -> dict[int | str, dict[str, list[Task]]]:
     return out
 
 
-def default_rungs(eta: int, epochs: int) -> tuple[int, ...]:
-    """E/eta² and E/eta epochs (rounded up, distinct, below E), the classic geometric ladder."""
-    if epochs == 1:
-        return (1,)
-    rungs = sorted({max(1, math.ceil(epochs / eta**2)), max(1, math.ceil(epochs / eta))})
-    return tuple(r for r in rungs if r < epochs) or (epochs - 1,)
+def default_rungs(eta: int, epochs: int, eval_every: int = 1) -> tuple[int, ...]:
+    """E/eta² and E/eta epochs, the classic geometric ladder, each rounded up to an epoch the
+    tasks evaluate at (a multiple of eval_every), kept only below E (at least one rung)."""
+    def up(x: float) -> int:
+        return max(1, math.ceil(math.ceil(x) / eval_every)) * eval_every
+
+    rungs = sorted({up(epochs / eta**2), up(epochs / eta)})
+    return tuple(r for r in rungs if r < epochs) or (min(up(1), epochs),)
 
 
 def resolve(grid: Grid, tasks: Iterable[Task]) -> Search:
@@ -82,10 +84,15 @@ def resolve(grid: Grid, tasks: Iterable[Task]) -> Search:
             raise ConfigError(grid.source, "search", f"examples_per_class {size} has one protocol; a search "
                               "needs at least two candidates per target size (add protocols, or run the grid)")
     epochs = min(t.epochs for cands in by_size.values() for ts in cands.values() for t in ts)
-    rungs = tuple(spec.rungs) if spec.rungs is not None else default_rungs(spec.eta, epochs)
+    every = grid.runtime.eval_every
+    rungs = tuple(spec.rungs) if spec.rungs is not None else default_rungs(spec.eta, epochs, every)
     if rungs[-1] > epochs:
         raise ConfigError(grid.source, "search.rungs", f"rung {rungs[-1]} is beyond the fine-tuning tasks' "
                           f"{epochs} epochs; rungs are epochs of those tasks")
+    odd = [r for r in rungs if r % every and r != epochs]
+    if odd:
+        raise ConfigError(grid.source, "search.rungs", f"rung {odd[0]} is not an epoch the tasks evaluate at "
+                          f"(runtime.eval_every {every}); choose multiples of {every}, or lower eval_every")
     return Search(spec.eta, rungs, spec.metric, spec.min_survivors, epochs)
 
 
