@@ -20,7 +20,7 @@ from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.locks import submit_lock
-from hpcxfer.study import metrics_records
+from hpcxfer.study import last_epoch, metrics_records
 from hpcxfer.tune.rule import decide
 from hpcxfer.tune.settings import Search, candidates, resolve
 
@@ -113,6 +113,10 @@ class Outcome:
 def run(grid_file: str, backend: str | None, root: str | None, report: service.Reporter) -> Outcome:
     """Run (or resume) the search of a grid to its end, waiting for each rung."""
     req = service.prepare(grid_file, backend, root)
+    # Every member alone: a protocol group would share one checkpoint across candidates
+    # that a rung's decision separates.
+    runtime = req.grid.runtime.model_copy(update={"group_max": 1})
+    req = dataclasses.replace(req, grid=req.grid.model_copy(update={"runtime": runtime}))
     search = resolve(req.grid, req.tasks)
     by_size = candidates(req.tasks)
     pretrain = [t for t in req.tasks if t.stage == "pretrain"]
@@ -126,8 +130,11 @@ def run(grid_file: str, backend: str | None, root: str | None, report: service.R
         alive = members(state.alive)
         if index == len(search.rungs):
             break
-        _ask_stop(req.paths, alive, search.rungs[index])
-        service.submit(dataclasses.replace(req, tasks=pretrain + alive), report, wait=True)
+        rung = search.rungs[index]
+        _ask_stop(req.paths, alive, rung)
+        behind = [t for t in alive if (last_epoch(req.paths.task(t.task_id)) or 0) < rung]  # a resumed search
+        if behind:
+            service.submit(dataclasses.replace(req, tasks=pretrain + behind), report, wait=True)
         decide_rung(req.paths, search, by_size, state.alive, index)
     _ask_stop(req.paths, alive, None)  # the finalists train to the end
     out = service.submit(dataclasses.replace(req, tasks=pretrain + alive), report, wait=True)

@@ -83,6 +83,29 @@ def evaluate(data: Data, forward: Callable[[torch.Tensor], Iterable[torch.Tensor
     return [{"val_loss": s.loss.item() / n, "val_acc": s.correct.item() / n} for s in sums]
 
 
+class RungReached(Interrupted):
+    """A search's stop request (`TaskPaths.rung`) names this epoch: checkpointed, resume me."""
+
+    def __init__(self, epoch: int):
+        Exception.__init__(self, f"stopped after epoch {epoch}, a search's rung")
+        self.signum, self.epoch, self.step = 0, epoch, 0
+
+
+def rung_reached(paths: TaskPaths | GroupPaths, epoch: int) -> bool:
+    """Whether a search asked this task to stop after `epoch` (hpcxfer/tune/drive.py); a
+    group is never stopped at a rung (a search runs every member alone)."""
+    if not isinstance(paths, TaskPaths):
+        return False
+    try:
+        stop = read_json(paths.rung)["stop_after"]
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: ignored (%s)", paths.rung, e)
+        return False
+    return isinstance(stop, int) and not isinstance(stop, bool) and epoch >= stop
+
+
 class Checkpointer:
     """When to save (a time cadence, cheap epoch ends, a stop request), and the shared part
     of what: the position, every random generator, restarts and wall time. `contents()`
@@ -131,6 +154,9 @@ class Checkpointer:
             self._try_save(pos)
 
     def epoch_end(self, pos: Position) -> None:
+        if rung_reached(self.paths, pos.epoch):
+            self.save(pos)
+            raise RungReached(pos.epoch)
         since = time.monotonic() - self.last_at
         if since >= self.interval or self.cost <= CHEAP_SAVE * since:
             self._try_save(pos)
