@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import TINY_GRID, merge
 from hpcxfer.collect.paired import paired_stats
 from hpcxfer.layout import StudyPaths
@@ -28,6 +30,7 @@ def results(paths: StudyPaths) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow
 def test_search_trains_rungs_of_the_grids_tasks(write_grid, tmp_path, cli):
     search_grid = write_grid(GRID, base={})
     run = cli("tune", search_grid, "--backend", "local", "--wait", timeout=600)
