@@ -51,6 +51,15 @@ def test_search_trains_rungs_of_the_grids_tasks(write_grid, tmp_path, cli):
         epochs = [json.loads(line)["epoch"] for line in tp.metrics.read_text().splitlines()]
         assert epochs == list(range(1, info["epoch"] + 1))
         assert not tp.failed.exists() and not tp.rung.exists() and tp.checkpoint.exists()
+    # collect --view tune: the winner, its protocol, the images the search used
+    view = cli("collect", paths.dir, "--view", "tune", "--format", "json")
+    assert view.returncode == 0, view.stderr
+    (row,) = json.loads(view.stdout)["views"]["tune"]["rows"]
+    winner = rung1["sizes"]["10"][0]
+    assert row["examples_per_class"] == 10 and row["winner"] == winner["candidate"]
+    assert row["transfer_layers"] == searched[finalists[0]]["transfer_layers"]
+    assert row["images_share"] == (4 * 1 + 2 * 1 + 1 * 2) / (4 * 4)  # candidate-epochs of 4 x 4
+    assert row["runner_up"] == rung1["sizes"]["10"][1]["candidate"]
     # re-running resumes: every rung is decided, nothing trains again
     again = cli("tune", search_grid, "--backend", "local", "--wait", timeout=600)
     assert again.returncode == 0, again.stderr

@@ -10,12 +10,13 @@ from hpcxfer.collect.aggregate import DEFAULT_BY, summarize
 from hpcxfer.collect.metrics import merge_metrics
 from hpcxfer.collect.paired import paired_view
 from hpcxfer.collect.read import StudyRecords, read_study
+from hpcxfer.collect.tune import tune_view
 from hpcxfer.collect.views import View
 from hpcxfer.errors import ConfigError
 from hpcxfer.layout import StudyPaths
 
 #: Named views; `curves` is the only one that reads every metrics record.
-VIEWS = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete", "curves")
+VIEWS = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete", "curves", "tune")
 #: What `--view all` and the HTML report show (paper only for an ImageNet study, and
 #: incomplete only while some task has no result).
 ALL = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete")
@@ -75,6 +76,7 @@ def build_views(c: Collected, names: Sequence[str], *, explicit: bool = True, jo
         "incomplete": lambda: reports.incomplete(c.records),
         "curves": lambda: reports.curves_view(
             [row for curve in merge_metrics(c.records, c.by, jobs=jobs) for row in curve.rows()], c.by),
+        "tune": lambda: tune_view(c.records.paths),
     }
     views = []
     for name in names:
