@@ -27,10 +27,10 @@ from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 from hpcxfer.grid.task import Task
 from hpcxfer.worker import EXIT_DONE
 from hpcxfer.worker.fused import Fused
-from hpcxfer.worker.group import prepare_group, run_group, train_group
+from hpcxfer.worker.group import prepare_group, train_group
+from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
-from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 
 pytestmark = pytest.mark.slow  # every test trains protocol groups
 
@@ -151,7 +151,7 @@ def test_a_fused_group_end_to_end_and_its_exact_resume(study):
     with pytest.raises(Interrupted):
         train_group(stopped, gp, list(group.members), tps, [read_json(tp.config) for tp in tps], StopAfter(8, 12))
     assert torch.load(gp.checkpoint, weights_only=True)["mode"] == "fused"
-    assert run_group(str(stopped.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(stopped.dir), group.group_id) == EXIT_DONE
     for t, tp in zip(members, tps):
         result, ref = read_json(tp.result), read_json(uninterrupted.task(t.task_id).result)
         assert {k: result[k] for k in EXACT} == {k: ref[k] for k in EXACT} and result["restarts"] == 1
@@ -167,7 +167,7 @@ def test_a_fused_checkpoint_resumes_looped(study):
     for tp in tps:
         config = read_json(tp.config)
         atomic_write_json(tp.config, {**config, "runtime": {**config["runtime"], "group_mode": "looped"}})
-    assert run_group(str(paths.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(paths.dir), group.group_id) == EXIT_DONE
     assert "4 members looped" in gp.log.read_text()
     for t, tp in zip(members, tps):
         assert abs(read_json(tp.result)["val_acc"] - looped[t.task_id]["val_acc"]) <= 0.05
