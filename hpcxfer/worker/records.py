@@ -59,6 +59,12 @@ class Records:
         for whoever watches the task between its evaluations."""
         atomic_write_json(self.paths.progress, {"epoch": epoch, "epochs": epochs, "time": time.time()})
 
+    def finished(self) -> None:
+        """The task's result is written: its progress and interruption counts, which the
+        result holds now, leave the folder as it was before either existed."""
+        self.paths.progress.unlink(missing_ok=True)
+        self.paths.interruptions.unlink(missing_ok=True)
+
     def close(self) -> None:
         self.scalars.close()
 

@@ -142,6 +142,7 @@ def train_unit(folder: TaskPaths | GroupPaths, identity: dict, todo: Sequence[Ta
     done = [finish(tp, learner.task, learner.model, learner.last, shared) for tp, learner in zip(todo, learners)]
     for rec, learner, result in zip(records, learners, done):
         rec.hparams(learner.task, result)
+        rec.finished()
     if not runtime.keep_checkpoints:
         checkpoint.remove(folder)
         for tp in todo:
