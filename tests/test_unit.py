@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import StopAfter, prepare_study, run_cli
+
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.procs import ProcessId
 from hpcxfer.states import Exit
@@ -81,9 +81,9 @@ def test_a_refused_worker_exits_busy_without_importing_torch(write_grid, kind):
     index = list(iter_jsonl(paths.tasks_index))
     members = [t["task_id"] for t in index if t["stage"] == "finetune"]
     if kind == "group":
+        from hpcxfer.fileio import atomic_write_json
         from hpcxfer.grid.groups import Group, make_groups
         from hpcxfer.grid.task import Task
-        from hpcxfer.fileio import atomic_write_json
 
         (group,) = [u for u in make_groups([Task.from_dict(t) for t in index], 0) if isinstance(u, Group)]
         gp = paths.group(group.group_id)
@@ -160,3 +160,21 @@ def test_the_worker_modules_import_each_other_without_a_cycle():
 
     for module in graph:
         visit(module, (module,))
+
+
+@pytest.mark.slow
+def test_a_profiled_task_writes_a_chrome_trace_event_file(write_grid):
+    """runtime.profile: a trace Perfetto's UI and Holistic Trace Analysis load: JSON with a
+    `traceEvents` list whose events carry `ph` and `name`, and `ts` where they are timed."""
+    from hpcxfer.worker import train
+
+    paths = prepare_study(write_grid({**PRETRAIN, "runtime": {"profile": True, "tensorboard": False}}))
+    tp = paths.task(_pretrain(paths).name)
+    train.run(paths, tp)  # 20 steps: the schedule records steps 5-10
+    (trace,) = tp.profile.glob("*.json")
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert isinstance(events, list) and events
+    assert all("ph" in e and "name" in e for e in events)
+    timed = [e for e in events if e["ph"] != "M"]  # "M": metadata (process and thread names)
+    assert timed and all(isinstance(e["ts"], (int, float)) for e in timed)
+    assert any(e["ph"] == "X" and e["name"].startswith("ProfilerStep#") for e in events)
