@@ -69,6 +69,11 @@ class FusedSGD(torch.optim.Optimizer):
             state["stepped"] = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
         return state
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():  # torch casts a floating parameter's state to its dtype
+            state["stepped"] = state["stepped"].bool()
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None, ok: torch.Tensor | None = None) -> float | None:
         """One step of every trained row; `ok` (one bool a row) skips the rows whose
