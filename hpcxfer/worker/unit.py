@@ -148,7 +148,7 @@ def preflight(unit: Unit) -> tuple[RuntimeSettings, list[str]]:
 def _import_problem(module: str) -> str | None:
     try:
         importlib.import_module(module)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a module that fails to import, however it fails
         return f"{type(e).__name__}: {e}".splitlines()[0]
     return None
 
@@ -226,7 +226,7 @@ def _train(unit: Unit, settings: RuntimeSettings, warnings: list[str], dead: lis
         log.error("%s: %s", unit.name, e)
         _fail(unit, str(e), Exit.USAGE)
         return Exit.USAGE
-    except Exception as e:
+    except Exception as e:  # recorded whole in failed.json and the log
         log.exception("%s failed", unit.name)
         _fail(unit, f"{type(e).__name__}: {e}", Exit.FAILED, traceback.format_exc())
         return Exit.FAILED
