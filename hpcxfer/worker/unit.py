@@ -28,7 +28,7 @@ from hpcxfer.fileio import atomic_write_json
 from hpcxfer.grid.groups import is_group_id
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
-from hpcxfer.locks import Lock, LockHeld, describe
+from hpcxfer.locks import Lock, LockHeld, describe, inspect
 from hpcxfer.states import Exit
 from hpcxfer.study import is_done, read_group, read_record, resolve_task
 from hpcxfer.worker.signals import Interrupted, StopFlag
@@ -84,7 +84,7 @@ def run(study_dir: str, spec: str) -> int:
     dead: list[TaskPaths] = []  # members whose last worker died holding the lock (killed)
     try:
         for tp in unit.todo:
-            held_before = tp.running.exists()
+            before = inspect(tp.running)  # a lock no live worker holds: its worker was killed
             extra = {"job_id": os.environ.get("HPCXFER_JOB_ID")}
             try:
                 locks.append(Lock(tp.running, {**extra, "group": unit.folder.dir.name} if unit.is_group
@@ -95,7 +95,7 @@ def run(study_dir: str, spec: str) -> int:
                 sys.stderr.write(f"hpcxfer run-task: {prefix}{what} is being run by {describe(e.holder)}; "
                                  f"exit {Exit.BUSY:d}, {'nothing trained' if unit.is_group else 'nothing touched'}\n")
                 return Exit.BUSY
-            if held_before:
+            if before is not None and not before.live:
                 dead.append(tp)
         finished = [tp.task_id for tp in unit.todo if is_done(tp)]
         if finished and not unit.is_group:
