@@ -103,6 +103,16 @@ class TaskPaths(_WorkerPaths):
         return self.dir / "result.json"
 
     @property
+    def progress(self) -> Path:
+        """{"epoch": epochs completed, "epochs": total, "time": unix time}, at every epoch end."""
+        return self.dir / "progress.json"
+
+    @property
+    def interruptions(self) -> Path:
+        """{"interruptions": n}: how often the task's workers stopped (exit 75) or died before it finished."""
+        return self.dir / "interruptions.json"
+
+    @property
     def result_damaged(self) -> Path:
         """Where a result.json that failed validation is moved when the task trains again."""
         return self.dir / "result.damaged.json"
