@@ -153,6 +153,12 @@ class BackendPaths:
         return self.dir / "submissions.jsonl"
 
     @property
+    def requeues(self) -> Path:
+        """One JSON line per requeue a SLURM element asked for, and why
+        (hpcxfer/backends/slurm_element.py counts those at the time limit)."""
+        return self.dir / "requeues.jsonl"
+
+    @property
     def lists_dir(self) -> Path:
         return self.dir / "lists"
 

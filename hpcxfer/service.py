@@ -28,6 +28,7 @@ from hpcxfer.grid.load import checked_root, load_grid
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
@@ -110,7 +111,7 @@ class Plan:
         return {m for u in self.units for m in u.members}
 
 
-def decide(req: Request, holding: dict[str, dict]) -> Plan:
+def decide(req: Request, holding: dict[str, Held]) -> Plan:
     """The one decision of what to submit, for the real submit and its dry run alike. A
     study without a task index yet (a dry run of a new study) has every task pending."""
     paths, tasks = req.paths, req.tasks
@@ -130,13 +131,13 @@ def _used(paths: StudyPaths) -> list[tuple[str, Backend]]:
     return [(name, cls()) for name, cls in BACKENDS.items() if paths.backend(name).dir.is_dir()]
 
 
-def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict]:
+def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, Held]:
     """task id -> what the backend that last submitted it says (`Backend.view`): queued,
     running or (ended by the scheduler) failed. Only backends this study has used are
     asked. With a `warnings` list, a scheduler that cannot be reached adds a line to it
     instead of raising (status shows what is on disk); submit lets it raise (it must not
     submit what may be queued)."""
-    out: dict[str, dict] = {}
+    out: dict[str, Held] = {}
     for name, backend in _used(paths):
         try:
             view = backend.view(paths)

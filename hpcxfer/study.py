@@ -21,6 +21,7 @@ from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Holder, describe, inspect
+from hpcxfer.states import Held, Hold
 
 if TYPE_CHECKING:
     from hpcxfer.grid.schema import Grid
@@ -250,10 +251,9 @@ def last_epoch(tp: TaskPaths) -> int | None:
     return max((e for e in epochs if isinstance(e, int)), default=None)
 
 
-def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[str] = frozenset()) -> TaskState:
+def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, Held] | set[str] = frozenset()) -> TaskState:
     """The state of one task, read off its files, joined with what backends hold for it:
-    `queued` is a set of task ids, or task id -> a scheduler's view ({"state":
-    queued|running|failed, "detail", "log", "job", ...})."""
+    `queued` is a set of task ids, or task id -> what a backend holds of it (`Held`)."""
     tp = paths.task(task.task_id)
     st = TaskState(task.task_id, "pending", str(tp.dir), stage=task.stage)
     result, damaged = results.load(tp.result, task.task_id)
@@ -261,19 +261,19 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         st.state = "done"
         return st
     st.epoch = last_epoch(tp)
-    view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
-    if view:
-        st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
+    held = queued.get(task.task_id) if isinstance(queued, Mapping) else None
+    if held:
+        st.extra = {k: v for k, v in (("job", held.job), ("scheduler_state", held.scheduler_state)) if v}
     lock = task_lock(tp)
-    if (lock and lock.live) or (view and view["state"] == "running"):
+    if (lock and lock.live) or (held and held.state == Hold.RUNNING):
         st.state, st.log = "running", str(tp.log)
         return st
     # A running.json nobody alive holds (a worker killed by the OOM killer, a failed node)
     # is not believed: the task is whatever the scheduler and its other files say.
     # Queued again after a failure: the new job's state is the one that matters.
-    if view and view["state"] == "queued" or (not view and task.task_id in queued):
+    if held and held.state == Hold.QUEUED or (not held and task.task_id in queued):
         st.state = "queued"
-        st.detail = view.get("detail", "") if view else ""
+        st.detail = held.detail if held else ""
         if st.epoch is not None or tp.checkpoint.exists():
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
@@ -285,12 +285,12 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         st.state, st.log = "failed", str(tp.log)
         st.detail = failure_reason(tp)
         return st
-    if view and view["state"] in ("failed", "stopped"):
+    if held and held.state in (Hold.FAILED, Hold.STOPPED):
         # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
-        # a cancelled task is simply not done (pending), the others failed.
-        st.state, st.log = "failed" if view["state"] == "failed" else "pending", view.get("log") or str(tp.log)
-        st.detail = view.get("detail", "") + (f"; resumes from epoch {st.epoch} at the next submit"
-                                                if st.epoch is not None else "")
+        # a stopped task (cancelled, or checkpointed for the next submit) is simply not done.
+        st.state, st.log = "failed" if held.state == Hold.FAILED else "pending", held.log or str(tp.log)
+        st.detail = held.detail + (f"; resumes from epoch {st.epoch} at the next submit"
+                                   if st.epoch is not None else "")
         return st
     if st.epoch is not None or tp.checkpoint.exists():
         st.detail = f"interrupted after epoch {st.epoch or 0}; resumes from its checkpoint"
@@ -314,7 +314,7 @@ def failure_reason(tp: TaskPaths) -> str:
     return failed["error"][:2000]
 
 
-def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset(),
+def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = frozenset(),
                  tasks: list[Task] | None = None) -> list[TaskState]:
     """The state of every task (of `tasks`, default: the whole index), with its group."""
     if not paths.tasks_index.exists():

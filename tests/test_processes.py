@@ -30,6 +30,7 @@ from hpcxfer.grid import expand, load_grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.locks import STALE_S, SUBMIT_WAIT_S, Lock, LockHeld, inspect
 from hpcxfer.procs import ProcessId
+from hpcxfer.states import Held, Hold
 from hpcxfer.study import study_paths, study_states, task_state, write_study
 from hpcxfer.worker import EXIT_BUSY
 
@@ -193,8 +194,8 @@ def test_running_json_is_believed_only_while_its_owner_lives(write_grid):
     write_lock(tp.running, elsewhere(), age_s=STALE_S + 60)  # the OOM killer, a failed node
     st = state()
     assert st.state == "pending" and f"{HOST}-elsewhere" in st.detail and "heartbeat" in st.detail
-    assert state({"state": "queued", "detail": "requeued"}).state == "queued"
-    assert state({"state": "running"}).state == "running"  # the scheduler's word
+    assert state(Held(Hold.QUEUED, detail="requeued")).state == "queued"
+    assert state(Held(Hold.RUNNING)).state == "running"  # the scheduler's word
 
 
 def _worker(paths: StudyPaths, index: int) -> subprocess.Popen:

@@ -16,10 +16,12 @@ import math
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
+from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.resources import minutes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
@@ -97,8 +99,8 @@ class GadiBackend(PbsBackend):
     def context(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path) -> dict:
         return {"slots": grid.gadi.gpus_per_job, "walltime_s": minutes(grid.gadi.walltime) * 60}
 
-    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        rec = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)
-        if not dry_run:  # every task of a packed job is the job itself
-            rec["elements"] = [rec["job_id"]] * len(task_ids)
-        return rec
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> Submitted:
+        job = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)
+        if dry_run:
+            return job
+        return replace(job, elements=(job.job_id,) * len(task_ids))  # every task of a packed job is the job
