@@ -79,6 +79,7 @@ class Request:
     paths: StudyPaths
     tasks: list[Task]
     estimate: str  # the cost line that plan prints too
+    blocks: list[tuple[str, list[Task]]] | None = None  # each sub-grid's fine-tuning tasks, recorded at submit
 
 
 def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
@@ -88,7 +89,7 @@ def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
     estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
-    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate)
+    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, expansion.blocks)
 
 
 @dataclass
@@ -217,7 +218,7 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     check_data(grid.source, grid.data, tasks)
     report.estimate(req.estimate)
     with submit_lock(paths) as lock:
-        write_study(paths, grid, tasks)
+        write_study(paths, grid, tasks, req.blocks)
         chosen = decide(req, held(paths))
         write_groups(paths, chosen.groups)
         report.plan(chosen)
@@ -292,8 +293,8 @@ class StudyStatus:
         return {t.task_id: t for t in self.tasks}
 
     def subgrids(self) -> dict[str, list[str]]:
-        """sub-grid name -> its fine-tuning task ids, from the grid files the study was
-        submitted from ({} for one sub-grid, or files gone)."""
+        """sub-grid name -> its fine-tuning task ids, as the study recorded them at submit
+        ({} for one sub-grid, or a study that recorded none)."""
         from hpcxfer import overview
         from hpcxfer.fileio import read_json
 
@@ -301,7 +302,7 @@ class StudyStatus:
             study = read_json(self.paths.study_json)
         except (OSError, ValueError):
             study = None
-        return overview.subgrids(self.paths, study if isinstance(study, dict) else None)
+        return overview.subgrids(study if isinstance(study, dict) else None)
 
 
 def status(study_dir: str) -> StudyStatus:

@@ -8,7 +8,7 @@ is read off its files (and, for queued work, the backend's own record).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +17,7 @@ import hpcxfer
 from hpcxfer import results
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
+from hpcxfer.grid.expansion import expand_by_block
 from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
@@ -41,10 +42,13 @@ def task_config(task: Task, grid: Grid) -> dict:
     return {**task.to_dict(), "data": data, "runtime": grid.runtime.settings().to_dict()}
 
 
-def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
+def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task],
+                blocks: Sequence[tuple[str, Sequence[Task]]] | None = None) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
-    (re)written, so a changed runtime section applies to work not yet done."""
+    (re)written, so a changed runtime section applies to work not yet done. study.json
+    records the grid file and its sub-grids' fine-tuning task ids (`blocks`, the expansion's;
+    expanded here when not given), so `status` never reads the grid file again."""
     info, index = check_records(paths, grid)
     paths.tasks_dir.mkdir(parents=True, exist_ok=True)
     known = {t["task_id"] for t in index}
@@ -57,10 +61,16 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
             config = task_config(task, grid)
             if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
                 atomic_write_json(tp.config, config)
+    if blocks is None:
+        blocks = expand_by_block(grid)
     source = str(Path(grid.source).absolute())
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
+    recorded = info.get("subgrids") if isinstance(info.get("subgrids"), dict) else {}
+    # A grid file submitted again (edited) replaces what it recorded; other files' stay.
+    # Pairs, not a mapping: JSON objects are written with sorted keys, the grid's order counts.
+    recorded[source] = [[name, list(dict.fromkeys(t.task_id for t in block))] for name, block in blocks]
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
-                 "arch": grid.arch, "data": grid.data.model_dump()})
+                 "arch": grid.arch, "data": grid.data.model_dump(), "subgrids": recorded})
     atomic_write_json(paths.study_json, info)
 
 

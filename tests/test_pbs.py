@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pbs_standin
 import pytest
 
 import hpcxfer
-import pbs_standin
 from hpcxfer.backends import records
 from hpcxfer.backends.pbs import PbsBackend
 from hpcxfer.grid.schema import Grid
@@ -175,7 +175,7 @@ def test_a_subjob_that_checkpointed_at_walltime_is_pending_not_failed(write_grid
     grid = write_grid({"runtime": {"threads": 1, "group_max": 1}}, base=GRID)
     assert cli("submit", grid, "--backend", "pbs", env=env).returncode == 0
     study = tmp_path / "runs" / "pb"
-    pre, fine = (json.loads(x) for x in (study / "backends" / "pbs" / "submissions.jsonl").read_text().splitlines())
+    _, fine = (json.loads(x) for x in (study / "backends" / "pbs" / "submissions.jsonl").read_text().splitlines())
     spooled = pbs_standin.jobs(env)
     spooled[0].update(state="F", exit=0)
     spooled[1].update(state="F", exit=271, subjobs={"0": {"state": "X", "exit": 75}, "1": {"state": "X", "exit": 271},

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import prepare_study
+
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,16 +19,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 import slurm_standin
+from test_pbs import golden
+
 from hpcxfer.backends import slurm_element
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.backends.slurm import SlurmBackend, parse_squeue, task_indices
-from hpcxfer.grid.schema import Grid
 from hpcxfer.fileio import iter_jsonl
+from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.states import Hold
-from test_pbs import golden
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_an_element_that_checkpointed_is_pending_not_failed(write_grid, cli, tmp
     assert "checkpointed, the next submit resumes it" in got["200_0"].detail
 
     env = slurm_standin.install(tmp_path)
-    grid, study, (pre, fine) = _study(write_grid, cli, tmp_path, env, finetune={"seed": [0, 1]})
+    _, study, (pre, fine) = _study(write_grid, cli, tmp_path, env, finetune={"seed": [0, 1]})
     jobs = {j["id"]: j for j in slurm_standin.jobs(env)}
     for job_id, key, code in ((pre["job_id"], "-", 0), (fine["job_id"], "0", 75), (fine["job_id"], "1", 1)):
         jobs[job_id]["elements"][key].update(state="COMPLETED" if code == 0 else "FAILED", exit=code)

@@ -6,8 +6,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.sites import GPU_MEMORY_GB, SMALLEST_GPU
 from hpcxfer.states import Held

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import hpcxfer
+from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import Resources
-from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run, seen
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths

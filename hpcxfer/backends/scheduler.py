@@ -21,8 +21,8 @@ from hpcxfer.backends import records
 from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
 from hpcxfer.backends.records import JobRecord, Submitted
 from hpcxfer.errors import HpcxferError
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import STAGES
 from hpcxfer.layout import StudyPaths
 from hpcxfer.states import Held, Hold
