@@ -58,7 +58,7 @@ def test_detached_submit_held_cancel_and_resume(write_grid, cli, tmp_path):
     assert status["counts"]["done"] == 0
     assert status["counts"]["pending"] == len(tasks)
 
-    third = cli("submit", grid_path, "--backend", "local", "--wait")
+    third = cli("submit", grid_path, "--backend", "local", "--wait", timeout=900)  # 30 epochs, on a loaded machine
     assert third.returncode == 0, third.stderr
     assert _status(cli, study)["counts"]["done"] == len(tasks)
     # The cancelled pre-training resumed from its checkpoint once; the rest ran uninterrupted.
