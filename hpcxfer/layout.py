@@ -1,13 +1,15 @@
 """The one owner of the on-disk layout. Nothing else builds these paths.
 
     <root>/<study>/
-        study.json            what the study is: name, grid sources, runtime, data
+        study.json            what the study is: name, grid sources and their sub-grids'
+                              task ids (recorded at submit), runtime, data
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
         .submit.lock          held by the `submit` deciding what to submit (hpcxfer.locks)
         report.html           `hpcxfer report`'s page, unless --out puts it elsewhere
         backends/<name>/      what one backend writes (BackendPaths):
             submissions.jsonl one line per job a scheduler backend submitted
+            requeues.jsonl    SLURM: one line per requeue an element asked for, and why
             lists/            each job's task list (<batch>-<stage>-<n>.txt) and script
                               (.pbs, .sbatch)
             logs/             the jobs' logs (SLURM: one per array element, <array>_<i>.log)
