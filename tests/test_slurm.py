@@ -234,7 +234,7 @@ def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_gr
     time.sleep(3)  # ArrayTask requeues before it exits, so a requeue would show by now
     assert squeue(rec["job_id"])[element][0] == "FAILED" and restarts(element) == 0
     status = json.loads(cli("status", study, "--json").stdout)
-    (task,) = [t for t in status["units"] if t["task_id"] == rec["units"][0]]
+    (task,) = [t for t in status["tasks"] if t["task_id"] == rec["units"][0]]
     assert task["state"] == "failed" and Path(task["log"]).is_file()
     assert "pre-trained model" in task["detail"]
 
