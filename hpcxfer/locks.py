@@ -293,7 +293,9 @@ class Lock:
                 log.warning("could not remove the lock %s: %s", self.path, e.strerror or e)
 
     def __enter__(self) -> Self:
-        return self if self.held else self.acquire()
+        if not self.held:
+            self.acquire()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -99,7 +99,7 @@ class Checkpointer:
     def after_step(self, pos: Position) -> None:
         if self.stop:
             self.save(pos)  # a failure here propagates: the task then fails rather than lies
-            raise Interrupted(self.stop.signum, pos.epoch, pos.step)
+            raise Interrupted(self.stop.signum or 0, pos.epoch, pos.step)  # set: bool(stop) says so
         if time.monotonic() - self.last_at >= self.interval:
             self.try_save(pos)
 

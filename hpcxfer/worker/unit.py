@@ -131,7 +131,7 @@ def preflight(unit: Unit) -> tuple[RuntimeSettings, list[str]]:
         problem = getattr(settings, field) and _import_problem(module)
         if problem:
             warnings.append(f"runtime.{field}: {module} cannot be imported ({problem}); training without it")
-            settings = dataclasses.replace(settings, **{field: False})
+            settings = dataclasses.replace(settings, **{field: False})  # type: ignore[arg-type]
     import torch
 
     if settings.device == "cuda" and not torch.cuda.is_available():
@@ -233,7 +233,7 @@ def _train(unit: Unit, settings: RuntimeSettings, warnings: list[str], dead: lis
 
 
 def _train_members(unit: Unit, settings: RuntimeSettings, stop: StopFlag) -> list[dict]:
-    if unit.is_group:
+    if isinstance(unit.folder, GroupPaths):  # unit.is_group
         from hpcxfer.worker.group import train_group
 
         return train_group(unit.study, unit.folder, list(unit.members), list(unit.todo), list(unit.configs),
