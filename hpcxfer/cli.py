@@ -287,9 +287,11 @@ _COUNT_HEADERS = {"replicates": "reps", "pairs": None, "cells done": "cells", "m
                   "wins / losses / ties": "w/l/t"}
 
 
-def _view_table(view) -> Table:
+def _view_table(view) -> Table | Text:
     """A collected view as a table that fits the terminal (numbers whole, counts and the
-    paper's columns dropped first when it is narrow)."""
+    paper's columns dropped first when it is narrow); a view without a row as one line."""
+    if not view.rows:
+        return Text(view.empty_line())
     cols = []
     for i, c in enumerate(view.columns):
         priority = 9 if i == 0 else 2 if c.header in _COUNT_HEADERS else 3 if c.header.startswith("paper") else 5
