@@ -21,6 +21,7 @@ from typing import Protocol
 from hpcxfer.backends import BACKENDS, Backend, Submission, get_backend
 from hpcxfer.backends.resources import placeholders
 from hpcxfer.backends.scheduler import SchedulerError
+from hpcxfer.checkpoints import leftover_bytes, remove_leftovers, resumable
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid import cost
 from hpcxfer.grid.cost import fmt_images, fmt_number
@@ -148,8 +149,11 @@ def decide(req: Request, holding: dict[str, dict]) -> Plan:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    # Protocol groups are formed from what is left to run: a finished member is never rerun.
-    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid))
+    # Protocol groups are formed from what is left to run: a finished member is never rerun,
+    # and a checkpoint's unit (a group's, a task's alone) runs again as it is.
+    kept, alone = resumable(paths, tasks, todo)
+    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
+                                    kept, alone)
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 
@@ -254,6 +258,8 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         write_study(paths, grid, tasks)
         chosen = decide(req, held(paths))
         write_groups(paths, chosen.groups)
+        if not grid.runtime.keep_checkpoints:
+            remove_leftovers(paths)  # after decide: a group it keeps is needed
         report.plan(chosen)
         if wait and backend.in_process and chosen.units:
             with report.watch("workers", paths, chosen.members(), len(chosen.units)) as on_change:
@@ -296,6 +302,7 @@ class StudyStatus:
     counts: dict[str, int]
     problems: list[str]  # what is wrong with the task index (its other lines still count)
     warnings: list[str]  # backends that could not be asked
+    leftover_bytes: int = 0  # group checkpoints no unfinished member needs (hpcxfer/checkpoints.py)
 
     def progress(self, state: TaskState) -> dict:
         """What status shows of a task beside its state (hpcxfer/study.py `task_progress`)."""
@@ -332,7 +339,7 @@ def status(study_dir: str) -> StudyStatus:
     states = study_states(paths, held(paths, warnings=warnings), tasks)
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
-    return StudyStatus(paths, tasks, states, counts, problems, warnings)
+    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths))
 
 
 def cancel(study_dir: str) -> list[str]:
