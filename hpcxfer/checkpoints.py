@@ -9,6 +9,8 @@ bytes `status` reports (`leftover_bytes`).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from hpcxfer.errors import StudyError
 from hpcxfer.grid.groups import Group
 from hpcxfer.grid.task import Task
@@ -70,32 +72,33 @@ def resumable(paths: StudyPaths, tasks: list[Task], todo: list[Task]) -> tuple[t
     return tuple(kept), alone
 
 
-def leftover_groups(paths: StudyPaths) -> list[GroupPaths]:
+def leftover_groups(paths: StudyPaths, busy: Collection[str] = ()) -> list[GroupPaths]:
     """The groups whose checkpoints no unfinished member needs: each member is done, or
-    its progress is held by a newer group; never one with a member that a live worker
-    holds (it may be writing the group's next checkpoint)."""
+    its progress is held by a newer group. Never one with a member in `busy` (queued or
+    running in a backend) or that a live worker holds (it may be writing the group's next
+    checkpoint)."""
     groups = checkpointed_groups(paths)
     holder = _holders(groups)
     out = []
     for g in groups:
         members = [paths.task(m) for m in g.members]
-        if any(task_running(tp) for tp in members):
+        if any(tp.task_id in busy or task_running(tp) for tp in members):
             continue
         if all(holder.get(tp.task_id) != g.group_id or is_done(tp) for tp in members):
             out.append(paths.group(g.group_id))
     return out
 
 
-def leftover_bytes(paths: StudyPaths) -> int:
+def leftover_bytes(paths: StudyPaths, busy: Collection[str] = ()) -> int:
     """Bytes of group checkpoints that no unfinished member needs (`leftover_groups`)."""
-    return sum(checkpoint_bytes(gp) for gp in leftover_groups(paths))
+    return sum(checkpoint_bytes(gp) for gp in leftover_groups(paths, busy))
 
 
-def remove_leftovers(paths: StudyPaths) -> int:
-    """Remove the checkpoints of `leftover_groups` (the group's log and group.json stay);
-    the bytes freed."""
+def remove_leftovers(paths: StudyPaths, busy: Collection[str] = ()) -> int:
+    """Remove the checkpoints of `leftover_groups` (the group's log and group.json stay:
+    results name the group); the bytes freed."""
     freed = 0
-    for gp in leftover_groups(paths):
+    for gp in leftover_groups(paths, busy):
         freed += checkpoint_bytes(gp)
         for p in (gp.checkpoint_new, gp.checkpoint, gp.checkpoint_prev):
             p.unlink(missing_ok=True)

@@ -138,6 +138,10 @@ class Plan:
     def members(self) -> set[str]:
         return {m for u in self.units for m in u.members}
 
+    def busy(self) -> set[str]:
+        """The tasks queued or running: their groups' checkpoints are not touched."""
+        return {tid for tid, s in self.states.items() if s.state in ("queued", "running")}
+
 
 def decide(req: Request, holding: dict[str, dict]) -> Plan:
     """The one decision of what to submit, for the real submit and its dry run alike. A
@@ -258,8 +262,8 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         write_study(paths, grid, tasks)
         chosen = decide(req, held(paths))
         write_groups(paths, chosen.groups)
-        if not grid.runtime.keep_checkpoints:
-            remove_leftovers(paths)  # after decide: a group it keeps is needed
+        if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
+            remove_leftovers(paths, chosen.busy())
         report.plan(chosen)
         if wait and backend.in_process and chosen.units:
             with report.watch("workers", paths, chosen.members(), len(chosen.units)) as on_change:
@@ -339,7 +343,8 @@ def status(study_dir: str) -> StudyStatus:
     states = study_states(paths, held(paths, warnings=warnings), tasks)
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
-    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths))
+    busy = {s.task_id for s in states if s.state in ("queued", "running")}
+    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths, busy))
 
 
 def cancel(study_dir: str) -> list[str]:

@@ -106,7 +106,8 @@ def test_status_reports_group_checkpoints_no_member_needs(study, cli):
     assert json.loads(out.stdout)["leftover_checkpoint_bytes"] == 2000
     out = cli("status", paths.dir)
     assert "leftover group checkpoints: 2.0 kB" in " ".join(out.stdout.split())
-    # a member that a live worker holds: nothing of its groups is leftover
+    # a member queued or running in a backend, or held by a live worker: nothing of its groups is leftover
+    assert leftover_bytes(paths, {members[1].task_id}) == 0
     lock = Lock(paths.task(members[0].task_id).running, {"group": old.group_id}).acquire()
     try:
         assert leftover_bytes(paths) == 0
