@@ -17,12 +17,16 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 
 from hpcxfer.errors import ConfigError, HpcxferError
 from hpcxfer.terminal import Col, fit_table, id_ranges, make_console, plain_streams
+
+if TYPE_CHECKING:
+    from hpcxfer.fileio import Output
 
 console = make_console()
 err_console = make_console(stderr=True)
@@ -95,7 +99,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     if args.scripts and not args.dry_run:
         raise ConfigError(None, "--scripts", "goes with --dry-run (a real submit writes its scripts into the study)")
-    _check_target(args.scripts, "--scripts", folder=True)
+    if args.scripts:
+        _scripts_folder(args.scripts, args.force)
     req = service.prepare(args.grid, args.backend, args.root)
     for line in req.warnings:
         console.print(Text(f"warning: {line}", style="yellow"))
@@ -103,7 +108,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _dry_run(args, service.dry_run(req), req.estimate)
     from hpcxfer.watch import SubmitReport
 
-    outcome = service.submit(req, SubmitReport(console), wait=args.wait)
+    outcome = service.submit(req, SubmitReport(console, err_console), wait=args.wait)
     if outcome.unfinished is None:
         return 0
     for s in outcome.unfinished:
@@ -119,17 +124,21 @@ def _dry_run(args, dry, estimate: str) -> int:
     console.print(estimate, highlight=False, markup=False)
     from hpcxfer.watch import SubmitReport
 
-    SubmitReport(console).plan(dry.plan)
+    SubmitReport(console, err_console).plan(dry.plan)
     if args.scripts:
-        folder = Path(args.scripts)
+        from hpcxfer.fileio import output_file, write_output
+
+        folder = _scripts_folder(args.scripts, args.force)
+        outs = {path: output_file(folder / Path(path).name, "--scripts", _script_kind(path), args.force)
+                for path in sub.files}  # every file checked before the first is written
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for path, text in sub.files.items():
-                (folder / Path(path).name).write_text(text)
+                write_output(outs[path], text.encode())
         except OSError as e:
             raise ConfigError(None, "--scripts", f"cannot write into {args.scripts}: {e.strerror or e}") from None
         for path in sub.files:
-            console.print(Text(f"wrote {folder / Path(path).name} (submit writes it as {path})"))
+            console.print(Text(f"wrote {Path(args.scripts) / Path(path).name} (submit writes it as {path})"), soft_wrap=True)
     else:
         for script in sub.scripts:
             console.print(Text(f"# {script}\n{sub.files[script]}"), soft_wrap=True)
@@ -199,30 +208,30 @@ def _print_summary(collected) -> None:
         err_console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _check_target(value: str | None, option: str, folder: bool = False) -> None:
-    """Refuse an --out that is a folder, or a --plots folder that is a file, before any work."""
-    if value is None:
-        return
-    path = Path(value)
-    if folder and path.exists() and not path.is_dir():
-        raise ConfigError(None, option, f"{value} is a file; name a folder for the figures")
-    if not folder and path.is_dir():
-        raise ConfigError(None, option, f"{value} is a folder; name a file")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(None, option, f"cannot write {value}: {parent} is not a folder you can write to")
+#: What a dry run's --scripts folder holds, by suffix: job scripts and task lists.
+SCRIPT_KINDS = {"txt": "list"}
 
 
-def _write_out(out: str, data: bytes) -> None:
-    from hpcxfer.fileio import atomic_write_bytes
+def _script_kind(name: str) -> str:
+    return SCRIPT_KINDS.get(Path(name).suffix.lstrip("."), "script")
+
+
+def _scripts_folder(value: str, force: bool) -> Path:
+    from hpcxfer.fileio import output_folder
+
+    return output_folder(value, "--scripts", (), force)  # its files are checked once the dry run names them
+
+
+def _write_out(out: Output, data: bytes) -> None:
+    """Write what an output_file check allowed (hpcxfer/fileio.py), and say so."""
+    from hpcxfer.fileio import write_output
 
     try:
-        atomic_write_bytes(Path(out), data)
+        write_output(out, data)
     except OSError as e:
-        raise ConfigError(None, "--out", f"cannot write {out}: {e.strerror or e}") from None
-    err_console.print(f"wrote {out}", highlight=False, markup=False)
+        raise ConfigError(None, "--out", f"cannot write {out.path}: {e.strerror or e}") from None
+    if not out.direct:
+        err_console.print(f"wrote {out.path}", highlight=False, markup=False)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -233,18 +242,26 @@ def cmd_collect(args: argparse.Namespace) -> int:
     names = parse_views(args.view)
     if fmt == "csv" and len(names) != 1:
         raise ConfigError(None, "--format", "csv holds one view", "name one with --view, or use json or markdown")
-    _check_target(args.out, "--out")
-    _check_target(args.plots, "--plots", folder=True)
+    from hpcxfer.collect.figures import CURVES, SPECS
+    from hpcxfer.collect.plotting import FORMATS
+    from hpcxfer.fileio import output_file, output_folder
+
+    out = output_file(args.out, "--out", fmt, args.force) if args.out else None
+    figure_files = [(f"{spec.name}.{ext}", ext) for spec in (*SPECS, CURVES) for ext in FORMATS]
+    plots = output_folder(args.plots, "--plots", figure_files, args.force) if args.plots else None
     collected = _collect(args)
     asked = {n.strip() for v in args.view or [] for n in v.split(",")}
     views = build_views(collected, names, explicit="all" not in asked, jobs=args.jobs, ref=args.ref)
-    if args.plots:
+    if plots:
         from hpcxfer.collect.figures import study_figures
         from hpcxfer.collect.plotting import write_figures
 
         figures, left_out = study_figures(collected, args.ref)
+        for data in figures:  # a figure the static list above does not name (the paired deltas)
+            for ext in FORMATS:
+                output_file(plots / f"{data.name}.{ext}", "--plots", ext, args.force)
         try:
-            written = write_figures(figures, Path(args.plots))
+            written = write_figures(figures, plots)
         except OSError as e:
             raise ConfigError(None, "--plots", f"cannot write into {args.plots}: {e.strerror or e}") from None
         for path in written:
@@ -259,8 +276,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     summary = {"notes": collected.summary(), "skipped": collected.records.skipped.to_dict()}
     text = {"csv": render.to_csv, "markdown": render.to_markdown, "table": render.to_text,
             "json": lambda v: render.to_json(v, summary)}[fmt](views)
-    if args.out:
-        _write_out(args.out, text.encode())
+    if out:
+        _write_out(out, text.encode())
     else:
         sys.stdout.write(text)
     return 0
@@ -284,12 +301,17 @@ def _view_table(view) -> Table:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpcxfer.collect.html import build_report
+    from hpcxfer.fileio import output_file
+    from hpcxfer.layout import StudyPaths
 
-    _check_target(args.out, "--out")
+    if args.out:
+        out = output_file(args.out, "--out", "html", args.force)
+    else:  # the default report.html: a path inside the study that is no record of it
+        out = output_file(StudyPaths.existing(args.study_dir).report, "report.html", "html", args.force)
     collected = _collect(args)
     html = build_report(collected, ref=args.ref)  # an unknown --ref stops here: one line, nothing written
     _print_summary(collected)
-    _write_out(args.out or str(collected.records.paths.report), html.encode())
+    _write_out(out, html.encode())
     return 0
 
 
@@ -467,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "check no data, write nothing")
     p.add_argument("--scripts", metavar="DIR", help="with --dry-run: write the job scripts and task lists into DIR")
     p.add_argument("--wait", action="store_true", help="stay until the study is done, showing progress and an ETA")
+    p.add_argument("--force", action="store_true", help="with --scripts: replace files there that are not "
+                   "hpcxfer's own scripts")
     p.set_defaults(func=cmd_submit)
 
     p = command("status")
@@ -493,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "else a table")
     p.add_argument("--out", help="write to this file instead of the terminal")
     p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as 300 dpi PNG, PDF and SVG into DIR")
+    p.add_argument("--force", action="store_true", help="replace an --out file (or figures in --plots) that is "
+                   "not an earlier output of the same format")
     p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
     p.set_defaults(func=cmd_collect)
 
@@ -501,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
     p.add_argument("--ref", metavar="PROTOCOL", help="the reference of the paired view and the difference figure: "
                    "as collect's --ref (default: common if the study has it, else scratch)")
+    p.add_argument("--force", action="store_true", help="replace an --out file that is not an earlier report")
     p.set_defaults(func=cmd_report)
 
     p = command("run-task")

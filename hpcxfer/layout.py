@@ -4,7 +4,10 @@
         study.json            what the study is: name, grid sources, runtime, data
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
-        .submit.lock          held by the `submit` deciding what to submit (hpcxfer.locks)
+        .submit.lock          held by the `submit` deciding what to submit, and by `cancel`
+                              (hpcxfer.locks)
+        .runner.key           the study's secret (mode 0600) that seals its local run files
+                              (hpcxfer.trust)
         report.html           `hpcxfer report`'s page, unless --out puts it elsewhere
         backends/<name>/      what one backend writes (BackendPaths):
             submissions.jsonl one line per job a scheduler backend submitted
@@ -232,6 +235,17 @@ class StudyPaths:
         return self.dir / ".submit.lock"
 
     @property
+    def runner_key(self) -> Path:
+        """The study's secret key (mode 0600) that seals its local run files (hpcxfer/trust.py)."""
+        return self.dir / ".runner.key"
+
+    @property
+    def records(self) -> tuple[Path, ...]:
+        """What holds the study itself: no output of a command may replace any of it."""
+        return (self.study_json, self.tasks_index, self.submit_lock, self.tasks_dir, self.groups_dir,
+                self.dir / "backends", self.runner_key)
+
+    @property
     def report(self) -> Path:
         """`hpcxfer report`'s default output."""
         return self.dir / "report.html"
@@ -239,9 +253,6 @@ class StudyPaths:
     def backend(self, backend: str) -> BackendPaths:
         _component(backend, "backend name")
         return BackendPaths(self.dir / "backends" / backend)
-
-    def backend_dir(self, backend: str) -> Path:
-        return self.backend(backend).dir
 
     @property
     def groups_dir(self) -> Path:

@@ -1,7 +1,8 @@
 """Lock files that hold on Lustre, GPFS and NFS, and recover when their owner is gone.
 
 Two locks use this: a task's `running.json` (one worker trains a task at a time) and a
-study's `.submit.lock` (one `submit` decides and records what to submit at a time).
+study's `.submit.lock` (one `submit` decides and records what to submit at a time, and a
+`cancel` waits for it, so that it cancels what that submit queued).
 
 A lock file is a JSON record of its owner (`procs.ProcessId`: host, pid, start time, boot
 id, pid namespace), a random token and when it was taken. It is written whole to a
@@ -32,7 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcxfer.errors import HpcxferError
+from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import fsync_dir
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
@@ -48,6 +49,8 @@ STALE_S = 600.0
 #: Seconds a `submit` waits for another submit of the same study to finish deciding and
 #: recording what it submits, before it gives up (exit status 2).
 SUBMIT_WAIT_S = 5.0
+#: Seconds a `cancel` waits for a submit of the study to finish recording what it queued.
+CANCEL_WAIT_S = 60.0
 #: Seconds a lock file that is not JSON (being written where link(2) is not supported, or
 #: damaged) is left alone.
 DAMAGED_GRACE_S = 5.0
@@ -295,15 +298,19 @@ class Lock:
         self.release()
 
 
-def submit_lock(paths: StudyPaths, wait_s: float = SUBMIT_WAIT_S) -> Lock:
-    """Take a study's submit lock (`StudyPaths.submit_lock`), waiting up to `wait_s` for
-    another submit of the study; LockHeld names it if it does not finish in time."""
+def submit_lock(paths: StudyPaths, wait_s: float = SUBMIT_WAIT_S, doing: str = "submit") -> Lock:
+    """Take a study's lock (`StudyPaths.submit_lock`) for a `submit` or a `cancel` (`doing`),
+    waiting up to `wait_s` for another submit or cancel of the study; LockHeld names it if
+    it does not finish in time. A folder that cannot be written is a StudyError naming it."""
     study_dir, path = paths.dir, paths.submit_lock
-    study_dir.mkdir(parents=True, exist_ok=True)
     try:
+        study_dir.mkdir(parents=True, exist_ok=True)
         return Lock(path).acquire(wait_s=wait_s)
     except LockHeld as e:
         raise LockHeld(path, e.holder, (
-            f"{study_dir}: another submit of this study is under way ({describe(e.holder)}), still after "
-            f"{wait_s:.0f} s; try again once it is done (a lock of a process that is gone is taken over: "
-            f"on its host at once, from another after {STALE_S / 60:.0f} min; the lock is {path})")) from None
+            f"{study_dir}: another submit or cancel of this study is under way ({describe(e.holder)}), still "
+            f"after {wait_s:.0f} s; {doing} again once it is done (a lock of a process that is gone is taken "
+            f"over: on its host at once, from another after {STALE_S / 60:.0f} min; the lock is {path})")) from None
+    except OSError as e:
+        where = path if study_dir.is_dir() else study_dir
+        raise StudyError(f"{where}: cannot take the study's lock to {doing}: {e.strerror or e}") from None

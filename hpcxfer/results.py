@@ -19,12 +19,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpcxfer.fileio import loads
+from hpcxfer.fileio import loads, read_regular
 
 #: Metrics a result carries and collect aggregates.
 METRICS = ("val_acc", "val_loss", "train_loss", "train_acc")
 ACCURACIES = ("val_acc", "train_acc")
 LOSSES = ("val_loss", "train_loss")
+#: How `load` begins its reason for a result.json it could not read at all.
+UNREADABLE = "unreadable"
 #: A result.json is a few hundred bytes; a larger file is not one.
 MAX_BYTES = 1 << 20
 
@@ -77,12 +79,11 @@ def load(path: Path, task_id: str) -> tuple[dict | None, str | None]:
     """(result, None) for a valid result.json; (None, why) for a damaged one; (None, None)
     when there is none."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_regular(path, MAX_BYTES)
     except FileNotFoundError:
         return None, None
     except OSError as e:
-        return None, f"unreadable ({e.strerror or type(e).__name__})"
+        return None, f"{UNREADABLE} ({e.strerror or type(e).__name__})"
     if len(data) > MAX_BYTES:
         return None, f"larger than {MAX_BYTES} bytes"
     try:

@@ -10,6 +10,8 @@ in this process (`Backend.in_process`, the local runner) is waited for by its ow
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from hpcxfer.backends import BACKENDS, Backend, Submission, get_backend
 from hpcxfer.backends.resources import placeholders
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.checkpoints import leftover_bytes, remove_leftovers, resumable
-from hpcxfer.errors import ConfigError
+from hpcxfer.errors import ConfigError, StudyError
 from hpcxfer.grid import cost
 from hpcxfer.grid.cost import fmt_images, fmt_number
 from hpcxfer.grid.expansion import Expansion, expand_study
@@ -111,7 +113,10 @@ class Request:
 def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     grid = load_grid(grid_file)
     chosen = get_backend(backend)
-    checked = checked_root(grid, root, chosen.name)  # before anything is written
+    try:
+        checked = checked_root(grid, root, chosen.name)  # before anything is written
+    except OSError as e:
+        raise os_error(e, "find the study directory") from None
     expansion = expand_study(grid)
     rows, why = _price(grid, expansion)
     estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
@@ -241,10 +246,28 @@ class Outcome:
     unfinished: list[TaskState] | None = None  # with wait: the grid's tasks that are not done
 
 
+def os_error(e: OSError, doing: str, where: object = "hpcxfer") -> StudyError:
+    """An OS error at the edge (a read-only or full file system, no permission, the current
+    folder deleted) as one line naming the path."""
+    if e.filename is None and isinstance(e, FileNotFoundError):
+        try:
+            os.getcwd()
+        except OSError:
+            return StudyError(f"cannot {doing}: the current folder is gone (deleted?); cd to an existing folder "
+                              "or give the grid's root (or --root) as an absolute path")
+    where = e.filename if e.filename is not None else where
+    return StudyError(f"{where}: cannot {doing}: {e.strerror or e}")
+
+
 def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     """Check the data, record the study, decide what to submit and submit it, all under the
-    study's submit lock (two submits would each submit everything); with `wait`, stay until
-    none of the grid's tasks is held any more."""
+    study's submit lock (two submits would each submit everything; a cancel waits for it);
+    with `wait`, stay until none of the grid's tasks is held any more, by this submit or
+    another one.
+
+    Recording is a transaction (hpcxfer/study.py `write_study`): a new study that cannot be
+    recorded whole is removed again, an existing one is left marked incomplete for the next
+    submit to complete; an OS error is one line naming the path."""
     from hpcxfer.extras import require_train
 
     if req.placeholders:
@@ -258,43 +281,71 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
     grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
     check_inputs(grid, tasks)
     report.estimate(req.estimate)
-    with submit_lock(paths) as lock:
-        write_study(paths, grid, tasks)
-        chosen = decide(req, held(paths))
-        write_groups(paths, chosen.groups)
-        if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
-            remove_leftovers(paths, chosen.busy())
+    new = not paths.dir.exists()
+    try:
+        lock = submit_lock(paths)
+    except StudyError:
+        if new:
+            try:
+                paths.dir.rmdir()  # the folder the lock would have been in, if still empty
+            except OSError:
+                pass
+        raise
+    with lock:
+        try:
+            write_study(paths, grid, tasks)
+            chosen = decide(req, held(paths))
+            write_groups(paths, chosen.groups)
+            if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
+                remove_leftovers(paths, chosen.busy())
+        except OSError as e:
+            if new:  # nothing of it was submitted: the study appears whole or not at all
+                shutil.rmtree(paths.dir, ignore_errors=True)
+            raise os_error(e, "record the study", paths.dir) from None
         report.plan(chosen)
-        if wait and backend.in_process and chosen.units:
-            with report.watch("workers", paths, chosen.members(), len(chosen.units)) as on_change:
-                sub = backend.submit(paths, grid, chosen.units, wait=True, on_change=on_change,
-                                     recorded=lock.release)
-        else:
-            sub = backend.submit(paths, grid, chosen.units)
+        try:
+            if wait and backend.in_process and chosen.units:
+                with report.watch("workers", paths, chosen.members(), len(chosen.units)) as on_change:
+                    sub = backend.submit(paths, grid, chosen.units, wait=True, on_change=on_change,
+                                         recorded=lock.release)
+            else:
+                sub = backend.submit(paths, grid, chosen.units)
+        except OSError as e:
+            raise os_error(e, f"submit to {backend.name}", paths.dir) from None
     report.submitted(sub)
     if not wait:
         return Outcome(sub)
-    if not backend.in_process:
-        wait_for(paths, tasks, report)
+    # What another submit or runner holds of the grid is waited for too (an in-process
+    # backend's own units are done by now).
+    wait_for(paths, tasks, report, poll_s=LOCAL_POLL_S if backend.in_process else None)
     return Outcome(sub, [s for s in study_states(paths, held(paths), tasks) if s.state != "done"])
 
 
 #: Seconds between two looks at the scheduler while `submit --wait` waits.
 POLL_S = 10.0
+#: The same for a backend that runs on this machine (reading its run files is cheap).
+LOCAL_POLL_S = 1.0
 
 
 def wait_for(paths: StudyPaths, tasks: list[Task], report: Reporter, poll_s: float | None = None) -> None:
     """Until the backends hold none of `tasks` (none queued, none running)."""
     poll_s = POLL_S if poll_s is None else poll_s
     wanted = {t.task_id for t in tasks}
+
+    def counts() -> tuple[Counter, dict]:
+        view = held(paths)
+        return Counter(s.state for s in study_states(paths, view, tasks)), view
+
+    now, view = counts()
+    if not now.get("queued") and not now.get("running"):
+        return  # nothing to watch
     with report.watch("tasks", paths, wanted, len(wanted)) as update:
         while True:
-            view = held(paths)
-            counts = Counter(s.state for s in study_states(paths, view, tasks))
-            update(counts, view)
-            if not counts.get("queued") and not counts.get("running"):
+            update(now, view)
+            if not now.get("queued") and not now.get("running"):
                 return
             time.sleep(poll_s)
+            now, view = counts()
 
 
 # ---------------------------------------------------------------- status, cancel
@@ -337,20 +388,61 @@ def status(study_dir: str) -> StudyStatus:
     from hpcxfer.study import read_index
 
     paths = StudyPaths.existing(study_dir)
+    warnings: list[str] = []
+    unfinished = _recording(paths)
+    if unfinished and not paths.tasks_index.is_file():
+        raise StudyError(f"{paths.dir}: {unfinished}, before it recorded any task")
+    if unfinished:
+        warnings.append(f"{unfinished}; the tasks below are those it recorded")
     index, problems = read_index(paths)
     tasks = [Task.from_dict(d) for d in index]
-    warnings: list[str] = []
     states = study_states(paths, held(paths, warnings=warnings), tasks)
+    warnings += [line for s in states for line in s.warnings()]  # unreadable records: said, never fatal
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
     busy = {s.task_id for s in states if s.state in ("queued", "running")}
     return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths, busy))
 
 
-def cancel(study_dir: str) -> list[str]:
-    """Cancel what every backend this study has used still holds; the job ids cancelled."""
+def _recording(paths: StudyPaths) -> str | None:
+    """What study.json says of a submit that stopped while recording the study, or None."""
+    from hpcxfer.fileio import read_json
+    from hpcxfer.locks import inspect
+    from hpcxfer.study import RECORDING
+
+    try:
+        since = read_json(paths.study_json).get(RECORDING)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if since is None:
+        return None
+    holder = inspect(paths.submit_lock)
+    if holder is not None and holder.live:
+        return None  # a submit is recording it right now
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+    return (f"the submit of {when} stopped before it had recorded the whole study; `hpcxfer submit` "
+            "of its grid again completes it")
+
+
+def cancel(study_dir: str, wait_s: float | None = None) -> list[str]:
+    """Cancel what every backend this study has used still holds; the job ids cancelled. A
+    submit of the study under way is waited for (up to `wait_s`, locks.CANCEL_WAIT_S by
+    default), so that what it queues is cancelled too, never started after the cancel."""
+    from hpcxfer.locks import CANCEL_WAIT_S, submit_lock
+
     paths = StudyPaths.existing(study_dir)
-    return [j for _, backend in _used(paths) for j in backend.cancel(paths)]
+    wait_s = CANCEL_WAIT_S if wait_s is None else wait_s
+    try:
+        lock = submit_lock(paths, wait_s=wait_s, doing="cancel")
+    except StudyError:
+        if os.access(paths.dir, os.W_OK):
+            raise
+        lock = None  # a study this user cannot write: no submit of it to wait for
+    try:
+        return [j for _, backend in _used(paths) for j in backend.cancel(paths)]
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def collect(study_dir: str, by: str | None = None):

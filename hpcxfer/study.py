@@ -8,7 +8,8 @@ is read off its files (and, for queued work, the backend's own record).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import hpcxfer
 from hpcxfer import results
 from hpcxfer.errors import StudyError
-from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl
+from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl, why_unreadable
 from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
@@ -39,27 +40,53 @@ def task_config(task: Task, grid: Grid) -> dict:
     return {**task.to_dict(), "data": task_data(grid, task.stage), "runtime": grid.runtime.settings().to_dict()}
 
 
+#: study.json's mark of a submit still recording the study (the time it began).
+RECORDING = "recording"
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An OS error of a write to `path` that does not name it (a write(2) or fsync that
+    found the disk full) is raised naming it."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
-    (re)written, so a changed runtime section applies to work not yet done."""
+    (re)written, so a changed runtime section applies to work not yet done.
+
+    study.json is written first, marked RECORDING, and again without the mark once the
+    index and every task.json are on disk: a submit that stops at any write in between
+    leaves a study that says so (`status`) and that the next submit completes."""
     info, index = check_records(paths, grid)
+    source = str(Path(grid.source).absolute())
+    with _writing(paths.study_json):
+        atomic_write_json(paths.study_json, {**info, RECORDING: time.time()})
     paths.tasks_dir.mkdir(parents=True, exist_ok=True)
     known = {t["task_id"] for t in index}
     added = [t.to_dict() for t in tasks if t.task_id not in known]
     if added:
-        rewrite_jsonl(paths.tasks_index, index + added)
+        with _writing(paths.tasks_index):
+            rewrite_jsonl(paths.tasks_index, index + added)
     for task in tasks:
         tp = paths.task(task.task_id)
         if not is_done(tp):
             config = task_config(task, grid)
             if _read_or_none(tp.config) != config:  # a re-submit rewrites (and fsyncs) only changes
-                atomic_write_json(tp.config, config)
-    source = str(Path(grid.source).absolute())
+                with _writing(tp.config):
+                    atomic_write_json(tp.config, config)
+    info.pop(RECORDING, None)
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
                  "arch": grid.arch, "data": grid.data.model_dump()})
-    atomic_write_json(paths.study_json, info)
+    with _writing(paths.study_json):
+        atomic_write_json(paths.study_json, info)
 
 
 def check_records(paths: StudyPaths, grid: Grid) -> tuple[dict, list[dict]]:
@@ -87,7 +114,7 @@ def read_index(paths: StudyPaths) -> tuple[list[dict], list[str]]:
     tasks, problems, seen = [], [], set()
     try:
         lines = list(iter_jsonl_lines(paths.tasks_index))
-    except OSError as e:
+    except OSError as e:  # the study's own index: without it there is no study to show
         raise StudyError(f"{paths.tasks_index}: cannot read: {e.strerror or e}") from None
     for lineno, value, why in lines:
         if why is None:
@@ -141,7 +168,8 @@ def write_groups(paths: StudyPaths, groups: list[Group]) -> None:
     for g in groups:
         gp = paths.group(g.group_id)
         if _read_or_none(gp.config) != g.to_dict():
-            atomic_write_json(gp.config, g.to_dict())
+            with _writing(gp.config):
+                atomic_write_json(gp.config, g.to_dict())
 
 
 def read_group(paths: StudyPaths, group_id: str) -> Group:
@@ -224,11 +252,18 @@ class TaskState:
     epoch: int | None = None
     group: str | None = None  # the protocol group that last held the task
     extra: dict = field(default_factory=dict)
+    unreadable: dict[str, str] = field(default_factory=dict)  # a record's path -> why it could not be read
 
     def to_dict(self) -> dict:
         d = asdict(self)
         extra = d.pop("extra")
+        d.pop("unreadable")
         return {**d, **extra}
+
+    def warnings(self) -> list[str]:
+        """One line per record of the task that could not be read."""
+        return [f"{path}: unreadable ({why}); task {self.task_id} counts as not done"
+                for path, why in self.unreadable.items()]
 
 
 def task_lock(tp: TaskPaths) -> Holder | None:
@@ -244,8 +279,20 @@ def task_running(tp: TaskPaths) -> bool:
     return holder is not None and holder.live
 
 
-def last_epoch(tp: TaskPaths) -> int | None:
-    epochs = [r.get("epoch") for r in iter_jsonl(tp.metrics)]
+def metrics_records(tp: TaskPaths, unreadable: dict[str, str] | None = None) -> list[dict]:
+    """The whole records of a task's metrics.jsonl ([] when there is none). One that cannot be
+    read (a directory, a symlink loop, a FIFO, no permission) is [] too, and why is put
+    in `unreadable` under its path: one damaged task never makes the study unreadable."""
+    try:
+        return list(iter_jsonl(tp.metrics))
+    except OSError as e:
+        if unreadable is not None:
+            unreadable[str(tp.metrics)] = why_unreadable(e)
+        return []
+
+
+def last_epoch(tp: TaskPaths, unreadable: dict[str, str] | None = None) -> int | None:
+    epochs = [r.get("epoch") for r in metrics_records(tp, unreadable)]
     return max((e for e in epochs if isinstance(e, int)), default=None)
 
 
@@ -259,7 +306,7 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
     if result is not None:
         st.state = "done"
         return st
-    st.epoch = last_epoch(tp)
+    st.epoch = last_epoch(tp, st.unreadable)
     view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
     if view:
         st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
@@ -277,6 +324,8 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
     if damaged:
+        if damaged.startswith(results.UNREADABLE):
+            st.unreadable[str(tp.result)] = damaged.removeprefix(results.UNREADABLE).strip(" ()")
         st.state, st.log = "failed", str(tp.log)
         st.detail = f"damaged {tp.result.name}: {damaged}; trained again at the next submit"
         return st
@@ -344,9 +393,8 @@ def task_progress(paths: StudyPaths, task: Task, st: TaskState) -> dict:
                        val_acc=_number(result.get("val_acc")), wall_s=_number(result.get("wall_s")),
                        host=result.get("host") if isinstance(result.get("host"), str) else None)
         return out
-    last = None
-    for last in iter_jsonl(tp.metrics):
-        pass
+    records = metrics_records(tp)
+    last = records[-1] if records else None
     if last:
         out.update(val_acc=_number(last.get("val_acc")), wall_s=_number(last.get("wall_s")))
     if st.state == "running":

@@ -115,10 +115,11 @@ class _Bar(Progress):
 
 
 class SubmitReport:
-    """How a submit shows itself on `console` (hpcxfer/service.py `Reporter`)."""
+    """How a submit shows itself on `console`, its warnings on `err` (hpcxfer/service.py
+    `Reporter`)."""
 
-    def __init__(self, console: Console):
-        self.console = console
+    def __init__(self, console: Console, err: Console | None = None):
+        self.console, self.err = console, err or console
 
     def say(self, line: str) -> None:
         self.console.print(Text(line), soft_wrap=True)
@@ -127,6 +128,8 @@ class SubmitReport:
         self.say(line)
 
     def plan(self, plan) -> None:
+        for line in (line for state in plan.states.values() for line in state.warnings()):
+            self.err.print(Text(f"warning: {line}"), soft_wrap=True)  # an unreadable record: not done
         grouped = f" ({len(plan.units)} workers, {len(plan.groups)} of them protocol groups)" if plan.groups else ""
         self.say(f"study {plan.paths.dir}: {len(plan.tasks)} tasks; "
                  + ", ".join(f"{n} {s}" for s, n in sorted(plan.counts().items()))

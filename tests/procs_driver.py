@@ -4,6 +4,7 @@ when it exits the kernel kills whatever it leaves in the namespace. Prints one J
 
     procs_driver.py cancel STUDY_DIR    innocent sleepers, bad run files, `hpcxfer cancel`
     procs_driver.py submits GRID        two `hpcxfer submit --backend local` at once
+    procs_driver.py cancel_during_submit GRID   `hpcxfer cancel` while a submit holds the lock
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
+from hpcxfer.trust import TOKEN, seal, study_key
 
 HOST = socket.gethostname()
 
@@ -89,8 +92,20 @@ def cancel(study: Path) -> dict:
         run_file(runs, name, content)
     stage("bad run files")
 
-    real = ProcessId.of(leader)
-    run_file(runs, "real", {**record, **real.to_dict(), "group": True})
+    # Planted: a live process's pid and start time (what ps shows), no seal or a wrong one.
+    for f in runs.glob("*.json"):
+        f.unlink()
+    real = {**record, **ProcessId.of(leader).to_dict(), "group": True}
+    run_file(runs, "planted", real)
+    run_file(runs, "forged", {**real, TOKEN: seal(b"a key of someone else's" * 2, real)})
+    stage("planted run files")
+    status = cli("status", str(study), "--json")
+    report["planted_status"] = {"rc": status.returncode, "stdout": status.stdout, "stderr": status.stderr}
+
+    for f in runs.glob("*.json"):
+        f.unlink()
+    key, _ = study_key(StudyPaths(study).runner_key, create=True)  # as the study's own runner
+    run_file(runs, "real", {**real, TOKEN: seal(key, real)})
     report["real_pid"] = leader
     stage("a real runner")
     time.sleep(0.2)
@@ -114,10 +129,58 @@ def submits(grid: Path) -> dict:
             "run_files": runs, "lock_left": (study / ".submit.lock").exists()}
 
 
-if __name__ == "__main__":
+def submit_starting_a_cancel(grid: Path) -> dict:
+    """A detached local submit, in this process, that starts `hpcxfer cancel` while it holds
+    the study lock (after deciding, before starting its runner); what the cancel said."""
+    from contextlib import nullcontext
+
+    from hpcxfer import service
+
+    study = grid.parent / "runs" / "tiny"
+    box: dict = {}
+
+    class Report:
+        def estimate(self, line: str) -> None:
+            pass
+
+        def plan(self, plan) -> None:
+            box["cancel"] = subprocess.Popen([sys.executable, "-m", "hpcxfer", "cancel", str(study)],
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(4.0)  # long enough for the cancel to start and find the lock held
+
+        def submitted(self, sub) -> None:
+            pass
+
+        def watch(self, *args):
+            return nullcontext(lambda counts: None)
+
+    sub = service.submit(service.prepare(str(grid), "local", None), Report()).submission
+    out, err = box["cancel"].communicate(timeout=120)
+    return {"cancel": {"rc": box["cancel"].returncode, "stdout": out, "stderr": err},
+            "runner": int(sub.job_ids[0].split(":")[1])}
+
+
+def cancel_during_submit(grid: Path) -> dict:
+    """`submit_starting_a_cancel` in a process of its own (pid 1, this driver, names no
+    process a lock can trust); then whether its runner stopped, and the study's counts."""
+    out = subprocess.run([sys.executable, __file__, "submit_starting_a_cancel", str(grid)], capture_output=True,
+                         text=True, timeout=300)
+    report = json.loads(out.stdout)
+    runner = ProcessId.of(report["runner"])
+    end = time.monotonic() + 60
+    while time.monotonic() < end and runner.alive():
+        time.sleep(0.1)
+    report["runner_stopped"] = not runner.alive()
+    report["counts"] = json.loads(cli("status", str(grid.parent / "runs" / "tiny"), "--json").stdout)["counts"]
+    return report
+
+
+if __name__ == "__main__" and sys.argv[1] == "submit_starting_a_cancel":
+    print(json.dumps(submit_starting_a_cancel(Path(sys.argv[2]))))
+elif __name__ == "__main__":
     assert os.getpid() == 1, "run me as pid 1 of a namespace of my own: unshare -fp --mount-proc"
     # A process group of our own too: kill(0) or kill(-pgid) reaches a group's members in
     # every namespace, so the group must not hold unshare or pytest.
     os.setsid()
     what, arg = sys.argv[1], Path(sys.argv[2])
-    print(json.dumps({"cancel": cancel, "submits": submits}[what](arg)))
+    print(json.dumps({"cancel": cancel, "submits": submits, "cancel_during_submit": cancel_during_submit}[what](arg)))

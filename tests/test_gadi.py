@@ -46,7 +46,7 @@ def test_packed_script_matches_golden_file():
     grid = Grid.model_validate({**GRID, "runtime": {}})  # threads: the queue's CPUs per GPU
     paths = StudyPaths(Path("/scratch/ab12/runs/gd"))
     golden("gadi_pack.sh", GadiBackend().render_script(
-        paths, grid, "finetune", ["ft-a", "ft-b"], paths.backend_dir("gadi") / "lists" / "000-finetune-0.txt",
+        paths, grid, "finetune", ["ft-a", "ft-b"], paths.backend("gadi").dir / "lists" / "000-finetune-0.txt",
         ["100.gadi-pbs"]))
 
 

@@ -107,6 +107,8 @@ CASES = {
     "pretrain-size-bool": over({"pretrain": {"examples_per_class": True}}, "pretrain.examples_per_class"),
     "bool-as-string": over({"runtime": {"keep_checkpoints": "yes"}}, "runtime.keep_checkpoints"),
     "bool-as-int": over({"runtime": {"keep_checkpoints": 1}}, "runtime.keep_checkpoints"),
+    "amp-on": text("runtime: {amp: on}", "runtime.amp", "'on'"),  # a word, and not one amp takes
+    "bool-as-word": text("runtime: {compile: sometimes}", "runtime.compile", "'sometimes'"),
     "cpus-float": over({"resources": {"cpus": 1.5}}, "resources.cpus"),
     "negative-parallel": over({"local": {"max_parallel": -1}}, "local.max_parallel"),
     "experiments-mapping": over({"experiments": {"name": "x"}}, "experiments"),
@@ -419,3 +421,44 @@ def test_a_relative_root_under_a_folder_with_a_line_break_is_refused(run, tmp_pa
     code, err, _ = run("submit", grid, "--backend", "local", "--dry-run")
     assert code == 2 and len(err) == 1 and f"{grid}: root" in err[0] and "U+000A" in err[0], err
     assert list(odd.iterdir()) == []
+
+
+# ---------------------------------------------------------------- YAML's words, and paths
+def test_the_readmes_own_off_spellings_are_accepted(tmp_path):
+    """YAML 1.1 reads a plain `off` as false; the settings that take the word get the word,
+    and a bool setting still reads off/on/yes/no: the README's own lines, as written."""
+    readme = (ROOT / "README.md").read_text()
+    lines = re.findall(r"^ +(\w+): (off|on|yes|no) .*$", readme, flags=re.M)
+    assert {"amp", "decode_cache", "compile"} <= {k for k, _ in lines}, lines
+    body = "".join(f"  {key}: {word}\n" for key, word in lines)
+    rest = yaml.safe_dump(merge(TINY_GRID, {"runtime": None, "root": str(tmp_path)}), sort_keys=False)
+    (tmp_path / "g.yaml").write_text(rest + "runtime:\n" + body)
+    runtime = load_grid(tmp_path / "g.yaml").runtime
+    assert runtime.amp == "off" and runtime.decode_cache == "off" and runtime.compile is False
+
+
+def test_a_quoted_word_is_never_a_bool(tmp_path):
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(merge(TINY_GRID, {"runtime": {"compile": "off"}})))
+    with pytest.raises(ConfigError, match="runtime.compile"):
+        load_grid(tmp_path / "g.yaml")
+
+
+def test_data_path_is_relative_to_the_grid_file_that_gives_it(tmp_path, monkeypatch):
+    """As `extends` is: whatever folder hpcxfer runs in, and in a base file, its folder.
+    The path is no part of a task's identity: the ids are those of the grid without it."""
+    grids = tmp_path / "grids"
+    (grids / "exp").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    base = merge(TINY_GRID, {"data": {"path": "fm"}, "root": "runs"})
+    (grids / "base.yaml").write_text(yaml.safe_dump(base))
+    (grids / "exp" / "one.yaml").write_text("extends: ../base.yaml\n")
+    (grids / "exp" / "own.yaml").write_text("extends: ../base.yaml\ndata: {path: ../data/fm}\n")
+    (grids / "exp" / "abs.yaml").write_text("extends: ../base.yaml\ndata: {path: /srv/fm}\n")
+    (grids / "none.yaml").write_text(yaml.safe_dump(merge(base, {"data": {"path": None}})))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_grid(grids / "exp" / "one.yaml").data.path == str(grids / "fm")
+    assert load_grid(Path("../grids/base.yaml")).data.path == str(grids / "fm")
+    assert load_grid(grids / "exp" / "own.yaml").data.path == str(grids / "data" / "fm")
+    assert load_grid(grids / "exp" / "abs.yaml").data.path == "/srv/fm"
+    ids = [t.task_id for t in expand(load_grid(grids / "none.yaml"))]
+    assert [t.task_id for t in expand(load_grid(grids / "exp" / "one.yaml"))] == ids

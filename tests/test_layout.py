@@ -32,7 +32,7 @@ def path_names() -> tuple[set[str], set[str]]:
 
 def offenders(source: str, props: set[str], methods: set[str]) -> list[tuple[int, str]]:
     """(line, what) for each place in `source` that builds a path from one layout gives:
-    `x.task(t).dir / "f"`, `paths.backend_dir(b) / "f"`, `f"{paths.dir}/f"`,
+    `x.task(t).dir / "f"`, `paths.backend(b).dir / "f"`, `f"{paths.dir}/f"`,
     `os.path.join(paths.dir, "f")`, `tp.checkpoint.with_suffix(".new")`, and the same through
     a variable assigned one of them."""
     tree = ast.parse(source)
@@ -81,10 +81,10 @@ def offenders(source: str, props: set[str], methods: set[str]) -> list[tuple[int
 def test_the_check_finds_each_way_of_building_a_path():
     props, methods = path_names()
     assert {"dir", "checkpoint", "log", "submissions", "runs", "logs"} <= props
-    assert {"task", "group", "backend", "backend_dir", "task_list", "run_file"} <= methods
+    assert {"task", "group", "backend", "task_list", "run_file"} <= methods
     bad = '\n'.join([
         'a = paths.dir / "x"',
-        'b = paths.backend_dir("pbs") / "logs"',
+        'b = paths.backend("pbs").dir / "logs"',
         'c = f"{paths.task(t).dir}/log.txt"',
         'd = os.path.join(paths.dir, "x")',
         'e = tp.checkpoint.with_suffix(".pt.new")',
@@ -92,7 +92,7 @@ def test_the_check_finds_each_way_of_building_a_path():
         'f = folder / "%j"',
         'g = str(paths.dir) + "/x"',
         'def runs(paths):',
-        '    return paths.backend_dir("local") / "runs"',
+        '    return paths.backend("local").dir / "runs"',
         'h = runs(paths) / "r.json"',
         'i = Path(args.dir) / "grid.yaml"',
     ])
@@ -121,7 +121,7 @@ def test_backend_paths_keep_the_study_folder_as_it_was(tmp_path):
     paths = StudyPaths.of(tmp_path, "st")
     root = tmp_path / "st"
     pbs, slurm, local = paths.backend("pbs"), paths.backend("slurm"), paths.backend("local")
-    assert paths.backend_dir("pbs") == pbs.dir == root / "backends" / "pbs"
+    assert pbs.dir == root / "backends" / "pbs"
     assert pbs.submissions == root / "backends/pbs/submissions.jsonl"
     assert pbs.task_list(7, "finetune", 2) == root / "backends/pbs/lists/007-finetune-2.txt"
     assert pbs.job_script(pbs.task_list(0, "pretrain", 0), ".pbs") == root / "backends/pbs/lists/000-pretrain-0.pbs"

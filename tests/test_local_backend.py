@@ -56,3 +56,22 @@ def test_detached_submit_held_cancel_and_resume(write_grid, cli, tmp_path):
     third = cli("submit", grid_path, "--backend", "local", "--wait")
     assert third.returncode == 0, third.stderr
     assert _status(cli, study)["counts"]["done"] == len(tasks)
+
+
+def test_a_second_submit_wait_waits_for_the_first_and_shares_its_outcome(write_grid, cli, tmp_path):
+    import subprocess
+    import sys
+
+    grid_path = write_grid({"local": {"max_parallel": 1}})
+    tasks = expand(load_grid(grid_path))
+    study = tmp_path / "runs" / "tiny"
+    runs = study / "backends" / "local" / "runs"
+    first = subprocess.Popen([sys.executable, "-m", "hpcxfer", "submit", str(grid_path), "--backend", "local",
+                              "--wait"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: runs.is_dir() and any(runs.glob("*.json")))  # the first holds every task now
+    second = cli("submit", grid_path, "--backend", "local", "--wait", timeout=900)
+    assert second.returncode == 0, (second.stdout, second.stderr)
+    assert "submitting 0 to local" in second.stdout, second.stdout
+    assert _status(cli, study)["counts"]["done"] == len(tasks)  # it returned once they were all done
+    assert first.wait(timeout=120) == 0
+    assert cli("collect", study).returncode == 0

@@ -50,7 +50,7 @@ def test_rendered_scripts_match_golden_files():
     grid = Grid.model_validate({**GRID, "runtime": {}})  # threads: resources.cpus
     paths = StudyPaths(Path("/scratch/ab12/runs/pb"))
     backend = PbsBackend()
-    lists = paths.backend_dir("pbs") / "lists"
+    lists = paths.backend("pbs").dir / "lists"
     golden("pbs_array.sh", backend.render_script(paths, grid, "finetune", ["ft-a", "ft-b", "ft-c"],
                                                  lists / "001-finetune-0.txt", ["100[0].pbs", "100[1].pbs"]))
     golden("pbs_single.sh", backend.render_script(paths, grid, "pretrain", ["pt-s0-abc"],

@@ -136,13 +136,23 @@ def test_cancel_signals_only_a_live_runner_it_can_identify(write_grid):
     assert all(bad["alive"].values()), bad["alive"]  # pid 0, 1, -pgid, a reused pid, another host's pid
     assert not {pid: cmd for pid, cmd in before.items() if bad["processes"].get(pid) != cmd}
 
+    planted = report["stages"]["planted run files"]
+    assert planted["rc"] == 0 and "nothing queued to cancel" in planted["stdout"], planted
+    assert all(planted["alive"].values()), planted["alive"]  # the named runner was not signalled
+    for name in ("planted", "forged"):
+        assert f"runs/{name}.json: skipped, not written by this study's runner" in planted["stderr"], planted
+    status = report["planted_status"]
+    assert status["rc"] == 0, status["stderr"]
+    assert json.loads(status["stdout"])["counts"]["queued"] == 0  # not held forever
+    assert "runs/planted.json: skipped" in status["stderr"]
+
     real = report["stages"]["a real runner"]
     assert f"cancelled local:{report['real_pid']}" in real["stdout"], real
     assert real["alive"] == {name: name != "own session" for name in everyone}
 
 
 def _damage(paths: StudyPaths, tasks) -> None:
-    runs = paths.backend_dir("local") / "runs"
+    runs = paths.backend("local").dir / "runs"
     runs.mkdir(parents=True)
     ids = [t.task_id for t in tasks]
     record = {"run_id": "x", "host": HOST, "tasks": ids, "max_parallel": 1, "threads": 1}
@@ -299,7 +309,7 @@ def test_a_submit_waits_for_the_study_lock_then_gives_up(write_grid, cli, tmp_pa
     waited = time.monotonic() - t0
     assert out.returncode == 2 and waited >= SUBMIT_WAIT_S, (out.returncode, waited)
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert f"another submit of this study is under way (pid {os.getpid()} on host {HOST}" in out.stderr
+    assert f"another submit or cancel of this study is under way (pid {os.getpid()} on host {HOST}" in out.stderr
     assert "submitting" not in out.stdout
     assert json.loads(paths.submit_lock.read_text())["token"] == held.token  # left alone
 
@@ -331,6 +341,36 @@ def test_two_submits_at_once_submit_each_task_once(write_grid):
     assert not report["lock_left"]
     for run in report["run_files"]:
         assert ProcessId.from_dict(run) is not None and run["group"] is True  # the runner's real pid
+
+
+@needs_namespace
+@pytest.mark.slow  # a runner started and cancelled
+def test_a_cancel_during_a_submit_waits_for_it_and_cancels_what_it_queued(write_grid):
+    grid_path = write_grid({"pretrain": {"epochs": 30}, "local": {"max_parallel": 1}, "runtime": {"eval_every": 30}})
+    tasks = expand(load_grid(grid_path))
+    report = in_namespace("cancel_during_submit", str(grid_path))
+    cancel = report["cancel"]
+    assert cancel["rc"] == 0 and "Traceback" not in cancel["stderr"], cancel
+    assert f"cancelled local:{report['runner']}" in cancel["stdout"], cancel  # not "nothing queued"
+    assert report["runner_stopped"], "the runner kept running after the cancel"
+    counts = report["counts"]
+    assert counts["done"] < len(tasks) and counts["queued"] == counts["running"] == 0, counts
+
+
+def test_a_cancel_gives_up_on_a_submit_that_never_finishes(write_grid):
+    from hpcxfer.service import cancel
+
+    _, paths, _ = make_study(write_grid)
+    held = Lock(paths.submit_lock, heartbeat_s=0).acquire()
+    t0 = time.monotonic()
+    with pytest.raises(LockHeld) as err:
+        cancel(str(paths.dir), wait_s=0.5)
+    assert time.monotonic() - t0 >= 0.5
+    message = str(err.value)
+    assert f"another submit or cancel of this study is under way (pid {os.getpid()} on host {HOST}" in message
+    assert "cancel again once it is done" in message and "\n" not in message
+    held.release()
+    assert cancel(str(paths.dir), wait_s=0.5) == [] and not paths.submit_lock.exists()
 
 
 def test_states_of_a_study_with_a_lock_of_each_kind(write_grid):

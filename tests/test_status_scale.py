@@ -140,8 +140,8 @@ def test_json_keeps_its_shape_and_gains_progress(big, cli):
 def test_an_unreachable_scheduler_is_a_warning_and_the_disk_is_shown(tmp_path, monkeypatch, capsys):
     tasks = big_grid(40)
     paths = write_study(tmp_path / "s", tasks, records=2, finished=lambda t: t.stage == "pretrain")
-    paths.backend_dir("slurm").mkdir(parents=True)
-    append_jsonl(paths.backend_dir("slurm") / "submissions.jsonl",
+    paths.backend("slurm").dir.mkdir(parents=True)
+    append_jsonl(paths.backend("slurm").dir / "submissions.jsonl",
                  {"job_id": "77", "elements": [f"77_{i}" for i in range(len(tasks))],
                   "tasks": [t.task_id for t in tasks], "logs": ["x"] * len(tasks), "log": "x", "script": "s"})
     stubs = tmp_path / "bin"

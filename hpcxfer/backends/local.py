@@ -12,8 +12,10 @@ A run file names its runner by `procs.ProcessId` (host, pid, start time): it is 
 only once the runner has started, with the runner's real pid, before `submit` returns
 (the detached runner reads its task list from a pipe that is closed only after that, so it
 never runs unrecorded). A run file whose process is gone, or whose pid now belongs to
-another process, holds nothing; one that is damaged is skipped with a warning. `cancel`
-signals only a live runner's own process group (a detached runner leads its session).
+another process, holds nothing; one that is damaged is skipped with a warning, and so is
+one without the seal of the study's secret key (hpcxfer/trust.py: a planted run file).
+`cancel` signals only a live runner's own process group (a detached runner leads its
+session).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId, usable_cpus
+from hpcxfer.trust import TOKEN, seal, sealed, study_key
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,12 @@ def _damaged(path: Path, why: str) -> None:
 
 def live_runs(paths: StudyPaths) -> list[dict]:
     """Run files whose runner process is alive on this host (its very process: same pid
-    and start time), each with its `ProcessId` under "process"."""
+    and start time) and that bear the study key's seal, each with its `ProcessId` under
+    "process"."""
     out = []
-    for f in sorted(paths.backend("local").runs.glob("*.json")):
+    files = sorted(paths.backend("local").runs.glob("*.json"))
+    key, no_key = study_key(paths.runner_key) if files else (None, "")
+    for f in files:
         try:
             run = read_json(f)
         except (OSError, ValueError) as e:
@@ -80,6 +86,10 @@ def live_runs(paths: StudyPaths) -> list[dict]:
         grouped = run.get("members") or {}
         if not (isinstance(grouped, dict) and all(isinstance(m, list) for m in grouped.values())):
             _damaged(f, "its group members are not lists of task ids")
+            continue
+        if not sealed(key, run):
+            _damaged(f, "not written by this study's runner (no or wrong token"
+                     + (f"; {no_key}" if no_key else "") + "): nothing is signalled or counted as queued")
             continue
         if proc.alive():
             # "tasks" of a run are its units; what it holds is every member of each
@@ -104,11 +114,16 @@ class LocalBackend:
             return sub
         run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         run_file = paths.backend(self.name).run_file(run_id)
+        key, _ = study_key(paths.runner_key, create=True)
+
+        def signed(rec: dict) -> dict:
+            return {**rec, TOKEN: seal(key, rec)}
+
         record = {"run_id": run_id, "host": socket.gethostname(), "tasks": sub.units, "members": members(units),
                   "max_parallel": parallel, "threads": threads, "started": time.time()}
         if wait:
             # This process runs them; it is not a session leader, so a cancel signals it alone.
-            atomic_write_json(run_file, {**record, **ProcessId.current().to_dict(), "group": False})
+            atomic_write_json(run_file, signed({**record, **ProcessId.current().to_dict(), "group": False}))
             try:
                 if recorded:
                     recorded()
@@ -127,7 +142,7 @@ class LocalBackend:
                 [sys.executable, "-P", "-m", "hpcxfer.backends.local", str(paths.dir), str(run_file)],
                 stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            atomic_write_json(run_file, {**record, **ProcessId.of(proc.pid).to_dict(), "group": True})
+            atomic_write_json(run_file, signed({**record, **ProcessId.of(proc.pid).to_dict(), "group": True}))
             if recorded:
                 recorded()
             try:

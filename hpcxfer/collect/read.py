@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hpcxfer import results
 from hpcxfer.errors import StudyError
-from hpcxfer.fileio import parse_jsonl
+from hpcxfer.fileio import parse_jsonl, read_regular, why_unreadable
 from hpcxfer.grid.task import QUIET_DEFAULTS, Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.results import METRICS
@@ -89,8 +89,11 @@ def read_jsonl(path: Path, skipped: Skipped) -> list[dict]:
     """The whole JSON objects of a JSONL file (hpcxfer/fileio.py parse_jsonl); every other
     line is counted in `skipped` with its reason."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
+        return []
+    except OSError as e:  # one unreadable record costs its task, never the study
+        skipped.task(f"with an unreadable {path.name} ({why_unreadable(e)})", path)
         return []
     records, problems = parse_jsonl(data)
     for why in problems:
@@ -158,10 +161,12 @@ def load_task_index(paths: StudyPaths, skipped: Skipped) -> list[dict]:
     return tasks
 
 
-def _state(paths: StudyPaths, task: dict) -> dict:
+def _state(paths: StudyPaths, task: dict, skipped: Skipped) -> dict:
     """running / failed / cut (metrics or a checkpoint, no process) / pending, with the log."""
     st = task_state(paths, Task.from_dict(task))
     state, detail, log = st.state, st.detail, st.log
+    for where, why in st.unreadable.items():
+        skipped.task(f"with an unreadable {Path(where).name} ({why}; counted as not done)", where)
     if state == "pending" and log:
         state = "cut"
     elif state == "failed" and paths.task(st.task_id).result.exists():
@@ -203,5 +208,5 @@ def read_study(paths: StudyPaths) -> StudyRecords:
         if result is not None:
             results[task["task_id"]] = result
         else:
-            incomplete.append(_state(paths, task))
+            incomplete.append(_state(paths, task, skipped))
     return StudyRecords(paths, tasks, results, incomplete, skipped)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import re
 import stat
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hpcxfer.errors import ConfigError
 from hpcxfer.grid.limits import (MAX_GRID_BYTES, MAX_GRID_FILES, MAX_STUDY_DIR, check_path, control_char, short,
@@ -32,11 +33,32 @@ from hpcxfer.layout import StudyPaths
 #: deeper than 1000 levels itself (the pure-Python parser recurses until RecursionError).
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
+_WORD = "tag:hpcxfer,2026:word"
+#: YAML 1.1's other booleans: read as the words they are, since settings take `off` as a
+#: word (`amp: off`, `decode_cache: off`); a bool setting reads them back (`_bools`).
+WORDS = {"yes": True, "no": False, "on": True, "off": False}
+
+
+class Word(str):
+    """yes, no, on or off written plainly (unquoted) in a grid file: a bool where the
+    schema wants one, else the word. A quoted 'yes' is a plain str, never a bool."""
 
 
 class _UniqueKeyLoader(_BaseLoader):
     """SafeLoader that refuses a key given twice (PyYAML keeps the last one silently) and a
-    key that is not a plain value (a list or a mapping as a key)."""
+    key that is not a plain value (a list or a mapping as a key). Only true and false (any
+    case YAML 1.1 allows) are booleans: yes, no, on and off stay words (YAML 1.2's rule)."""
+
+    def construct_word(self, node):
+        return Word(self.construct_scalar(node))
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+        + ([(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))] if first in "tTfF" else [])
+        + ([(_WORD, re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"))] if first in "yYnNoO" else [])
+        for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()}
+    yaml_constructors = {**_BaseLoader.yaml_constructors, _WORD: construct_word}
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -200,9 +222,37 @@ def _owner(files: list[tuple[Path, dict]], loc: tuple, fallback: Path) -> Path:
     return best
 
 
+def _bools(value: object, annotation: object) -> object:
+    """`value` with each plain yes/no/on/off (`Word`) read as a boolean where the schema's
+    field is a bool, and as the word (a str) everywhere else."""
+    if isinstance(value, Word):
+        return WORDS[value.lower()] if annotation is bool or bool in typing.get_args(annotation) else str(value)
+    if annotation is bool:
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, dict):
+            return value
+        fields = annotation.model_fields
+        return {k: _bools(v, fields[k].annotation) if isinstance(k, str) and k in fields else v
+                for k, v in value.items()}
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and isinstance(value, list) and args:
+        return [_bools(v, args[0]) for v in value]
+    if typing.get_origin(annotation) is dict and isinstance(value, dict) and len(args) == 2:
+        return {k: _bools(v, args[1]) for k, v in value.items()}
+    if typing.get_origin(annotation) is typing.Annotated and args:
+        return _bools(value, args[0])
+    for arg in args:  # a union (X | None): the first member that changes it
+        out = _bools(value, arg)
+        if out is not value:
+            return out
+    return value
+
+
 def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     data, files = _resolved(path, set(), ())
+    data = _bools(data, Grid)
     try:
         grid = Grid.model_validate(data)
     except ValidationError as e:
@@ -211,9 +261,21 @@ def load_grid(path: str | Path) -> Grid:
             # experiments are concatenated across files, so list positions name no file
             err = ConfigError(_owner(files, e.errors()[0]["loc"], path), err.field, err.message, err.hint)
         raise err from None
+    grid = _data_path_resolved(grid, _owner(files, ("data", "path"), path))
     grid._source = str(path)
     grid._sources = tuple(str(p) for p, _ in files)
     return grid
+
+
+def _data_path_resolved(grid: Grid, owner: Path) -> Grid:
+    """`data.path` relative to the folder of the grid file that gives it, as `extends` is,
+    whatever folder hpcxfer runs in (an absolute path, ~ or $VAR is kept as written). The
+    path is no part of a task's identity, so task ids do not change with it."""
+    given = grid.data.path
+    if given is None or given.startswith(("~", "$")) or os.path.isabs(given):
+        return grid
+    resolved = os.path.normpath(os.path.join(owner.absolute().parent, given))
+    return grid.model_copy(update={"data": grid.data.model_copy(update={"path": resolved})})
 
 
 def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> str:

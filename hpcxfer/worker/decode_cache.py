@@ -33,6 +33,12 @@ complete file must have exactly the expected size. A builder whose process is go
 host: pid and start time; another host: nothing written for STALE_S) is stale, and its
 partial file is removed.
 
+Checked when opened: the builder records a CRC-32 of the whole file (`<key>.u8.crc32`,
+written before the rename that completes the cache) and every process that opens the cache
+checks it first (zlib.crc32 is several times faster than a cryptographic hash, BENCHMARKS.md;
+it is there to catch damage, not an adversary). A cache without its checksum, or whose bytes
+do not match it, is removed with one warning and built again: training never reads it.
+
 Disk space: the whole file is sized (and allocated, where the file system can) before the
 first image is written. A cache that would leave less than RESERVE_FRACTION of the disk
 (at least RESERVE_MIN bytes) free is not built: with `auto` the task streams every pass and
@@ -56,13 +62,14 @@ import socket
 import tempfile
 import time
 import weakref
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from hpcxfer.errors import DataError
-from hpcxfer.fileio import atomic_write_bytes, fsync_dir
+from hpcxfer.fileio import atomic_write_bytes, fsync_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +147,8 @@ def _alive(owner: dict, quiet_s: float) -> bool:
 _OWNED: set[Path] = set()
 _PLANNED: dict[Path, int] = {}
 _OWNER_PID: int | None = None
+# Caches this process has checked (or built): path -> (inode, mtime) it had then.
+_VERIFIED: dict[Path, tuple[int, int]] = {}
 # Builders alive in this process: a lock naming this process whose builder is gone (a task
 # that stopped in mid-pass, in a process that trains another task next) is stale.
 _BUILDING: dict[Path, weakref.ref] = {}
@@ -172,6 +181,21 @@ def remove_owned() -> None:
     _OWNED.clear()
 
 
+def crc32_of(path: Path) -> int:
+    """zlib's CRC-32 of a file's bytes, read through a memory map."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                return zlib.crc32(view)
+            finally:
+                view.release()
+
+
 def free_space(folder: Path) -> tuple[int, int]:
     """(free bytes, total bytes) of the file system holding `folder` (or its nearest existing parent)."""
     probe = folder
@@ -191,6 +215,7 @@ class DecodeCache:
         self.path = folder / f"{key}.u8"
         self.partial = folder / f"{key}.u8.partial"
         self.lock = folder / f"{key}.lock"
+        self.checksum = folder / f"{key}.u8.crc32"
 
     def __str__(self) -> str:
         return str(self.path)
@@ -223,7 +248,7 @@ class DecodeCache:
     def open(self) -> np.ndarray | None:
         """The complete cache, memory-mapped read-only as uint8 [count, *shape]; None if it
         is not there (yet). Adopts a finished cache whose builder is gone (auto mode)."""
-        if not self._complete_size():
+        if not self._complete_size() or not self._intact():
             return None
         try:
             images = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.count, *self.shape))
@@ -236,11 +261,40 @@ class DecodeCache:
                 # left by a killed task: ours now, to remove when this process exits
                 try:
                     atomic_write_bytes(self.lock, json.dumps(me()).encode())
-                    _own(self.path, self.lock)
+                    _own(self.path, self.lock, self.checksum)
                     log.info("adopted decode cache %s (its builder is gone)", self.path)
                 except OSError as e:
                     log.warning("could not adopt decode cache %s (%s)", self.path, e.strerror or e)
         return images.view(np.ndarray)
+
+    def _intact(self) -> bool:
+        """Whether the complete cache's bytes match the checksum its builder recorded; one
+        that does not (or has none) is removed, so that it is built again."""
+        try:
+            st = self.path.stat()
+            if _VERIFIED.get(self.path) == (st.st_ino, st.st_mtime_ns):
+                return True
+            record = read_json(self.checksum)
+            expected = record.get("crc32") if isinstance(record, dict) else None
+            actual = crc32_of(self.path)
+        except FileNotFoundError as e:
+            if e.filename != str(self.checksum):
+                return False  # removed by its builder just now
+            expected, actual = None, -1
+        except (OSError, ValueError) as e:
+            expected, actual = None, -1
+            log.debug("decode cache checksum %s unreadable: %s", self.checksum, e)
+        if expected == actual:
+            _VERIFIED[self.path] = (st.st_ino, st.st_mtime_ns)
+            return True
+        log.warning("decode cache %s is damaged (%s): removed, and decoded again", self.path,
+                    "its checksum does not match" if expected is not None else f"no readable {self.checksum.name}")
+        for p in (self.path, self.checksum):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not remove %s (%s)", p, e.strerror or e)
+        return False
 
     def _owner(self) -> dict | None:
         try:
@@ -358,24 +412,23 @@ class Builder:
         try:
             os.fsync(self.fd)
             self._close()
+            crc = crc32_of(cache.partial)
+            atomic_write_bytes(cache.checksum, json.dumps({"crc32": crc, "nbytes": cache.nbytes}).encode())
             os.replace(cache.partial, cache.path)
             fsync_dir(cache.folder)
+            st = cache.path.stat()
+            _VERIFIED[cache.path] = (st.st_ino, st.st_mtime_ns)
         except OSError as e:
             log.warning("decode cache %s could not be completed (%s); streaming every pass", cache.path,
                         e.strerror or e)
             cache._release()
             return False
         _disown(cache.partial)
+        if not cache.kept:
+            _own(cache.checksum)
         if cache.kept:
             cache.lock.unlink(missing_ok=True)  # a kept cache has no owner
             _disown(cache.lock)
         else:
             _own(cache.path)
         return True
-
-    def abandon(self) -> None:
-        try:
-            self._close()
-        except OSError:
-            pass
-        self.cache._release()
