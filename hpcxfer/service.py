@@ -33,6 +33,7 @@ from hpcxfer.grid.load import checked_root, load_grid
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
 
 __all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
@@ -108,6 +109,7 @@ class Request:
     estimate: str  # the cost line that plan prints too
     warnings: list[str] = field(default_factory=list)  # what the jobs ask for, against the estimate
     placeholders: list[str] = field(default_factory=list)  # fields still holding `<project>` and the like
+    blocks: list[tuple[str, list[Task]]] | None = None  # each sub-grid's fine-tuning tasks, recorded at submit
 
 
 def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
@@ -121,7 +123,8 @@ def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     rows, why = _price(grid, expansion)
     estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
     warnings = chosen.check_resources(grid)  # a task that cannot finish is refused here
-    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, warnings, placeholders(grid))
+    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, warnings, placeholders(grid),
+                   expansion.blocks)
 
 
 @dataclass
@@ -148,7 +151,7 @@ class Plan:
         return {tid for tid, s in self.states.items() if s.state in ("queued", "running")}
 
 
-def decide(req: Request, holding: dict[str, dict]) -> Plan:
+def decide(req: Request, holding: dict[str, Held]) -> Plan:
     """The one decision of what to submit, for the real submit and its dry run alike. A
     study without a task index yet (a dry run of a new study) has every task pending."""
     paths, tasks = req.paths, req.tasks
@@ -171,13 +174,13 @@ def _used(paths: StudyPaths) -> list[tuple[str, Backend]]:
     return [(name, cls()) for name, cls in BACKENDS.items() if paths.backend(name).dir.is_dir()]
 
 
-def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict]:
+def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, Held]:
     """task id -> what the backend that last submitted it says (`Backend.view`): queued,
     running or (ended by the scheduler) failed. Only backends this study has used are
     asked. With a `warnings` list, a scheduler that cannot be reached adds a line to it
     instead of raising (status shows what is on disk); submit lets it raise (it must not
     submit what may be queued)."""
-    out: dict[str, dict] = {}
+    out: dict[str, Held] = {}
     for name, backend in _used(paths):
         try:
             view = backend.view(paths)
@@ -293,7 +296,7 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         raise
     with lock:
         try:
-            write_study(paths, grid, tasks)
+            write_study(paths, grid, tasks, req.blocks)
             chosen = decide(req, held(paths))
             write_groups(paths, chosen.groups)
             if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
@@ -370,8 +373,8 @@ class StudyStatus:
         return {t.task_id: t for t in self.tasks}
 
     def subgrids(self) -> dict[str, list[str]]:
-        """sub-grid name -> its fine-tuning task ids, from the grid files the study was
-        submitted from ({} for one sub-grid, or files gone)."""
+        """sub-grid name -> its fine-tuning task ids, as the study recorded them at submit
+        ({} for one sub-grid, or a study that recorded none)."""
         from hpcxfer import overview
         from hpcxfer.fileio import read_json
 
@@ -379,7 +382,7 @@ class StudyStatus:
             study = read_json(self.paths.study_json)
         except (OSError, ValueError):
             study = None
-        return overview.subgrids(self.paths, study if isinstance(study, dict) else None)
+        return overview.subgrids(study if isinstance(study, dict) else None)
 
 
 def status(study_dir: str) -> StudyStatus:

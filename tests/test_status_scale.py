@@ -31,6 +31,7 @@ from benchmarks.synthetic import big_grid, write_study
 from hpcxfer.fileio import append_jsonl
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
+from hpcxfer.states import Held, Hold
 
 FAILED, RUNNING = 20, 5
 
@@ -220,7 +221,8 @@ def test_squeue_asks_for_the_users_jobs_only(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
     active = SlurmBackend()._active(StudyPaths(tmp_path), {"5"})
     argv = (tmp_path / "argv").read_text().split()
-    assert argv[argv.index("-u") + 1] == getpass.getuser() and active == {"5": ("RUNNING", "")}
+    assert argv[argv.index("-u") + 1] == getpass.getuser()
+    assert active == {"5": Held(Hold.RUNNING, "5", "RUNNING", "slurm 5 RUNNING")}
 
 
 def test_wait_shows_each_running_task_at_its_epoch(big):

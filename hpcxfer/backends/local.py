@@ -40,6 +40,7 @@ from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId, usable_cpus
+from hpcxfer.states import Held, Hold
 from hpcxfer.trust import TOKEN, seal, sealed, study_key
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,9 @@ class LocalBackend:
     def held(self, paths: StudyPaths) -> set[str]:
         return {t for run in live_runs(paths) for t in run["held"]}
 
-    def view(self, paths: StudyPaths) -> dict[str, dict]:
+    def view(self, paths: StudyPaths) -> dict[str, Held]:
         """Every task a live runner holds, as queued: whether it runs yet its lock says."""
-        return {t: {"state": "queued"} for t in self.held(paths)}
+        return {t: Held(Hold.QUEUED) for t in self.held(paths)}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """SIGTERM to each live runner of the study (its process group when it leads one):

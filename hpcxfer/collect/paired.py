@@ -23,7 +23,7 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, _hashable, protocol_label,
+from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, hashable, protocol_label,
                                        size_key, sort_key, varying)
 from hpcxfer.collect.moments import mean_std
 from hpcxfer.collect.views import Column, View, interval, key, num, signed
@@ -124,7 +124,7 @@ def paired_stats(diffs: Sequence[float]) -> dict:
 def pair_up(rows: Iterable[dict], ref_rows: Iterable[dict], key: Sequence[str], metric: str = "val_acc") -> list[tuple]:
     """(value, reference value) for every replicate key both hold a number for, in key order."""
     def by_key(rs):
-        return {tuple(_hashable(r[k]) for k in key): r[metric] for r in rs
+        return {tuple(hashable(r[k]) for k in key): r[metric] for r in rs
                 if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)}
 
     mine, theirs = by_key(rows), by_key(ref_rows)
@@ -206,15 +206,15 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
     context = [a for a in by if a not in PROTOCOL_FIELDS]
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
-        cells.setdefault(tuple(_hashable(r[a]) for a in by), []).append(r)
+        cells.setdefault(tuple(hashable(r[a]) for a in by), []).append(r)
     refs: dict[tuple, list[dict]] = {}
     for members in cells.values():
         if matches(members[0], ref):
-            refs.setdefault(tuple(_hashable(members[0][a]) for a in context), []).extend(members)
+            refs.setdefault(tuple(hashable(members[0][a]) for a in context), []).extend(members)
     out = []
     for members in cells.values():
         t = members[0]
-        ref_members = refs.get(tuple(_hashable(t[a]) for a in context))
+        ref_members = refs.get(tuple(hashable(t[a]) for a in context))
         if not ref_members or matches(t, ref):
             continue
         row = {"examples_per_class": t["examples_per_class"], "protocol": protocol_label(t),

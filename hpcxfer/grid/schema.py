@@ -10,14 +10,15 @@ Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size b
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo,
+from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo,
                       field_validator, model_validator)
 
-from hpcxfer.grid import limits
-from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
-from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS, UNITS
+from hpcxfer.grid.fields import (BIG, DecayStart, Frozen, Gamma, HighLr, Layers, Momentum, NameText, PathText, PosInt,
+                                 Protocols, Rate, Seed, Sizes, Split, Strict, plain_text, size_value)
+from hpcxfer.grid.limits import MAX_NAME, MAX_SEED, MAX_STRING
+from hpcxfer.grid.protocols import PROTOCOL_FIELDS, UNITS
 from hpcxfer.grid.runtime import DEFAULTS as _R
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
@@ -28,124 +29,6 @@ DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
 FOLDER_DATASETS = ("imagenet", "folders")
 #: Architectures, each with its transfer units (hpcxfer/grid/protocols.py `UNITS`).
 ARCHS = tuple(UNITS)
-#: Bounds of the unit-counting axes here; each architecture's own are checked at expansion.
-MAX_UNITS = 64
-
-
-class Strict(BaseModel):
-    """Unknown keys are errors that list the valid ones."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            keys = [f.alias or name for name, f in cls.model_fields.items()]
-            unknown = sorted((k for k in data if k not in keys), key=repr)
-            if unknown:
-                valid = ", ".join(keys)
-                raise ValueError(f"unknown key {short(unknown[0])}; valid keys: {valid}")
-        elif data is not None and not isinstance(data, BaseModel):
-            raise ValueError(f"expected a mapping, got {type(data).__name__} {short(data)}")
-        return data
-
-
-def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{short(v)} is not {what}")
-    problem = limits.number_problem(v)  # inf, nan, an integer too large for a float
-    if problem:
-        raise ValueError(problem)
-    return v
-
-
-def _items(value: Any, what: str) -> list:
-    """A scalar as a list of one; a list checked for length."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError(f"an empty list; give at least one {what}")
-    if len(items) > MAX_LIST:
-        raise ValueError(f"a list of {len(items)} items; at most {MAX_LIST}")
-    return items
-
-
-def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tuple = ()):
-    """A validator turning a scalar or a list into a non-empty list of checked values.
-
-    kind: "int" or "float"; lo/hi: inclusive bounds; names: strings also accepted.
-    """
-    rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-
-    def check(value: Any) -> list:
-        items = _items(value, "value")
-        out = []
-        for i, v in enumerate(items):
-            at = f" (item {i} of the list)" if isinstance(value, list) else ""
-            if isinstance(v, str) and v in names:
-                out.append(v)
-                continue
-            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-                choices = f" or one of {', '.join(names)}" if names else ""
-                raise ValueError(f"{short(v)} is not an integer{choices}{at}")
-            v = _number(v, "a number")
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise ValueError(f"{short(v)} is out of range {rng}{at}")
-            out.append(v)
-        return out
-
-    return BeforeValidator(check)
-
-
-#: Examples per class: at most this many (the largest data sets hold ~1,300 per class).
-MAX_SIZE = 10**9
-
-
-def _size(v: Any) -> int | str:
-    if v != "full" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIZE):
-        raise ValueError(f"{short(v)} is not a positive integer or 'full' (integers up to {MAX_SIZE})")
-    return v
-
-
-def _sizes(value: Any) -> list:
-    return [_size(v) for v in _items(value, "size")]
-
-
-def _protocols(value: Any) -> list:
-    items = _items(value, "protocol")
-    for v in items:
-        if not isinstance(v, str) or v not in NAMED:
-            raise ValueError(f"{short(v)} is not a named protocol; choose from {', '.join(NAMED)}")
-    return items
-
-
-def _path(value: str) -> str:
-    return limits.check_path(value, "a path")
-
-
-def _text(value: str) -> str:
-    return limits.check_text(value, "a name")
-
-
-#: A path that reaches task configs and job scripts; a name shown in tables and scripts.
-PathText = Annotated[str, Field(min_length=1, max_length=MAX_STRING), AfterValidator(_path)]
-NameText = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_text)]
-#: Counts with a bound far above any real use, so no value overflows what reads it.
-BIG = 10**6
-
-
-Layers = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
-HighLr = Annotated[list, axis("int", 1, MAX_UNITS, names=("optimal",))]
-DecayStart = Annotated[list, axis("int", 0, BIG, names=("optimal",))]
-Frozen = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
-Sizes = Annotated[list, BeforeValidator(_sizes)]
-Protocols = Annotated[list, BeforeValidator(_protocols)]
-PosInt = Annotated[list, axis("int", 1, BIG)]
-Split = Annotated[list, axis("int", 0, MAX_SPLIT)]
-Seed = Annotated[list, axis("int", 0, MAX_SEED)]
-Rate = Annotated[list, axis("float", 0, BIG)]
-Gamma = Annotated[list, axis("float", 0, 1)]
-Momentum = Annotated[list, axis("float", 0, 0.999999)]
 
 
 class DataSpec(Strict):
@@ -211,7 +94,7 @@ class PretrainSpec(Strict):
     lr_gamma: float = Field(0.1, gt=0, le=1)
     decay_every: int = Field(30, ge=1, le=BIG)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    examples_per_class: Annotated[int | Literal["full"], BeforeValidator(_size)] = Field(
+    examples_per_class: Annotated[int | Literal["full"], BeforeValidator(size_value)] = Field(
         "full", description="the first x training images of each source class (default: all)")
 
 
@@ -355,7 +238,7 @@ class CostSpec(Strict):
 
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=:/@-]*$", max_length=MAX_NAME),
-                 AfterValidator(_text)]
+                 AfterValidator(plain_text)]
 Walltime = Annotated[str, Field(pattern=r"^\d{1,6}(:[0-5]\d){0,2}$", description="H:MM:SS, MM:SS or minutes")]
 
 
