@@ -9,13 +9,13 @@ bytes `status` reports (`leftover_bytes`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Iterable
 
 from hpcxfer.errors import StudyError
 from hpcxfer.grid.groups import Group
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
-from hpcxfer.study import is_done, read_group, task_running
+from hpcxfer.study import TaskState, is_done, read_group, task_running
 
 
 def checkpoint_bytes(wp: TaskPaths | GroupPaths) -> int:
@@ -72,11 +72,12 @@ def resumable(paths: StudyPaths, tasks: list[Task], todo: list[Task]) -> tuple[t
     return tuple(kept), alone
 
 
-def leftover_groups(paths: StudyPaths, busy: Collection[str] = ()) -> list[GroupPaths]:
+def leftover_groups(paths: StudyPaths, states: Iterable[TaskState] = ()) -> list[GroupPaths]:
     """The groups whose checkpoints no unfinished member needs: each member is done, or
-    its progress is held by a newer group. Never one with a member in `busy` (queued or
-    running in a backend) or that a live worker holds (it may be writing the group's next
-    checkpoint)."""
+    its progress is held by a newer group. Never one with a member queued or running (in
+    `states`, the tasks' states joined with the backends') or held by a live worker (it may
+    be writing the group's next checkpoint)."""
+    busy = {s.task_id for s in states if s.state in ("queued", "running")}
     groups = checkpointed_groups(paths)
     holder = _holders(groups)
     out = []
@@ -89,16 +90,16 @@ def leftover_groups(paths: StudyPaths, busy: Collection[str] = ()) -> list[Group
     return out
 
 
-def leftover_bytes(paths: StudyPaths, busy: Collection[str] = ()) -> int:
+def leftover_bytes(paths: StudyPaths, states: Iterable[TaskState] = ()) -> int:
     """Bytes of group checkpoints that no unfinished member needs (`leftover_groups`)."""
-    return sum(checkpoint_bytes(gp) for gp in leftover_groups(paths, busy))
+    return sum(checkpoint_bytes(gp) for gp in leftover_groups(paths, states))
 
 
-def remove_leftovers(paths: StudyPaths, busy: Collection[str] = ()) -> int:
+def remove_leftovers(paths: StudyPaths, states: Iterable[TaskState] = ()) -> int:
     """Remove the checkpoints of `leftover_groups` (the group's log and group.json stay:
     results name the group); the bytes freed."""
     freed = 0
-    for gp in leftover_groups(paths, busy):
+    for gp in leftover_groups(paths, states):
         freed += checkpoint_bytes(gp)
         for p in (gp.checkpoint_new, gp.checkpoint, gp.checkpoint_prev):
             p.unlink(missing_ok=True)

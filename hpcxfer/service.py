@@ -146,10 +146,6 @@ class Plan:
     def members(self) -> set[str]:
         return {m for u in self.units for m in u.members}
 
-    def busy(self) -> set[str]:
-        """The tasks queued or running: their groups' checkpoints are not touched."""
-        return {tid for tid, s in self.states.items() if s.state in ("queued", "running")}
-
 
 def decide(req: Request, holding: dict[str, Held]) -> Plan:
     """The one decision of what to submit, for the real submit and its dry run alike. A
@@ -161,11 +157,9 @@ def decide(req: Request, holding: dict[str, Held]) -> Plan:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    # Protocol groups are formed from what is left to run: a finished member is never rerun,
-    # and a checkpoint's unit (a group's, a task's alone) runs again as it is.
-    kept, alone = resumable(paths, tasks, todo)
+    # Groups of what is left to run; a unit holding a checkpoint (a group, a task) runs as it is.
     todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
-                                    kept, alone)
+                                    *resumable(paths, tasks, todo))
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 
@@ -300,7 +294,7 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
             chosen = decide(req, held(paths))
             write_groups(paths, chosen.groups)
             if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
-                remove_leftovers(paths, chosen.busy())
+                remove_leftovers(paths, chosen.states.values())
         except OSError as e:
             if new:  # nothing of it was submitted: the study appears whole or not at all
                 shutil.rmtree(paths.dir, ignore_errors=True)
@@ -403,8 +397,7 @@ def status(study_dir: str) -> StudyStatus:
     warnings += [line for s in states for line in s.warnings()]  # unreadable records: said, never fatal
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
-    busy = {s.task_id for s in states if s.state in ("queued", "running")}
-    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths, busy))
+    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths, states))
 
 
 def _recording(paths: StudyPaths) -> str | None:

@@ -27,6 +27,7 @@ from hpcxfer.checkpoints import leftover_bytes, remove_leftovers
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 from hpcxfer.grid.groups import group_id
 from hpcxfer.locks import Lock
+from hpcxfer.study import TaskState
 from hpcxfer.worker import EXIT_DONE
 from hpcxfer.worker.main import run_task
 
@@ -107,7 +108,7 @@ def test_status_reports_group_checkpoints_no_member_needs(study, cli):
     out = cli("status", paths.dir)
     assert "leftover group checkpoints: 2.0 kB" in " ".join(out.stdout.split())
     # a member queued or running in a backend, or held by a live worker: nothing of its groups is leftover
-    assert leftover_bytes(paths, {members[1].task_id}) == 0
+    assert leftover_bytes(paths, [TaskState(members[1].task_id, "queued", "")]) == 0
     lock = Lock(paths.task(members[0].task_id).running, {"group": old.group_id}).acquire()
     try:
         assert leftover_bytes(paths) == 0
