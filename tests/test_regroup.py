@@ -197,3 +197,14 @@ def test_a_killed_group_keeps_its_progress_when_a_protocol_is_added(tmp_path):
     assert not [p for p in paths.groups_dir.rglob("checkpoint*")]
     out = run_cli("status", paths.dir, "--json")
     assert json.loads(out.stdout)["leftover_checkpoint_bytes"] == 0
+
+
+def test_a_new_group_refuses_to_throw_away_a_members_own_checkpoint(study):
+    paths, pre, members, group, _ = study
+    assert run_task(str(paths.dir), pre.task_id) == EXIT_DONE  # the group could train: its source model is there
+    tp = paths.task(members[1].task_id)
+    _fake_checkpoint(tp, 100)
+    assert run_task(str(paths.dir), group.group_id) == 2
+    failed = read_json(tp.failed)
+    assert "checkpoint of its run alone" in failed["error"] and tp.checkpoint.read_bytes() == b"\0" * 100
+    assert not paths.group(group.group_id).checkpoint.exists() and not tp.result.exists()
