@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+
 def _positive(text: str) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0):
         raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a positive whole number")
@@ -45,44 +46,44 @@ the line) shows the traceback instead."""
 #: name -> (one-line help, description, example)
 COMMANDS = {
     "init": ("write a shipped example grid into a folder",
-             "Write the files of a shipped example (quickstart: a small Fashion-MNIST study for a "
+             ("Write the files of a shipped example (quickstart: a small Fashion-MNIST study for a "
              "laptop; plested2019: the paper's six experiments on ImageNet; dissimilar: Fashion-MNIST's "
              "clothes to scikit-learn's digits, whose images it writes under DIR/digits) into DIR. Files that exist "
-             "are never overwritten without --force.",
+             "are never overwritten without --force."),
              "hpcxfer init plested2019 ~/grids    # then: hpcxfer plan ~/grids/plested2019/all.yaml"),
     "plan": ("validate and expand a grid: tasks, counts and cost",
-             "Validate GRID and expand it into tasks: a table of tasks, the counts by stage and "
+             ("Validate GRID and expand it into tasks: a table of tasks, the counts by stage and "
              "sub-grid, and the estimated GPU-hours and Gadi service units per queue. Reads nothing "
-             "but the grid and writes nothing.",
+             "but the grid and writes nothing."),
              "hpcxfer plan jobs/plested2019/all.yaml --limit 10"),
     "submit": ("submit every task not done and not queued",
-               "Submit every task of GRID that is not done, queued or running: running it again "
+               ("Submit every task of GRID that is not done, queued or running: running it again "
                "resumes a half-finished study. --dry-run prints the job scripts and commands "
-               "instead, without asking a scheduler, opening the data set or writing anything.",
+               "instead, without asking a scheduler, opening the data set or writing anything."),
                "hpcxfer submit grid.yaml --backend gadi --dry-run --scripts /tmp/scripts"),
     "status": ("how far a study is: counts, failed tasks with their log, running tasks",
-               "An overview of STUDY_DIR that fits a screen: counts and a bar per stage and "
+               ("An overview of STUDY_DIR that fits a screen: counts and a bar per stage and "
                "sub-grid, the failed tasks first with the tail of their log, then the running ones "
                "at their epoch. --detailed or --state list tasks one per row (epoch of epochs, "
                "latest validation accuracy, wall time, host); piped into another command, every "
                "task is listed after the overview. A scheduler that cannot be reached is a warning: "
-               "the states on disk are still shown.",
+               "the states on disk are still shown."),
                "hpcxfer status runs/quickstart --state failed,running"),
     "collect": ("the study's tables (and the paper's figures with --plots)",
-                "Mean and standard deviation over splits per protocol and size, and the paper's "
+                ("Mean and standard deviation over splits per protocol and size, and the paper's "
                 "views. --out's extension chooses the format (.csv .md .json .txt) unless --format "
-                "is given; JSON is always {\"views\": {name: ...}, \"summary\": ...}.",
+                "is given; JSON is always {\"views\": {name: ...}, \"summary\": ...}."),
                 "hpcxfer collect runs/quickstart --view table2 --out table2.csv"),
     "report": ("one self-contained HTML file with every table and figure",
                "Every table and figure of STUDY_DIR in one HTML file to send to a colleague.",
                "hpcxfer report runs/quickstart --out quickstart.html"),
     "run-task": ("run one task (what an array task runs)",
-                 "Run one task of STUDY_DIR to completion or to a checkpoint on request: what every "
-                 "array element and packed job runs. Needs torch (pip install 'hpcxfer[train]').",
+                 ("Run one task of STUDY_DIR to completion or to a checkpoint on request: what every "
+                 "array element and packed job runs. Needs torch (pip install 'hpcxfer[train]')."),
                  "hpcxfer run-task runs/quickstart 0"),
     "cancel": ("cancel what the study has queued",
-               "Cancel every job of STUDY_DIR that a scheduler (or the local runner) still holds; "
-               "running workers checkpoint before they exit.",
+               ("Cancel every job of STUDY_DIR that a scheduler (or the local runner) still holds; "
+               "running workers checkpoint before they exit."),
                "hpcxfer cancel runs/quickstart"),
 }
 

@@ -217,11 +217,11 @@ class StudyPaths:
     dir: Path
 
     @classmethod
-    def of(cls, root: str | Path, study: str) -> "StudyPaths":
+    def of(cls, root: str | Path, study: str) -> StudyPaths:
         return cls(Path(root).absolute() / study)
 
     @classmethod
-    def existing(cls, path: str | Path) -> "StudyPaths":
+    def existing(cls, path: str | Path) -> StudyPaths:
         """A study directory given on the command line; a clear error if it is not one."""
         paths = cls(Path(path).absolute())
         if not paths.study_json.is_file():

@@ -7,6 +7,7 @@ is read off its files (and, for queued work, the backend's own record).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -385,8 +386,13 @@ def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = froz
 
 
 def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") \
-        else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past a float's range
+        return None
+    return f if math.isfinite(f) else None
 
 
 def task_progress(paths: StudyPaths, task: Task, st: TaskState) -> dict:

@@ -36,8 +36,8 @@ from hpcxfer.backends.base import Submission, members, worker_command
 from hpcxfer.backends.pool import Launch, Pool
 from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId, usable_cpus
 from hpcxfer.states import Held, Hold
@@ -196,7 +196,7 @@ def launcher(paths: StudyPaths, threads: int) -> Launch:
     env = {**os.environ, "HPCXFER_THREADS": str(threads), "HPCXFER_JOB_ID": f"local:{os.getpid()}",
            "OMP_NUM_THREADS": str(threads)}
 
-    def launch(slot: int, unit: Unit) -> subprocess.Popen:  # noqa: ARG001 - every slot is this machine
+    def launch(slot: int, unit: Unit) -> subprocess.Popen:
         up = paths.group(unit.id) if unit.is_group else paths.task(unit.id)
         up.dir.mkdir(parents=True, exist_ok=True)
         with open(up.log, "ab") as out:

@@ -76,7 +76,7 @@ class Pool:
         self.done: set[str] = set()  # tasks with a valid result: read once, not every poll
 
     # ------------------------------------------------------------ state
-    def stop(self, signum=None, frame=None) -> None:  # noqa: ARG002 - signal handler signature
+    def stop(self, signum=None, frame=None) -> None:
         self.stopping = True
 
     def task_done(self, task_id: str) -> bool:

@@ -75,7 +75,7 @@ def run(cmd: list[str], what: str, partial: bool = False, retry: bool = True) ->
 
 def _run_once(cmd: list[str], what: str, partial: bool, timeout: float) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise SchedulerError(f"{what}: {cmd[0]} is not on PATH") from None
     except subprocess.TimeoutExpired:

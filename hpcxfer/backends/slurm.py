@@ -37,7 +37,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001
 def max_array_size(retry: bool = True) -> int:
     """MaxArraySize of the cluster (array indices go 0..MaxArraySize-1)."""
     out = run(["scontrol", "show", "config"], "reading MaxArraySize", retry=retry)
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
     return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
@@ -159,7 +159,7 @@ class SlurmBackend(SchedulerBackend):
         atomic_write_bytes(script, text.encode())
         backend.logs.mkdir(parents=True, exist_ok=True)
         out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
-        m = re.search(r"^Submitted batch job (\d+)", out, re.M)
+        m = re.search(r"^Submitted batch job (\d+)", out, re.MULTILINE)
         if not m:
             raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
         job_id = m.group(1)

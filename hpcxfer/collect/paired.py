@@ -23,8 +23,17 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, hashable, protocol_label,
-                                       size_key, sort_key, varying)
+from hpcxfer.collect.aggregate import (
+    AXES,
+    DEFAULT_BY,
+    REPLICATE_FIELDS,
+    TIE,
+    hashable,
+    protocol_label,
+    size_key,
+    sort_key,
+    varying,
+)
 from hpcxfer.collect.moments import mean_std
 from hpcxfer.collect.views import Column, View, interval, key, num, signed
 from hpcxfer.errors import ConfigError
@@ -245,11 +254,11 @@ def paired_view(records, ref: str | None = None) -> View:
                                                       unit=" pts")),
                 Column("95 % interval", lambda r: interval(r["ci_low"], r["ci_high"], 100)),
                 Column("wins / losses / ties", lambda r: f"{r['wins']} / {r['losses']} / {r['ties']}")]
-    notes = [f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
+    notes = [(f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
              "seed: one pair per split and seed that both finished (the same images); protocol % and reference % "
-             "are means over those pairs",
-             "95 % interval = mean difference ± t(0.975, pairs - 1) x sd / sqrt(pairs) (Student's t over the pairs); "
-             "n/a with fewer than two pairs; an interval that excludes zero is a difference beyond the study's noise",
+             "are means over those pairs"),
+             ("95 % interval = mean difference ± t(0.975, pairs - 1) x sd / sqrt(pairs) (Student's t over the pairs); "
+             "n/a with fewer than two pairs; an interval that excludes zero is a difference beyond the study's noise"),
              "wins / losses / ties: pairs where the protocol is above / below / level with the reference"]
     if chosen is None:
         notes.append("this study runs neither common nor scratch: name the reference with --ref "

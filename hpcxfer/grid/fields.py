@@ -37,7 +37,7 @@ class Strict(BaseModel):
 
 def _number(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{short(v)} is not {what}")
+        raise ValueError(f"{short(v)} is not {what}")  # noqa: TRY004 - pydantic reports ValueError, not TypeError
     problem = limits.number_problem(v)  # inf, nan, an integer too large for a float
     if problem:
         raise ValueError(problem)

@@ -87,7 +87,7 @@ class Unit:
                 "members": list(self.members)}
 
     @classmethod
-    def of_task(cls, task: Task) -> "Unit":
+    def of_task(cls, task: Task) -> Unit:
         return cls(task.task_id, task.stage, task.depends_on, (task.task_id,))
 
 

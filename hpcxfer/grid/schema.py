@@ -12,11 +12,36 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from hpcxfer.grid.fields import (BIG, DecayStart, Frozen, Gamma, HighLr, Layers, Momentum, NameText, PathText, PosInt,
-                                 Protocols, Rate, Seed, Sizes, Split, Strict, plain_text, size_value)
+from hpcxfer.grid.fields import (
+    BIG,
+    DecayStart,
+    Frozen,
+    Gamma,
+    HighLr,
+    Layers,
+    Momentum,
+    NameText,
+    PathText,
+    PosInt,
+    Protocols,
+    Rate,
+    Seed,
+    Sizes,
+    Split,
+    Strict,
+    plain_text,
+    size_value,
+)
 from hpcxfer.grid.limits import MAX_NAME, MAX_SEED, MAX_STRING
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, UNITS
 from hpcxfer.grid.runtime import DEFAULTS as _R
@@ -56,7 +81,7 @@ class DataSpec(Strict):
         "every header, or a full decode")
 
     @model_validator(mode="after")
-    def _crop_fits(self) -> "DataSpec":
+    def _crop_fits(self) -> DataSpec:
         if self.crop > self.image_size:
             raise ValueError(f"crop {self.crop} is larger than image_size {self.image_size}")
         return self
@@ -77,7 +102,7 @@ class SourceSpec(DataSpec):
     weights: PathText | None = Field(None, description="a state dict of the grid's arch, instead of pre-training")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SourceSpec":
+    def _one_source(self) -> SourceSpec:
         if (self.dataset is None) == (self.weights is None):
             raise ValueError("give either 'dataset' (pre-trained by the study) or 'weights' (a model file)")
         return self
@@ -119,7 +144,7 @@ class Axes(Strict):
     seed: Seed | None = None
 
     @model_validator(mode="after")
-    def _protocol_or_fields(self) -> "Axes":
+    def _protocol_or_fields(self) -> Axes:
         if self.protocol is not None:
             clash = [f for f in PROTOCOL_FIELDS if getattr(self, f) is not None]
             if clash:
@@ -225,8 +250,8 @@ class DeviceSpeed(Strict):
 class CostSpec(Strict):
     """Overrides of the cost model's tables (hpcxfer/grid/cost.py); not part of task identity."""
 
-    devices: Annotated[dict[NameText, DeviceSpeed], Field(max_length=100)] = {}
-    queues: Annotated[dict[NameText, QueueCost], Field(max_length=100)] = {}
+    devices: Annotated[dict[NameText, DeviceSpeed], Field(max_length=100)] = Field(default_factory=dict)
+    queues: Annotated[dict[NameText, QueueCost], Field(max_length=100)] = Field(default_factory=dict)
     startup_s: float | None = Field(None, ge=0, le=BIG, description="per-task start-up: imports, data "
                                     "index, model")
     memory_gb: float | None = Field(None, gt=0, le=BIG, description="decoded images a task keeps in memory "
@@ -331,7 +356,7 @@ class Grid(Strict):
         return self.target is not None
 
     @model_validator(mode="after")
-    def _data_or_pair(self) -> "Grid":
+    def _data_or_pair(self) -> Grid:
         if self.data is not None and (self.transfer_source is not None or self.target is not None):
             raise ValueError("give either 'data' (one data set split into source and target classes) or "
                              "'source' and 'target', not both")
@@ -342,7 +367,7 @@ class Grid(Strict):
         return self
 
     @model_validator(mode="after")
-    def _epochs_given(self) -> "Grid":
+    def _epochs_given(self) -> Grid:
         blocks = self.experiments or [Experiment()]
         if self.finetune.epochs is None and any(b.epochs is None for b in blocks):
             raise ValueError(

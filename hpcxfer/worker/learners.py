@@ -57,7 +57,7 @@ class Sums:
     correct: torch.Tensor
 
     @classmethod
-    def zero(cls, device: torch.device) -> "Sums":
+    def zero(cls, device: torch.device) -> Sums:
         return cls(torch.zeros((), device=device, dtype=torch.float64),
                    torch.zeros((), device=device, dtype=torch.long))
 
