@@ -178,9 +178,11 @@ def decide(req: Request, holding: dict[str, Held]) -> Plan:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    # Groups of what is left to run; a unit holding a checkpoint (a group, a task) runs as it is.
+    # Protocol groups are formed from what is left to run: a finished member is never rerun,
+    # and a unit holding a checkpoint (a group's, a task's alone) runs again as it is.
+    kept, alone = resumable(paths, tasks, todo)
     todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
-                                    *resumable(paths, tasks, todo))
+                                    kept, alone)
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 
