@@ -13,6 +13,7 @@ from functools import cached_property
 
 from hpcxfer.backends import BACKENDS, Backend
 from hpcxfer.backends.scheduler import SchedulerError
+from hpcxfer.checkpoints import leftover_bytes
 from hpcxfer.errors import StudyError
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
@@ -56,6 +57,7 @@ class StudyStatus:
     counts: dict[str, int]
     problems: list[str]  # what is wrong with the task index (its other lines still count)
     warnings: list[str]  # backends that could not be asked
+    leftover_bytes: int = 0  # group checkpoints no unfinished member needs (hpcxfer/checkpoints.py)
 
     def progress(self, state: TaskState) -> dict:
         """What status shows of a task beside its state (hpcxfer/study.py `task_progress`)."""
@@ -98,7 +100,7 @@ def status(study_dir: str) -> StudyStatus:
     warnings += [line for s in states for line in s.warnings()]  # unreadable records: said, never fatal
     counts = {s: 0 for s in STATES}
     counts.update(Counter(s.state for s in states))
-    return StudyStatus(paths, tasks, states, counts, problems, warnings)
+    return StudyStatus(paths, tasks, states, counts, problems, warnings, leftover_bytes(paths, states))
 
 
 def _recording(paths: StudyPaths) -> str | None:

@@ -147,9 +147,20 @@ def epoch_now(paths: StudyPaths, st: TaskState, progress: dict) -> int | None:
     return max(known) if known else None
 
 
+def fmt_bytes(n: int) -> str:
+    """Bytes in the largest unit that keeps a number >= 1 (decimal units, as `df -H`)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
 def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
-             counts: dict[str, int], study_dir_arg: str) -> list:
-    """The renderables of the overview, in order."""
+             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0) -> list:
+    """The renderables of the overview, in order; `leftover_bytes`: group checkpoints no
+    unfinished member needs (a line when there are any)."""
     out: list = []
     total = len(states)
     out.append(Text(f"{paths.name}: {total} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -181,6 +192,9 @@ def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states:
         if len(running) > MAX_RUNNING:
             out.append(Text(f"  ... and {len(running) - MAX_RUNNING} more: hpcxfer status {study_dir_arg} "
                             "--state running"))
+    if leftover_bytes:
+        out.append(Text(f"leftover group checkpoints: {fmt_bytes(leftover_bytes)} in {paths.groups_dir} that no "
+                        "unfinished task needs (the next submit removes them unless runtime.keep_checkpoints)"))
     out.append(Text(f"every task: hpcxfer status {study_dir_arg} --detailed (--state STATE, --limit N)", style="dim"))
     return out
 

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from hpcxfer.backends import Backend, Submission, get_backend
 from hpcxfer.backends.resources import placeholders
+from hpcxfer.checkpoints import remove_leftovers, resumable
 from hpcxfer.errors import ConfigError, StudyError
 from hpcxfer.follow import StudyStatus, cancel, collect, held, status
 from hpcxfer.grid import cost
@@ -177,8 +178,11 @@ def decide(req: Request, holding: dict[str, Held]) -> Plan:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    # Protocol groups are formed from what is left to run: a finished member is never rerun.
-    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid))
+    # Protocol groups are formed from what is left to run: a finished member is never rerun,
+    # and a unit holding a checkpoint (a group's, a task's alone) runs again as it is.
+    kept, alone = resumable(paths, tasks, todo)
+    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
+                                    kept, alone)
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 
@@ -286,6 +290,8 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
             write_study(paths, grid, tasks, req.blocks)
             chosen = decide(req, held(paths))
             write_groups(paths, chosen.groups)
+            if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
+                remove_leftovers(paths, chosen.states.values())
         except OSError as e:
             if new:  # nothing of it was submitted: the study appears whole or not at all
                 shutil.rmtree(paths.dir, ignore_errors=True)

@@ -125,7 +125,8 @@ def test_state_detailed_and_limit(big, cli):
 def test_json_keeps_its_shape_and_gains_progress(big, cli):
     paths, tasks, failed, running = big
     data = json.loads(cli("status", paths.dir, "--json").stdout)
-    assert set(data) == {"counts", "tasks", "warnings"}
+    assert set(data) == {"counts", "tasks", "warnings", "leftover_checkpoint_bytes"}
+    assert data["leftover_checkpoint_bytes"] == 0
     assert data["counts"]["failed"] == FAILED and data["counts"]["running"] == RUNNING
     assert len(data["tasks"]) == len(tasks)
     by_id = {t["task_id"]: t for t in data["tasks"]}

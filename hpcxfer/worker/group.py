@@ -105,6 +105,19 @@ def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> 
     return data, learners
 
 
+def _keeps_progress(gp: GroupPaths, todo: list[TaskPaths]) -> None:
+    """A group that starts afresh would throw away a member's checkpoint of its run alone
+    (submit runs such a task alone: hpcxfer/checkpoints.py); refuse rather than restart it
+    from epoch 0. A group with a checkpoint holds its members' own progress."""
+    if any(p.exists() for p in (gp.checkpoint, gp.checkpoint_new, gp.checkpoint_prev)):
+        return
+    for tp in todo:
+        if any(p.exists() for p in (tp.checkpoint, tp.checkpoint_new, tp.checkpoint_prev)):
+            raise CheckpointError(f"{tp.checkpoint}: member {tp.task_id} has a checkpoint of its run alone, which "
+                                  f"this new group would throw away; `hpcxfer submit` runs it alone from there "
+                                  f"(or remove it to train the member in this group from epoch 0)")
+
+
 def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: list[TaskPaths],
                 configs: list[dict], stop: StopFlag | None = None,
                 runtime: RuntimeSettings | None = None) -> list[dict]:
@@ -113,6 +126,7 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     `runtime` overrides the first member's settings (the unit's pre-flight)."""
     tasks = [Task.from_dict(c) for c in configs]
     _check(gp, tasks, configs)
+    _keeps_progress(gp, todo)
     runtime = runtime or RuntimeSettings.of_config(configs[0], todo[0].config)
     data, learners = prepare_group(study, tasks, configs)
     mode = _mode(runtime, data.device, learners)
@@ -152,7 +166,7 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
         log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
                  data.device, data.precision.name, pos.epoch, pos.step)
         for tp in todo:
-            if tp.checkpoint.exists():
+            if tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
                 log.info("%s: its own checkpoint (from a run alone) is not used; the group trains it from the "
                          "group's position and removes that checkpoint when done", tp.task_id)
         return trainer
