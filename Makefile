@@ -1,5 +1,5 @@
 # The two entry points of a fresh machine (see README.md).
-.PHONY: setup quickstart test wheel
+.PHONY: setup quickstart lint test wheel
 
 # Everything: hpcxfer with every extra, the test tools and the one-node SLURM cluster's packages.
 setup:
@@ -13,8 +13,16 @@ quickstart:
 	.venv/bin/hpcxfer submit jobs/quickstart.yaml --backend local --wait
 	.venv/bin/hpcxfer collect runs/quickstart --view cells,paired --ref scratch
 
-# The test suite; starts the one-node SLURM cluster the scheduler tests submit to.
-test: setup
+# The static checks, first and fast: ruff, the import contracts of docs/design.md §7
+# ([tool.importlinter] in pyproject.toml) and mypy on the typed core ([tool.mypy]).
+lint: setup
+	.venv/bin/ruff check hpcxfer
+	.venv/bin/lint-imports --no-cache
+	.venv/bin/mypy
+
+# The test suite, after the static checks; starts the one-node SLURM cluster the scheduler
+# tests submit to.
+test: lint
 	@if [ -x .ci/slurm-up.sh ]; then .ci/slurm-up.sh; fi
 	.venv/bin/python -m pytest -q
 

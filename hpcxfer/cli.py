@@ -1,6 +1,7 @@
 """The command line (docs/design.md §2). One handler turns every HpcxferError into one line
 and exit status 2; --debug (before or after the subcommand) shows the traceback instead.
-It parses arguments and renders; the use cases it runs are in hpcxfer/service.py
+It renders what the use cases in hpcxfer/service.py return; its arguments are parsed by
+hpcxfer/arguments.py
 (docs/design.md §7).
 
 Output is for terminals and pipes alike: piped, tables take their natural width (rich would
@@ -14,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 from rich.text import Text
 
+from hpcxfer.arguments import build_parser
 from hpcxfer.errors import ConfigError, HpcxferError
 from hpcxfer.terminal import Col, fit_table, id_ranges, make_console, plain_streams
 
@@ -193,14 +194,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             p = st.progress(s)
             p["epoch"] = overview.epoch_now(paths, s, p)
             rows.append({**s.to_dict(), **{k: p[k] for k in ("epoch", "epochs", "val_acc", "wall_s", "host")}})
-        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": st.warnings}) + "\n")
+        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": st.warnings,
+                                     "leftover_checkpoint_bytes": st.leftover_bytes}) + "\n")
         return 0
     if args.detailed or wanted_states:
         console.print(Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                            + (f"; showing {', '.join(sorted(wanted_states))}" if wanted_states else "")))
         console.print(overview.task_table(console, paths, tasks, chosen, args.limit))
         return 0
-    for part in overview.overview(console, paths, tasks, states, st.subgrids(), counts, args.study_dir):
+    for part in overview.overview(console, paths, tasks, states, st.subgrids(), counts, args.study_dir,
+                                  st.leftover_bytes):
         console.print(part)
     if not console.is_terminal:  # a pipe or a file: every task too, so that grep finds any
         console.print(overview.task_table(console, paths, tasks, states, args.limit))
@@ -310,9 +313,11 @@ _COUNT_HEADERS = {"replicates": "reps", "pairs": None, "cells done": "cells", "m
                   "wins / losses / ties": "w/l/t"}
 
 
-def _view_table(view) -> Table:
+def _view_table(view) -> Table | Text:
     """A collected view as a table that fits the terminal (numbers whole, counts and the
-    paper's columns dropped first when it is narrow)."""
+    paper's columns dropped first when it is narrow); a view without a row as one line."""
+    if not view.rows:
+        return Text(view.empty_line())
     cols = []
     for i, c in enumerate(view.columns):
         priority = 9 if i == 0 else 2 if c.header in _COUNT_HEADERS else 3 if c.header.startswith("paper") else 5
@@ -390,196 +395,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- parser
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 9 and int(text) > 0):
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a positive whole number")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 9):
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number")
-    return int(text)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors in one line (no usage block), exit status 2 as before."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
-
-
-DESCRIPTION = """\
-Transfer-learning protocol studies (Plested & Gedeon 2019) on supercomputers: a grid file
-is expanded into tasks, submitted as scheduler jobs (local, SLURM, PBS Pro, NCI Gadi),
-followed, and collected into the paper's tables and figures."""
-
-EPILOG = """\
-a study from start to end:
-  hpcxfer init quickstart                         # writes quickstart.yaml here
-  hpcxfer plan quickstart.yaml                    # tasks, counts and cost
-  hpcxfer submit quickstart.yaml --backend local --wait
-  hpcxfer status runs/quickstart
-  hpcxfer collect runs/quickstart
-
-bad input ends in one line naming the file and field, exit status 2; --debug (anywhere on
-the line) shows the traceback instead."""
-
-#: name -> (one-line help, description, example)
-COMMANDS = {
-    "init": ("write a shipped example grid into a folder",
-             "Write the files of a shipped example (quickstart: a small Fashion-MNIST study for a "
-             "laptop; plested2019: the paper's six experiments on ImageNet; dissimilar: Fashion-MNIST's "
-             "clothes to scikit-learn's digits, whose images it writes under DIR/digits) into DIR. Files that exist "
-             "are never overwritten without --force.",
-             "hpcxfer init plested2019 ~/grids    # then: hpcxfer plan ~/grids/plested2019/all.yaml"),
-    "plan": ("validate and expand a grid: tasks, counts and cost",
-             "Validate GRID and expand it into tasks: a table of tasks, the counts by stage and "
-             "sub-grid, and the estimated GPU-hours and Gadi service units per queue. Reads nothing "
-             "but the grid and writes nothing.",
-             "hpcxfer plan jobs/plested2019/all.yaml --limit 10"),
-    "tune": ("search a grid's protocols by successive halving, per target size",
-             "Train every protocol of GRID to the first rung of its `search:` section (or the defaults), "
-             "keep the best 1/eta of each target size by a paired comparison with the leader, train those "
-             "to the next rung, and so on. --dry-run shows the rungs, what each size trains and the share "
-             "of the grid's fine-tuning images the search uses, and writes nothing.",
-             "hpcxfer tune grid.yaml --dry-run"),
-    "submit": ("submit every task not done and not queued",
-               "Submit every task of GRID that is not done, queued or running: running it again "
-               "resumes a half-finished study. --dry-run prints the job scripts and commands "
-               "instead, without asking a scheduler, opening the data set or writing anything.",
-               "hpcxfer submit grid.yaml --backend gadi --dry-run --scripts /tmp/scripts"),
-    "status": ("how far a study is: counts, failed tasks with their log, running tasks",
-               "An overview of STUDY_DIR that fits a screen: counts and a bar per stage and "
-               "sub-grid, the failed tasks first with the tail of their log, then the running ones "
-               "at their epoch. --detailed or --state list tasks one per row (epoch of epochs, "
-               "latest validation accuracy, wall time, host); piped into another command, every "
-               "task is listed after the overview. A scheduler that cannot be reached is a warning: "
-               "the states on disk are still shown.",
-               "hpcxfer status runs/quickstart --state failed,running"),
-    "collect": ("the study's tables (and the paper's figures with --plots)",
-                "Mean and standard deviation over splits per protocol and size, and the paper's "
-                "views. --out's extension chooses the format (.csv .md .json .txt) unless --format "
-                "is given; JSON is always {\"views\": {name: ...}, \"summary\": ...}.",
-                "hpcxfer collect runs/quickstart --view table2 --out table2.csv"),
-    "report": ("one self-contained HTML file with every table and figure",
-               "Every table and figure of STUDY_DIR in one HTML file to send to a colleague.",
-               "hpcxfer report runs/quickstart --out quickstart.html"),
-    "run-task": ("run one task (what an array task runs)",
-                 "Run one task of STUDY_DIR to completion or to a checkpoint on request: what every "
-                 "array element and packed job runs. Needs torch (pip install 'hpcxfer[train]').",
-                 "hpcxfer run-task runs/quickstart 0"),
-    "cancel": ("cancel what the study has queued",
-               "Cancel every job of STUDY_DIR that a scheduler (or the local runner) still holds; "
-               "running workers checkpoint before they exit.",
-               "hpcxfer cancel runs/quickstart"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from hpcxfer import __version__
-    from hpcxfer.collect.render import FORMATS
-    from hpcxfer.shipped import EXAMPLES
-
-    parser = _Parser(prog="hpcxfer", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"hpcxfer {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting it.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str):
-        short, description, example = COMMANDS[name]
-        return sub.add_parser(name, help=short, description=textwrap.fill(description, 88),
-                              epilog=f"example:\n  {example}",
-                              parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    p = command("init")
-    p.add_argument("example", choices=sorted(EXAMPLES))
-    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where to write it (default: here)")
-    p.add_argument("--force", action="store_true", help="overwrite files that exist")
-    p.set_defaults(func=cmd_init)
-
-    p = command("plan")
-    p.add_argument("grid")
-    p.add_argument("--json", action="store_true", help="one JSON object per task per line")
-    p.add_argument("--limit", type=_count, default=40, help="task rows to show (default 40)")
-    p.set_defaults(func=cmd_plan)
-
-    p = command("tune")
-    p.add_argument("grid")
-    p.add_argument("--backend", help="local, slurm, pbs or gadi (default: detected)")
-    p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
-    p.add_argument("--wait", action="store_true", help="drive every rung from here, waiting for each")
-    p.add_argument("--dry-run", action="store_true", help="show the search and its price; write nothing")
-    p.set_defaults(func=cmd_tune)
-
-    p = command("submit")
-    p.add_argument("grid")
-    p.add_argument("--backend", choices=None, help="local, slurm, pbs or gadi (default: detected)")
-    p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
-    p.add_argument("--dry-run", action="store_true", help="print the job scripts and commands; ask no scheduler, "
-                   "check no data, write nothing")
-    p.add_argument("--scripts", metavar="DIR", help="with --dry-run: write the job scripts and task lists into DIR")
-    p.add_argument("--wait", action="store_true", help="stay until the study is done, showing progress and an ETA")
-    p.add_argument("--force", action="store_true", help="with --scripts: replace files there that are not "
-                   "hpcxfer's own scripts")
-    p.set_defaults(func=cmd_submit)
-
-    p = command("status")
-    p.add_argument("study_dir")
-    p.add_argument("--json", action="store_true",
-                   help='{"counts": {state: n}, "tasks": [{"task_id", "state", "dir", ...}], "warnings": [...]}')
-    p.add_argument("--state", action="append", metavar="STATE",
-                   help="only tasks in STATE (pending, queued, running, done, failed); repeat or comma-separate")
-    p.add_argument("--detailed", action="store_true", help="every task, one row each (failed first)")
-    p.add_argument("--limit", type=_count, help="at most N task rows")
-    p.set_defaults(func=cmd_status)
-
-    p = command("collect")
-    p.add_argument("study_dir")
-    p.add_argument("--view", action="append", metavar="NAME",
-                   help="cells (default), table1, table2, compare, paired (each protocol's difference from "
-                        "--ref, paired by split and seed), paper, incomplete, curves (reads every "
-                        "metrics record), or all; repeat or comma-separate for several")
-    p.add_argument("--ref", metavar="PROTOCOL", help="the paired view's reference: common, scratch, optimal, a "
-                   "label such as 'n5 h8 d30 f0' (default: common if the study has it, else scratch)")
-    p.add_argument("--by", metavar="AXES", help="comma-separated task fields that make a cell (default: the "
-                   "protocol and every setting except split and seed); the rest are averaged over")
-    p.add_argument("--format", choices=FORMATS, help="default: from --out's extension (.csv .md .json .txt), "
-                   "else a table")
-    p.add_argument("--out", help="write to this file instead of the terminal")
-    p.add_argument("--plots", metavar="DIR", help="write the paper's Figs. 1-6 as 300 dpi PNG, PDF and SVG into DIR")
-    p.add_argument("--force", action="store_true", help="replace an --out file (or figures in --plots) that is "
-                   "not an earlier output of the same format")
-    p.add_argument("--jobs", type=_positive, help="processes that read metrics records (default: one per core)")
-    p.set_defaults(func=cmd_collect)
-
-    p = command("report")
-    p.add_argument("study_dir")
-    p.add_argument("--out", help="the HTML file (default: STUDY_DIR/report.html)")
-    p.add_argument("--ref", metavar="PROTOCOL", help="the reference of the paired view and the difference figure: "
-                   "as collect's --ref (default: common if the study has it, else scratch)")
-    p.add_argument("--force", action="store_true", help="replace an --out file that is not an earlier report")
-    p.set_defaults(func=cmd_report)
-
-    p = command("run-task")
-    p.add_argument("study_dir")
-    p.add_argument("task", help="index in tasks.jsonl or task id")
-    p.set_defaults(func=cmd_run_task)
-
-    p = command("cancel")
-    p.add_argument("study_dir")
-    p.set_defaults(func=cmd_cancel)
-    return parser
+# ---------------------------------------------------------------- dispatch
+#: command -> its handler (the parser is hpcxfer/arguments.py)
+HANDLERS = {"init": cmd_init, "plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "collect": cmd_collect,
+            "report": cmd_report, "run-task": cmd_run_task, "cancel": cmd_cancel, "tune": cmd_tune}
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        return HANDLERS[args.command](args)
     except HpcxferError as e:
         if args.debug:
             raise

@@ -28,7 +28,7 @@ from hpcxfer.layout import StudyPaths
 try:
     from orjson import loads as _fast_loads
 except ImportError:  # a declared dependency; without it everything still reads, several times slower
-    _fast_loads = json.loads
+    _fast_loads = json.loads  # type: ignore[assignment]
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,7 +1,8 @@
 """The one owner of the on-disk layout. Nothing else builds these paths.
 
     <root>/<study>/
-        study.json            what the study is: name, grid sources, runtime, data
+        study.json            what the study is: name, grid sources and their sub-grids'
+                              task ids (recorded at submit), runtime, data
         tasks.jsonl           every task of the study, one per line; the line number is the
                               task's index for scheduler arrays (append-only)
         .submit.lock          held by the `submit` deciding what to submit, and by `cancel`
@@ -11,6 +12,7 @@
         report.html           `hpcxfer report`'s page, unless --out puts it elsewhere
         backends/<name>/      what one backend writes (BackendPaths):
             submissions.jsonl one line per job a scheduler backend submitted
+            requeues.jsonl    SLURM: one line per requeue an element asked for, and why
             lists/            each job's task list (<batch>-<stage>-<n>.txt) and script
                               (.pbs, .sbatch)
             logs/             the jobs' logs (SLURM: one per array element, <array>_<i>.log)
@@ -103,6 +105,16 @@ class TaskPaths(_WorkerPaths):
         return self.dir / "result.json"
 
     @property
+    def progress(self) -> Path:
+        """{"epoch": epochs completed, "epochs": total, "time": unix time}, at every epoch end."""
+        return self.dir / "progress.json"
+
+    @property
+    def interruptions(self) -> Path:
+        """{"interruptions": n}: how often the task's workers stopped (exit 75) or died before it finished."""
+        return self.dir / "interruptions.json"
+
+    @property
     def result_damaged(self) -> Path:
         """Where a result.json that failed validation is moved when the task trains again."""
         return self.dir / "result.damaged.json"
@@ -110,10 +122,6 @@ class TaskPaths(_WorkerPaths):
     @property
     def failed(self) -> Path:
         return self.dir / "failed.json"
-
-    @property
-    def progress(self) -> Path:
-        return self.dir / "progress.json"
 
     @property
     def running(self) -> Path:
@@ -170,6 +178,12 @@ class BackendPaths:
         return self.dir / "submissions.jsonl"
 
     @property
+    def requeues(self) -> Path:
+        """One JSON line per requeue a SLURM element asked for, and why
+        (hpcxfer/backends/slurm_element.py counts those at the time limit)."""
+        return self.dir / "requeues.jsonl"
+
+    @property
     def lists_dir(self) -> Path:
         return self.dir / "lists"
 
@@ -213,11 +227,11 @@ class StudyPaths:
     dir: Path
 
     @classmethod
-    def of(cls, root: str | Path, study: str) -> "StudyPaths":
+    def of(cls, root: str | Path, study: str) -> StudyPaths:
         return cls(Path(root).absolute() / study)
 
     @classmethod
-    def existing(cls, path: str | Path) -> "StudyPaths":
+    def existing(cls, path: str | Path) -> StudyPaths:
         """A study directory given on the command line; a clear error if it is not one."""
         paths = cls(Path(path).absolute())
         if not paths.study_json.is_file():

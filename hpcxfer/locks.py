@@ -32,6 +32,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from hpcxfer.errors import HpcxferError, StudyError
 from hpcxfer.fileio import fsync_dir
@@ -291,8 +292,10 @@ class Lock:
             except OSError as e:  # a folder gone read-only: the file names a dead process, stale
                 log.warning("could not remove the lock %s: %s", self.path, e.strerror or e)
 
-    def __enter__(self) -> Lock:
-        return self if self.held else self.acquire()
+    def __enter__(self) -> Self:
+        if not self.held:
+            self.acquire()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.release()

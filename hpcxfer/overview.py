@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -45,24 +44,19 @@ MAX_RUNNING = 5
 LOG_LINE_CHARS = 160
 
 
-def subgrids(paths: StudyPaths, study: dict | None) -> dict[str, list[str]]:
-    """sub-grid name -> the fine-tuning task ids it holds, from the grid files the study
-    was submitted from (study.json's "grids"); {} when there is one sub-grid or the files
-    cannot be read any more (moved, edited into errors)."""
-    from hpcxfer.errors import HpcxferError
-    from hpcxfer.grid import load_grid
-    from hpcxfer.grid.expansion import expand_by_block
-
+def subgrids(study: dict | None) -> dict[str, list[str]]:
+    """sub-grid name -> its fine-tuning task ids, as study.json recorded them at submit
+    ("subgrids": grid file -> [[name, ids], ...] in the grid's order, every file the study
+    was submitted from, merged by name); {} for one sub-grid, or for a study written before sub-grids were recorded:
+    the grid files themselves are never read again (moved or edited, they change nothing)."""
     out: dict[str, list[str]] = {}
-    for source in (study or {}).get("grids") or []:
-        if not isinstance(source, str) or not Path(source).is_file():
-            continue
-        try:
-            for name, block in expand_by_block(load_grid(source)):
-                out.setdefault(name, []).extend(t.task_id for t in block)
-        except (HpcxferError, OSError, ValueError) as e:
-            log.info("sub-grids of %s not shown: %s", source, e)
-    return out if len(out) > 1 else {}
+    recorded = (study or {}).get("subgrids")
+    for source in recorded.values() if isinstance(recorded, dict) else ():
+        for pair in source if isinstance(source, list) else ():
+            name, ids = pair if isinstance(pair, list) and len(pair) == 2 else (None, None)
+            if isinstance(name, str) and isinstance(ids, list):
+                out.setdefault(name, []).extend(t for t in ids if isinstance(t, str))
+    return {name: list(dict.fromkeys(ids)) for name, ids in out.items()} if len(out) > 1 else {}
 
 
 def bar(counts: Counter, total: int, width: int = 20, ascii_only: bool = False) -> Text:
@@ -153,9 +147,20 @@ def epoch_now(paths: StudyPaths, st: TaskState, progress: dict) -> int | None:
     return max(known) if known else None
 
 
+def fmt_bytes(n: int) -> str:
+    """Bytes in the largest unit that keeps a number >= 1 (decimal units, as `df -H`)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
 def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
-             counts: dict[str, int], study_dir_arg: str) -> list:
-    """The renderables of the overview, in order."""
+             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0) -> list:
+    """The renderables of the overview, in order; `leftover_bytes`: group checkpoints no
+    unfinished member needs (a line when there are any)."""
     out: list = []
     total = len(states)
     out.append(Text(f"{paths.name}: {total} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
@@ -187,6 +192,9 @@ def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states:
         if len(running) > MAX_RUNNING:
             out.append(Text(f"  ... and {len(running) - MAX_RUNNING} more: hpcxfer status {study_dir_arg} "
                             "--state running"))
+    if leftover_bytes:
+        out.append(Text(f"leftover group checkpoints: {fmt_bytes(leftover_bytes)} in {paths.groups_dir} that no "
+                        "unfinished task needs (the next submit removes them unless runtime.keep_checkpoints)"))
     out.append(Text(f"every task: hpcxfer status {study_dir_arg} --detailed (--state STATE, --limit N)", style="dim"))
     return out
 

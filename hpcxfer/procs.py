@@ -119,7 +119,7 @@ class ProcessId:
         if not isinstance(record, Mapping):
             return None
         host, pid, start = record.get("host"), record.get("pid"), record.get("start")
-        if not isinstance(host, str) or not host or not valid_pid(pid):
+        if not isinstance(host, str) or not host or not isinstance(pid, int) or not valid_pid(pid):
             return None
         if not isinstance(start, int) or isinstance(start, bool) or start < 0:
             start = None

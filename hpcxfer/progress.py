@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths, TaskPaths
-from hpcxfer.states import State
+from hpcxfer.states import Held, State
 from hpcxfer.study import last_epoch, task_state
 
 #: Seconds of observations the measured rate is taken over: long enough to span several
@@ -113,7 +113,7 @@ class Tracker:
     last: dict[str, str] = field(default_factory=dict)  # task id -> what it was at the last poll
     finished: dict[str, int] = field(default_factory=dict)  # done task id -> its epochs (never re-read)
 
-    def poll(self, view: Mapping[str, dict] | None = None, now: float | None = None) -> tuple[Snapshot, list[Ended]]:
+    def poll(self, view: Mapping[str, Held] | None = None, now: float | None = None) -> tuple[Snapshot, list[Ended]]:
         """The tasks' states now (`view`: what the backends hold, as service.held returns)."""
         now = time.time() if now is None else now
         counts: dict[str, int] = {s: 0 for s in (*State, "cancelled")}

@@ -17,25 +17,48 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Protocol
 
-from hpcxfer.backends import BACKENDS, Backend, Submission, get_backend
+from hpcxfer.backends import Backend, Submission, get_backend
 from hpcxfer.backends.resources import placeholders
-from hpcxfer.backends.scheduler import SchedulerError
+from hpcxfer.checkpoints import remove_leftovers, resumable
 from hpcxfer.errors import ConfigError, StudyError
+from hpcxfer.follow import StudyStatus, cancel, collect, held, status
 from hpcxfer.grid import cost
 from hpcxfer.grid.cost import fmt_images, fmt_number
 from hpcxfer.grid.expansion import Expansion, expand_study
-from hpcxfer.grid.groups import Group, Unit, units as make_units
+from hpcxfer.grid.groups import Group, Unit
+from hpcxfer.grid.groups import units as make_units
 from hpcxfer.grid.load import checked_root, load_grid
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held
 from hpcxfer.study import STATES, TaskState, study_paths, study_states
 
-__all__ = ["STATES", "Backend", "DryRun", "fmt_images", "fmt_number", "GridPlan", "Outcome", "Plan", "Reporter", "Request", "StudyStatus",
-           "cancel", "decide", "dry_run", "held", "plan", "prepare", "status", "submit", "wait_for"]
+__all__ = [
+    "STATES",
+    "Backend",
+    "DryRun",
+    "GridPlan",
+    "Outcome",
+    "Plan",
+    "Reporter",
+    "Request",
+    "StudyStatus",
+    "cancel",
+    "collect",
+    "decide",
+    "dry_run",
+    "fmt_images",
+    "fmt_number",
+    "held",
+    "plan",
+    "prepare",
+    "status",
+    "submit",
+    "wait_for",
+]
 
 
 # ---------------------------------------------------------------- plan
@@ -107,6 +130,7 @@ class Request:
     estimate: str  # the cost line that plan prints too
     warnings: list[str] = field(default_factory=list)  # what the jobs ask for, against the estimate
     placeholders: list[str] = field(default_factory=list)  # fields still holding `<project>` and the like
+    blocks: list[tuple[str, list[Task]]] | None = None  # each sub-grid's fine-tuning tasks, recorded at submit
 
 
 def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
@@ -120,7 +144,8 @@ def prepare(grid_file: str, backend: str | None, root: str | None) -> Request:
     rows, why = _price(grid, expansion)
     estimate = GridPlan(grid, expansion.tasks, expansion.blocks, rows, why).summary()
     warnings = chosen.check_resources(grid)  # a task that cannot finish is refused here
-    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, warnings, placeholders(grid))
+    return Request(grid, chosen, study_paths(grid, checked), expansion.tasks, estimate, warnings, placeholders(grid),
+                   expansion.blocks)
 
 
 @dataclass
@@ -143,7 +168,7 @@ class Plan:
         return {m for u in self.units for m in u.members}
 
 
-def decide(req: Request, holding: dict[str, dict]) -> Plan:
+def decide(req: Request, holding: dict[str, Held]) -> Plan:
     """The one decision of what to submit, for the real submit and its dry run alike. A
     study without a task index yet (a dry run of a new study) has every task pending."""
     paths, tasks = req.paths, req.tasks
@@ -153,35 +178,12 @@ def decide(req: Request, holding: dict[str, dict]) -> Plan:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
-    # Protocol groups are formed from what is left to run: a finished member is never rerun.
-    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid))
+    # Protocol groups are formed from what is left to run: a finished member is never rerun,
+    # and a unit holding a checkpoint (a group's, a task's alone) runs again as it is.
+    kept, alone = resumable(paths, tasks, todo)
+    todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
+                                    kept, alone)
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
-
-
-def _used(paths: StudyPaths) -> list[tuple[str, Backend]]:
-    """The backends this study has used (those with a folder of their own in it)."""
-    return [(name, cls()) for name, cls in BACKENDS.items() if paths.backend(name).dir.is_dir()]
-
-
-def held(paths: StudyPaths, warnings: list[str] | None = None) -> dict[str, dict]:
-    """task id -> what the backend that last submitted it says (`Backend.view`): queued,
-    running or (ended by the scheduler) failed. Only backends this study has used are
-    asked. With a `warnings` list, a scheduler that cannot be reached adds a line to it
-    instead of raising (status shows what is on disk); submit lets it raise (it must not
-    submit what may be queued)."""
-    out: dict[str, dict] = {}
-    for name, backend in _used(paths):
-        try:
-            view = backend.view(paths)
-        except SchedulerError as e:
-            if warnings is None:
-                raise
-            warnings.append(f"{name} could not be asked ({e}); the states below are what is on disk: "
-                            "queued tasks show as pending, running ones as running only while their worker's "
-                            "lock is fresh")
-            continue
-        out.update(view)
-    return out
 
 
 # ---------------------------------------------------------------- dry run
@@ -204,8 +206,8 @@ def dry_run(req: Request) -> DryRun:
     chosen = decide(req, holding)
     sub = req.backend.submit(req.paths, req.grid, chosen.units, dry_run=True)
     data = req.grid.data
-    notes = [f"data not checked (dry run): {data.dataset} at {data.path or 'its default places'} is "
-             "opened and checked by the real submit", *notes, *sub.notes]
+    notes = [(f"data not checked (dry run): {data.dataset} at {data.path or 'its default places'} is "
+             "opened and checked by the real submit"), *notes, *sub.notes]
     notes += [f"{p}: a placeholder, which the real submit refuses" for p in req.placeholders]
     return DryRun(chosen, sub, notes)
 
@@ -266,9 +268,9 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         raise ConfigError(req.grid.source, req.placeholders[0].split()[0], "holds a placeholder: "
                           + "; ".join(req.placeholders) + " (set it to the real place, then submit)")
     require_train("hpcxfer submit (the workers it starts, and its check of the data set)")
-    from hpcxfer.worker.protocol import check_inputs  # imports torch: after the grid is known to be good
     from hpcxfer.locks import submit_lock
     from hpcxfer.study import write_groups, write_study
+    from hpcxfer.worker.protocol import check_inputs  # imports torch: after the grid is known to be good
 
     grid, backend, paths, tasks = req.grid, req.backend, req.paths, req.tasks
     check_inputs(grid, tasks)
@@ -285,9 +287,11 @@ def submit(req: Request, report: Reporter, wait: bool = False) -> Outcome:
         raise
     with lock:
         try:
-            write_study(paths, grid, tasks)
+            write_study(paths, grid, tasks, req.blocks)
             chosen = decide(req, held(paths))
             write_groups(paths, chosen.groups)
+            if not grid.runtime.keep_checkpoints:  # after decide: a group it keeps is needed
+                remove_leftovers(paths, chosen.states.values())
         except OSError as e:
             if new:  # nothing of it was submitted: the study appears whole or not at all
                 shutil.rmtree(paths.dir, ignore_errors=True)
@@ -336,107 +340,3 @@ def wait_for(paths: StudyPaths, tasks: list[Task], report: Reporter, poll_s: flo
                 return
             time.sleep(poll_s)
             now, view = counts()
-
-
-# ---------------------------------------------------------------- status, cancel
-@dataclass
-class StudyStatus:
-    paths: StudyPaths
-    tasks: list[Task]
-    states: list[TaskState]
-    counts: dict[str, int]
-    problems: list[str]  # what is wrong with the task index (its other lines still count)
-    warnings: list[str]  # backends that could not be asked
-
-    def progress(self, state: TaskState) -> dict:
-        """What status shows of a task beside its state (hpcxfer/study.py `task_progress`)."""
-        from hpcxfer.study import task_progress
-
-        return task_progress(self.paths, self.task_of[state.task_id], state)
-
-    @cached_property
-    def task_of(self) -> dict[str, Task]:
-        return {t.task_id: t for t in self.tasks}
-
-    def subgrids(self) -> dict[str, list[str]]:
-        """sub-grid name -> its fine-tuning task ids, from the grid files the study was
-        submitted from ({} for one sub-grid, or files gone)."""
-        from hpcxfer import overview
-        from hpcxfer.fileio import read_json
-
-        try:
-            study = read_json(self.paths.study_json)
-        except (OSError, ValueError):
-            study = None
-        return overview.subgrids(self.paths, study if isinstance(study, dict) else None)
-
-
-def status(study_dir: str) -> StudyStatus:
-    """Every task's state, read off the study's files and joined with what the backends
-    hold; a backend that cannot be asked is a warning, not an error."""
-    from hpcxfer.study import read_index
-
-    paths = StudyPaths.existing(study_dir)
-    warnings: list[str] = []
-    unfinished = _recording(paths)
-    if unfinished and not paths.tasks_index.is_file():
-        raise StudyError(f"{paths.dir}: {unfinished}, before it recorded any task")
-    if unfinished:
-        warnings.append(f"{unfinished}; the tasks below are those it recorded")
-    index, problems = read_index(paths)
-    tasks = [Task.from_dict(d) for d in index]
-    states = study_states(paths, held(paths, warnings=warnings), tasks)
-    warnings += [line for s in states for line in s.warnings()]  # unreadable records: said, never fatal
-    counts = {s: 0 for s in STATES}
-    counts.update(Counter(s.state for s in states))
-    return StudyStatus(paths, tasks, states, counts, problems, warnings)
-
-
-def _recording(paths: StudyPaths) -> str | None:
-    """What study.json says of a submit that stopped while recording the study, or None."""
-    from hpcxfer.fileio import read_json
-    from hpcxfer.locks import inspect
-    from hpcxfer.study import RECORDING
-
-    try:
-        since = read_json(paths.study_json).get(RECORDING)
-    except (OSError, ValueError, AttributeError):
-        return None
-    if since is None:
-        return None
-    holder = inspect(paths.submit_lock)
-    if holder is not None and holder.live:
-        return None  # a submit is recording it right now
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
-    return (f"the submit of {when} stopped before it had recorded the whole study; `hpcxfer submit` "
-            "of its grid again completes it")
-
-
-def cancel(study_dir: str, wait_s: float | None = None) -> list[str]:
-    """Cancel what every backend this study has used still holds; the job ids cancelled. A
-    submit of the study under way is waited for (up to `wait_s`, locks.CANCEL_WAIT_S by
-    default), so that what it queues is cancelled too, never started after the cancel."""
-    from hpcxfer.locks import CANCEL_WAIT_S, submit_lock
-
-    paths = StudyPaths.existing(study_dir)
-    wait_s = CANCEL_WAIT_S if wait_s is None else wait_s
-    try:
-        lock = submit_lock(paths, wait_s=wait_s, doing="cancel")
-    except StudyError:
-        if os.access(paths.dir, os.W_OK):
-            raise
-        lock = None  # a study this user cannot write: no submit of it to wait for
-    try:
-        return [j for _, backend in _used(paths) for j in backend.cancel(paths)]
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def collect(study_dir: str, by: str | None = None):
-    """A study's records read and summarised (collect/build.py), by the axes `by` names
-    (`--by`; default: protocol and size)."""
-    from hpcxfer.collect.aggregate import parse_by
-    from hpcxfer.collect.build import collect as collect_study
-
-    return collect_study(StudyPaths.existing(study_dir), parse_by(by))

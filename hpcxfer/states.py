@@ -7,6 +7,7 @@ module imports nothing of hpcxfer, so a backend reads it without importing torch
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 
@@ -28,3 +29,30 @@ class State(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class Hold(StrEnum):
+    """What a backend says of a task it holds or last ran, in every backend's words."""
+
+    QUEUED = "queued"  #: waiting to start (or requeued)
+    RUNNING = "running"
+    FAILED = "failed"  #: the scheduler ended it: walltime, memory, a node, a real failure
+    STOPPED = "stopped"  #: ended without failing: cancelled, or checkpointed for the next submit
+
+
+@dataclass(frozen=True)
+class Held:
+    """One task as a backend holds it (`Backend.view`): its state, the job element that
+    runs it, the scheduler's own word for that state (a SLURM name, a PBS letter), a line for
+    people and the log to read."""
+
+    state: Hold
+    job: str = ""
+    scheduler_state: str = ""
+    detail: str = ""
+    log: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the job will still run the task (queued or running)."""
+        return self.state in (Hold.QUEUED, Hold.RUNNING)

@@ -7,8 +7,9 @@ is read off its files (and, for queued work, the backend's own record).
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +19,12 @@ import hpcxfer
 from hpcxfer import results
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl, why_unreadable
+from hpcxfer.grid.expansion import expand_by_block
 from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.locks import Holder, describe, inspect
+from hpcxfer.states import Held, Hold
 
 if TYPE_CHECKING:
     from hpcxfer.grid.schema import Grid
@@ -56,10 +59,13 @@ def _writing(path: Path) -> Iterator[None]:
         raise
 
 
-def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
+def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task],
+                blocks: Sequence[tuple[str, Sequence[Task]]] | None = None) -> None:
     """Record the grid's tasks in the study: new tasks are appended to the index (so the
     index of a known task never changes) and every unfinished task's task.json is
-    (re)written, so a changed runtime section applies to work not yet done.
+    (re)written, so a changed runtime section applies to work not yet done. study.json
+    records the grid file and its sub-grids' fine-tuning task ids (`blocks`, the expansion's;
+    expanded here when not given), so `status` never reads the grid file again.
 
     study.json is written first, marked RECORDING, and again without the mark once the
     index and every task.json are on disk: a submit that stops at any write in between
@@ -82,9 +88,15 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task]) -> None:
                 with _writing(tp.config):
                     atomic_write_json(tp.config, config)
     info.pop(RECORDING, None)
+    if blocks is None:
+        blocks = expand_by_block(grid)
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
+    recorded = info.get("subgrids") if isinstance(info.get("subgrids"), dict) else {}
+    # A grid file submitted again (edited) replaces what it recorded; other files' stay.
+    # Pairs, not a mapping: JSON objects are written with sorted keys, the grid's order counts.
+    recorded[source] = [[name, list(dict.fromkeys(t.task_id for t in block))] for name, block in blocks]
     info.update({"hpcxfer_version": hpcxfer.__version__, "updated": time.time(),
-                 "arch": grid.arch, "data": grid.data.model_dump()})
+                 "arch": grid.arch, "data": grid.data.model_dump(), "subgrids": recorded})
     with _writing(paths.study_json):
         atomic_write_json(paths.study_json, info)
 
@@ -296,10 +308,9 @@ def last_epoch(tp: TaskPaths, unreadable: dict[str, str] | None = None) -> int |
     return max((e for e in epochs if isinstance(e, int)), default=None)
 
 
-def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[str] = frozenset()) -> TaskState:
+def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, Held] | set[str] = frozenset()) -> TaskState:
     """The state of one task, read off its files, joined with what backends hold for it:
-    `queued` is a set of task ids, or task id -> a scheduler's view ({"state":
-    queued|running|failed, "detail", "log", "job", ...})."""
+    `queued` is a set of task ids, or task id -> what a backend holds of it (`Held`)."""
     tp = paths.task(task.task_id)
     st = TaskState(task.task_id, "pending", str(tp.dir), stage=task.stage)
     result, damaged = results.load(tp.result, task.task_id)
@@ -307,19 +318,19 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         st.state = "done"
         return st
     st.epoch = last_epoch(tp, st.unreadable)
-    view = queued.get(task.task_id) if isinstance(queued, Mapping) else None
-    if view:
-        st.extra = {k: view[k] for k in ("job", "scheduler_state") if k in view}
+    held = queued.get(task.task_id) if isinstance(queued, Mapping) else None
+    if held:
+        st.extra = {k: v for k, v in (("job", held.job), ("scheduler_state", held.scheduler_state)) if v}
     lock = task_lock(tp)
-    if (lock and lock.live) or (view and view["state"] == "running"):
+    if (lock and lock.live) or (held and held.state == Hold.RUNNING):
         st.state, st.log = "running", str(tp.log)
         return st
     # A running.json nobody alive holds (a worker killed by the OOM killer, a failed node)
     # is not believed: the task is whatever the scheduler and its other files say.
     # Queued again after a failure: the new job's state is the one that matters.
-    if view and view["state"] == "queued" or (not view and task.task_id in queued):
+    if held and held.state == Hold.QUEUED or (not held and task.task_id in queued):
         st.state = "queued"
-        st.detail = view.get("detail", "") if view else ""
+        st.detail = held.detail if held else ""
         if st.epoch is not None or tp.checkpoint.exists():
             st.detail += f"; requeued, resumes from its checkpoint (last evaluated epoch {st.epoch})"
         return st
@@ -333,12 +344,12 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, dict] | set[s
         st.state, st.log = "failed", str(tp.log)
         st.detail = failure_reason(tp)
         return st
-    if view and view["state"] in ("failed", "stopped"):
+    if held and held.state in (Hold.FAILED, Hold.STOPPED):
         # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
-        # a cancelled task is simply not done (pending), the others failed.
-        st.state, st.log = "failed" if view["state"] == "failed" else "pending", view.get("log") or str(tp.log)
-        st.detail = view.get("detail", "") + (f"; resumes from epoch {st.epoch} at the next submit"
-                                                if st.epoch is not None else "")
+        # a stopped task (cancelled, or checkpointed for the next submit) is simply not done.
+        st.state, st.log = "failed" if held.state == Hold.FAILED else "pending", held.log or str(tp.log)
+        st.detail = held.detail + (f"; resumes from epoch {st.epoch} at the next submit"
+                                   if st.epoch is not None else "")
         return st
     if st.epoch is not None or tp.checkpoint.exists():
         st.detail = f"interrupted after epoch {st.epoch or 0}; resumes from its checkpoint"
@@ -362,7 +373,7 @@ def failure_reason(tp: TaskPaths) -> str:
     return failed["error"][:2000]
 
 
-def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = frozenset(),
+def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = frozenset(),
                  tasks: list[Task] | None = None) -> list[TaskState]:
     """The state of every task (of `tasks`, default: the whole index), with its group."""
     if not paths.tasks_index.exists():
@@ -375,8 +386,13 @@ def study_states(paths: StudyPaths, queued: Mapping[str, dict] | set[str] = froz
 
 
 def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") \
-        else None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer past a float's range
+        return None
+    return f if math.isfinite(f) else None
 
 
 def task_progress(paths: StudyPaths, task: Task, st: TaskState) -> dict:

@@ -104,7 +104,7 @@ def jobs(env: dict) -> list[dict]:
     return spooled_jobs(env["PBS_STANDIN_DIR"])
 
 
-def _save(env: dict, job: dict) -> None:
+def save(env: dict, job: dict) -> None:
     n = re.match(r"\d+", job["id"]).group(0)
     (Path(env["PBS_STANDIN_DIR"]) / "jobs" / f"{n}.json").write_text(json.dumps(job))
 
@@ -132,7 +132,7 @@ def finish(env: dict, job: dict, index: int | None, code: int) -> None:
         job["subjobs"][str(index)] = {"state": "X", "exit": status}
         if len(job["subjobs"]) == len(job["indices"]):
             job.update(state="F", exit=max(s["exit"] for s in job["subjobs"].values()))
-    _save(env, job)
+    save(env, job)
 
 
 def _ready(env: dict, job: dict) -> bool | None:
@@ -154,10 +154,10 @@ def run_queued(env: dict, workdir: Path, timeout: float = 300) -> list[dict]:
             ready = _ready(env, job)
             if ready is None:
                 job.update(state="F", exit=-1)
-                _save(env, job)
+                save(env, job)
             elif ready:
                 job["state"] = "R"
-                _save(env, job)
+                save(env, job)
                 wave += [(job, i, start(env, job, i, workdir)) for i in job["indices"] or [None]]
         if not wave:
             return jobs(env)

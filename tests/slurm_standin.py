@@ -3,9 +3,11 @@
 elements with bash under the environment SLURM sets (SLURM_JOB_ID, SLURM_ARRAY_JOB_ID,
 SLURM_ARRAY_TASK_ID, SLURM_RESTART_COUNT), its output in the file `--output` names.
 
-`squeue -o '%F|%K|%T|%r'` prints what a real squeue (slurm 22.05, without -r) prints: one
-line per element that started, and the pending rest of an array as one line of ranges
-(`4-7%2`). sbatch refuses an array index at or above MaxArraySize, as SLURM does."""
+`squeue -O 'ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,exit_code:'` prints what a real
+squeue (slurm 22.05, without -r) prints: one line per element that started, with its exit's
+wait status (75 << 8 for an exit 75), and the pending rest of an array as one line of ranges
+(`4-7%2`). `scontrol show job` says an element's JobState, StartTime and TimeLimit (from
+`--time`). sbatch refuses an array index at or above MaxArraySize, as SLURM does."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pbs_standin import install_stand_ins, spooled_jobs
@@ -60,7 +63,7 @@ print(f"Submitted batch job {n}")
 '''
 
 SQUEUE = r'''
-assert sys.argv[sys.argv.index("-o") + 1] == "%F|%K|%T|%r", sys.argv
+assert sys.argv[sys.argv.index("-O") + 1] == "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,exit_code:", sys.argv
 def ranges(keys):
     keys, out = sorted(map(int, keys)), []
     for k in keys:
@@ -75,10 +78,11 @@ for job in jobs():
     reason = "Dependency" if any(by_element.get(a, {}).get("state") != "COMPLETED" for a in job["after"]) else "None"
     throttle = re.search(r"%\d+", job["opts"].get("--array", ""))
     if pending and "-" not in job["elements"]:
-        print(f"{job['id']}|{ranges(pending)}{throttle.group(0) if throttle else ''}|PENDING|{reason}")
+        print(f"{job['id']}|{ranges(pending)}{throttle.group(0) if throttle else ''}|PENDING|{reason}|0")
     for key, e in job["elements"].items():
         if key == "-" or e["state"] != "PENDING":
-            print(f"{job['id']}|{'N/A' if key == '-' else key}|{e['state']}|{reason if e['state'] == 'PENDING' else 'None'}")
+            why = reason if e["state"] == "PENDING" else "NonZeroExitCode" if e.get("exit") else "None"
+            print(f"{job['id']}|{'N/A' if key == '-' else key}|{e['state']}|{why}|{e.get('exit', 0) << 8}")
 '''
 
 SCANCEL = r'''
@@ -93,8 +97,10 @@ SCONTROL = r'''
 if sys.argv[1:3] == ["show", "config"]:
     print("MaxArraySize            = " + os.environ["SLURM_STANDIN_MAX_ARRAY_SIZE"])
 elif sys.argv[1:3] == ["show", "job"]:
-    for job, key in find(sys.argv[3]):
-        print(f"JobId={job['id']} JobState={job['elements'][key]['state']}")
+    for job, key in find(sys.argv[-1]):
+        e, minutes = job["elements"][key], int(job["opts"].get("--time", "60"))
+        print(f"JobId={job['id']} JobState={e['state']} Restarts={e['restarts']} StartTime={e.get('start', 'Unknown')} "
+              f"TimeLimit={minutes // 60:02d}:{minutes % 60:02d}:00")
 elif sys.argv[1] == "requeue":
     for job, key in find(sys.argv[2]):
         job["elements"][key]["state"] = "PENDING"
@@ -127,12 +133,13 @@ def calls(env: dict, name: str) -> list[list[str]]:
     return [argv[1:] for argv in map(json.loads, lines) if argv[0] == name]
 
 
-def _save(env: dict, job: dict) -> None:
+def save(env: dict, job: dict) -> None:
     (Path(env["SLURM_STANDIN_DIR"]) / "jobs" / f"{job['id']}.json").write_text(json.dumps(job))
 
 
-def run_element(env: dict, job_id: str, key: str = "-") -> int:
-    """Run one element (`key`: its index, "-" for a plain job) to its end as slurmd would."""
+def run_element(env: dict, job_id: str, key: str = "-", started_s_ago: float = 0.0) -> int:
+    """Run one element (`key`: its index, "-" for a plain job) to its end as slurmd would;
+    `started_s_ago` sets its StartTime back, as if it had run that long already."""
     job = next(j for j in jobs(env) if j["id"] == job_id)
     elem = job["elements"][key]
     slurm_env = {**os.environ, **env, "SLURM_JOB_ID": job_id if key == "-" else str(int(job_id) * 1000 + int(key)),
@@ -144,12 +151,13 @@ def run_element(env: dict, job_id: str, key: str = "-") -> int:
     fields = {"%A": job_id, "%a": key, "%j": slurm_env["SLURM_JOB_ID"], "%%": "%"}
     output = re.sub("%[Aaj%]", lambda m: fields[m.group(0)], job["output"])
     elem["state"] = "RUNNING"
-    _save(env, job)
+    elem["start"] = (datetime.now() - timedelta(seconds=started_s_ago)).isoformat(timespec="seconds")
+    save(env, job)
     with open(output, "ab") as log:
         code = subprocess.run(["bash", job["script"]], env=slurm_env, stdout=log, stderr=subprocess.STDOUT,
                               timeout=300).returncode
     job = next(j for j in jobs(env) if j["id"] == job_id)
     if job["elements"][key]["state"] == "RUNNING":  # not requeued meanwhile
-        job["elements"][key]["state"] = "COMPLETED" if code == 0 else "FAILED"
-        _save(env, job)
+        job["elements"][key].update(state="COMPLETED" if code == 0 else "FAILED", exit=code)
+        save(env, job)
     return code

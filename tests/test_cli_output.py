@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcxfer.cli import COMMANDS
+from hpcxfer.arguments import COMMANDS
 from benchmarks.synthetic import finetune_task, pretrain_task, write_study
 from hpcxfer.grid import load_grid
 from hpcxfer.grid.cost import fmt_number, price_study

@@ -16,6 +16,8 @@ identical gradients, where it must equal torch.optim.SGD to rounding (1e-7).
 
 from __future__ import annotations
 
+import io
+
 import shutil
 
 import pytest
@@ -27,10 +29,10 @@ from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 from hpcxfer.grid.task import Task
 from hpcxfer.worker import EXIT_DONE
 from hpcxfer.worker.fused import Fused
-from hpcxfer.worker.group import prepare_group, run_group, train_group
+from hpcxfer.worker.group import prepare_group, train_group
+from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
-from hpcxfer.worker.learners import Looped, global_rng, set_global_rng
 
 pytestmark = pytest.mark.slow  # every test trains protocol groups
 
@@ -94,6 +96,7 @@ def test_fused_sgd_is_torch_sgd_on_the_same_gradients(study):
             fused.sgd()
         for learner in looped:
             learner.optimizer.step()
+    fused.sync()  # the members' optimizers take their momentum buffers
     for m, (mine, ref) in enumerate(zip(twins, looped)):
         for (name, p), q in zip(mine.model.named_parameters(), ref.model.parameters()):
             assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), (m, name, (p - q).abs().max())
@@ -151,7 +154,7 @@ def test_a_fused_group_end_to_end_and_its_exact_resume(study):
     with pytest.raises(Interrupted):
         train_group(stopped, gp, list(group.members), tps, [read_json(tp.config) for tp in tps], StopAfter(8, 12))
     assert torch.load(gp.checkpoint, weights_only=True)["mode"] == "fused"
-    assert run_group(str(stopped.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(stopped.dir), group.group_id) == EXIT_DONE
     for t, tp in zip(members, tps):
         result, ref = read_json(tp.result), read_json(uninterrupted.task(t.task_id).result)
         assert {k: result[k] for k in EXACT} == {k: ref[k] for k in EXACT} and result["restarts"] == 1
@@ -167,10 +170,84 @@ def test_a_fused_checkpoint_resumes_looped(study):
     for tp in tps:
         config = read_json(tp.config)
         atomic_write_json(tp.config, {**config, "runtime": {**config["runtime"], "group_mode": "looped"}})
-    assert run_group(str(paths.dir), group.group_id) == EXIT_DONE
-    assert "4 members looped" in gp.log.read_text()
+    stored = torch.load(gp.checkpoint, weights_only=True)
+    assert (stored["epoch"], stored["step"], stored["mode"]) == (0, 3, "fused")
+    assert run_task(str(paths.dir), group.group_id) == EXIT_DONE
+    log = gp.log.read_text()
+    assert "4 members looped" in log and "at epoch 0 step 3 (restart 1)" in log
     for t, tp in zip(members, tps):
-        assert abs(read_json(tp.result)["val_acc"] - looped[t.task_id]["val_acc"]) <= 0.05
+        result = read_json(tp.result)
+        # Resumed, not retrained: a run that ignored the checkpoint would say restarts 0 (and
+        # the next test checks that what it resumes is the fused state, bit for bit).
+        assert result["restarts"] == 1, t.task_id
+        assert abs(result["val_acc"] - looped[t.task_id]["val_acc"]) <= 0.05
+
+
+def test_a_fused_members_state_loads_into_a_looped_member_bit_for_bit(study):
+    """What a fused checkpoint holds of a member is what that member's own optimizer and
+    scaler would hold: loaded into a twin, every tensor is equal, not merely close."""
+    _, paths, _, members, *_ = study
+    tasks, configs = _members(paths, members)
+    data, learners = prepare_group(paths, tasks, configs)
+    _, twins = prepare_group(paths, tasks, configs)
+    fused = Fused(learners, data.precision)
+    fused.train()
+    for epoch, x, y in _batches(data, 7):
+        fused.set_epoch(epoch)
+        fused.step(x, y)
+    fused.sync()
+    for learner, twin in zip(learners, twins):
+        twin.load(learner.state())
+        a, b = learner.state(), twin.state()
+        assert a["model"].keys() == b["model"].keys()
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        held = [s.get("momentum_buffer") for s in a["optimizer"]["state"].values()]
+        assert held and all(h is not None for h in held)  # every trained parameter has stepped
+        for k, s in a["optimizer"]["state"].items():
+            assert torch.equal(s["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"].cpu())
+        assert a["scaler"] == b["scaler"] and torch.equal(a["loss_sum"], b["loss_sum"])
+
+
+def test_fused_sgd_state_dict_round_trip(study):
+    """FusedSGD is a torch.optim.Optimizer: its state_dict (per-row rates and decays,
+    momentum buffers, which rows have stepped) loads into a fresh one, which then takes
+    the very same next step."""
+    from hpcxfer.worker.fused import FusedSGD
+
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randn(3, 4, 5, generator=gen), torch.randn(3, 7, generator=gen)]
+    trained = [torch.tensor([True, False, True]), torch.tensor([True, True, True])]
+    grads = [[torch.randn(r.shape, generator=gen) for r in rows] for _ in range(3)]
+
+    def make(params):
+        opt = FusedSGD(params, trained, momentum=0.9)
+        for group, lr in zip(opt.param_groups, (torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.01, 0.0, 0.5]))):
+            group["lr"], group["weight_decay"] = lr, torch.tensor([5e-4, 0.0, 1e-3])
+        return opt
+
+    a_rows = [r.clone() for r in rows]
+    a = make(a_rows)
+    for p, g in zip(a_rows, grads[0]):
+        p.grad = g.clone()
+    a.step(ok=torch.tensor([True, True, False]))  # the third row overflowed: skipped
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)  # as a checkpoint holds it
+    saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    b_rows = [r.clone() for r in a_rows]
+    b = make(b_rows)
+    b.load_state_dict(saved)
+    assert torch.equal(b.state[b_rows[0]]["stepped"], torch.tensor([True, False, False]))
+    assert torch.equal(b.param_groups[1]["lr"], torch.tensor([0.01, 0.0, 0.5]))
+    for opt, params in ((a, a_rows), (b, b_rows)):
+        for p, g in zip(params, grads[1]):
+            p.grad = g.clone()
+        opt.step()
+    for p, q in zip(a_rows, b_rows):
+        assert torch.equal(p, q)
+    assert torch.equal(a_rows[0][1], rows[0][1])  # a frozen row: never touched
+    ours = [a.state[p]["momentum_buffer"] for p in a_rows]
+    theirs = [b.state[p]["momentum_buffer"] for p in b_rows]
+    assert all(torch.equal(x, y) for x, y in zip(ours, theirs)) and any(x.abs().sum() > 0 for x in ours)
 
 
 def test_fp16_loss_scales_skip_and_back_off_per_member_as_gradscaler(study):

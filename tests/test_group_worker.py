@@ -17,9 +17,9 @@ from group_study import make_study
 
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import append_jsonl, atomic_write_json, iter_jsonl, read_json
-from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, learners
 from hpcxfer.study import read_group
-from hpcxfer.worker.group import run_group, train_group
+from hpcxfer.worker import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, learners
+from hpcxfer.worker.group import train_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.signals import Interrupted
 
@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
     early = grouped.task(members[1].task_id)  # the frozen member (n 3, f 2), done alone first
     assert run_task(str(grouped.dir), early.task_id) == EXIT_DONE
     before = _files(early)
-    assert run_group(str(grouped.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(grouped.dir), group.group_id) == EXIT_DONE
     return solo, grouped, pre, members, group, before
 
 
@@ -104,7 +104,7 @@ def test_what_a_group_writes_and_where(runs):
         events.Reload()
         assert [(e.step, e.value) for e in events.Scalars("val/loss")] == \
             [(r["epoch"], pytest.approx(r["val_loss"])) for r in _metrics(tp)]
-    assert run_group(str(grouped.dir), group.group_id) == EXIT_DONE  # all done: nothing to do
+    assert run_task(str(grouped.dir), group.group_id) == EXIT_DONE  # all done: nothing to do
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -139,7 +139,7 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
     paths, members, group, tps = fresh
     weights = paths.task(members[0].depends_on[0]).weights
     weights.rename(weights.with_suffix(".away"))
-    assert run_group(str(paths.dir), group.group_id) == EXIT_USAGE
+    assert run_task(str(paths.dir), group.group_id) == EXIT_USAGE
     assert capsys.readouterr().err.count("\n") == 1
     for tp in tps:
         failed = read_json(tp.failed)
@@ -151,7 +151,7 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
     gp = paths.group(group.group_id)
     record = read_json(gp.config)
     atomic_write_json(gp.config, {**record, "members": record["members"] + [members[0].depends_on[0]]})
-    assert run_group(str(paths.dir), group.group_id) == EXIT_USAGE  # a pre-training is no member
+    assert run_task(str(paths.dir), group.group_id) == EXIT_USAGE  # a pre-training is no member
     assert "is a pretrain task" in read_json(tps[0].failed)["error"]
     atomic_write_json(gp.config, record)
 
@@ -159,7 +159,7 @@ def test_bad_input_and_real_errors_fail_every_unfinished_member(fresh, monkeypat
         raise RuntimeError("the device fell off")
 
     monkeypatch.setattr(learners.Looped, "step", broken)
-    assert run_group(str(paths.dir), group.group_id) == EXIT_FAILED
+    assert run_task(str(paths.dir), group.group_id) == EXIT_FAILED
     for tp in tps:
         failed = read_json(tp.failed)
         assert failed["exit_status"] == EXIT_FAILED and "the device fell off" in failed["traceback"]
@@ -178,7 +178,7 @@ def test_a_stop_request_checkpoints_and_the_group_resumes_exactly(fresh, runs):
     assert (state["epoch"], state["step"]) == (1, 2) and sorted(state["members"]) == sorted(ids)
     for tp in tps:  # written after the checkpoint by a run that died: dropped on resume
         append_jsonl(tp.metrics, {"epoch": 2, "val_acc": 0.0})
-    assert run_group(str(paths.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(paths.dir), group.group_id) == EXIT_DONE
     for t, tp in zip(members, tps):
         ref = solo.task(t.task_id)
         result = read_json(tp.result)
@@ -195,11 +195,11 @@ def test_a_checkpoint_of_other_members_is_refused(fresh):
         train_group(paths, gp, [t.task_id for t in members], tps, configs, StopAfter(1))
     record = read_json(gp.config)
     atomic_write_json(gp.config, {**record, "members": record["members"][::-1]})  # another member list
-    assert run_group(str(paths.dir), group.group_id) == EXIT_USAGE
+    assert run_task(str(paths.dir), group.group_id) == EXIT_USAGE
     assert "different group config" in read_json(tps[0].failed)["error"]
     atomic_write_json(gp.config, record)
     atomic_write_json(tps[3].result, {"task_id": "someone else"})  # damaged: to be trained again
     state = torch.load(gp.checkpoint, weights_only=True)
-    assert run_group(str(paths.dir), group.group_id) == EXIT_DONE  # resumes every member, the damaged too
+    assert run_task(str(paths.dir), group.group_id) == EXIT_DONE  # resumes every member, the damaged too
     assert tps[3].result_damaged.exists() and read_json(tps[3].result)["restarts"] == 1
     assert state["epoch"] * 5 + state["step"] == 1

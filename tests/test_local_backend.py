@@ -8,7 +8,9 @@ import time
 
 import pytest
 
+from hpcxfer.fileio import read_json
 from hpcxfer.grid import expand, load_grid
+from hpcxfer.layout import StudyPaths
 
 pytestmark = pytest.mark.slow  # a real study trained by the local runner
 
@@ -43,6 +45,9 @@ def test_detached_submit_held_cancel_and_resume(write_grid, cli, tmp_path):
     assert status["counts"]["queued"] == len(tasks) - 1
     running = [t for t in status["tasks"] if t["state"] == "running"]
     assert running[0]["task_id"] == tasks[0].task_id  # pre-training first
+    pre = StudyPaths(study).task(tasks[0].task_id)
+    _wait_for(lambda: pre.checkpoint.exists() or pre.result.exists())
+    assert not pre.result.exists(), "the pre-training finished before the cancel: make it longer"
 
     second = cli("submit", grid_path, "--backend", "local")
     assert "submitting 0 to local" in second.stdout, second.stdout
@@ -53,9 +58,12 @@ def test_detached_submit_held_cancel_and_resume(write_grid, cli, tmp_path):
     assert status["counts"]["done"] == 0
     assert status["counts"]["pending"] == len(tasks)
 
-    third = cli("submit", grid_path, "--backend", "local", "--wait")
+    third = cli("submit", grid_path, "--backend", "local", "--wait", timeout=900)  # 30 epochs, on a loaded machine
     assert third.returncode == 0, third.stderr
     assert _status(cli, study)["counts"]["done"] == len(tasks)
+    # The cancelled pre-training resumed from its checkpoint once; the rest ran uninterrupted.
+    restarts = {t.task_id: read_json(StudyPaths(study).task(t.task_id).result)["restarts"] for t in tasks}
+    assert restarts == {t.task_id: int(t is tasks[0]) for t in tasks}, restarts
 
 
 def test_a_second_submit_wait_waits_for_the_first_and_shares_its_outcome(write_grid, cli, tmp_path):

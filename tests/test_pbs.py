@@ -14,13 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pbs_standin
 import pytest
 
 import hpcxfer
-import pbs_standin
+from hpcxfer.backends import records
 from hpcxfer.backends.pbs import PbsBackend
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held, Hold
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -130,18 +132,58 @@ def test_default_backend_is_the_scheduler_on_path(tmp_path, monkeypatch):
 
 
 def test_jobs_purged_from_the_server_count_as_not_held(tmp_path, monkeypatch):
-    from hpcxfer.backends import records
-
     env = pbs_standin.install(tmp_path)
     monkeypatch.setenv("PATH", env["PATH"])
     monkeypatch.setenv("PBS_STANDIN_DIR", env["PBS_STANDIN_DIR"])
     paths = StudyPaths(tmp_path / "study")
-    records.append(paths, "pbs", {"job_id": "7.pbs", "elements": ["7.pbs"], "tasks": ["pt-a"], "log": "x"})
+    f = paths.backend("pbs").submissions
+    f.parent.mkdir(parents=True)
+    # Records as submits before `units` wrote them: the units under "tasks", one "log".
+    f.write_text(json.dumps({"job_id": "7.pbs", "elements": ["7.pbs"], "tasks": ["pt-a"], "log": "x"}) + "\n")
     assert PbsBackend().view(paths) == {}  # qstat: Unknown Job Id 7.pbs, exit 153
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\n#PBS -J 0-1\ntrue\n")
     job_id = subprocess.run(["qsub", str(script)], capture_output=True, text=True, env={**os.environ, **env}).stdout.strip()
-    records.append(paths, "pbs", {"job_id": job_id, "elements": [job_id.replace("[]", "[1]")], "tasks": ["ft-b"],
-                                  "log": "x"})
+    with f.open("a") as out:
+        out.write(json.dumps({"job_id": job_id, "elements": [job_id.replace("[]", "[1]")], "tasks": ["ft-b"],
+                              "log": "logs"}) + "\n")
     view = PbsBackend().view(paths)
-    assert set(view) == {"ft-b"} and view["ft-b"]["state"] == "queued"
+    assert view == {"ft-b": Held(Hold.QUEUED, job_id.replace("[]", "[1]"), "Q",
+                                 f"pbs {job_id.replace('[]', '[1]')} Q", "logs")}
+
+
+def test_old_and_new_submission_records_load_alike(tmp_path):
+    paths = StudyPaths(tmp_path / "study")
+    new = records.JobRecord("9[].pbs", ("9[0].pbs", "9[1].pbs"), ("logs", "logs"), ("ft-a", "g-1"), "finetune",
+                            "s.pbs", "l.txt", ("8.pbs",), {"g-1": ["ft-b", "ft-c"]}, 5.0)
+    records.append(paths, "pbs", new)
+    line = json.loads(paths.backend("pbs").submissions.read_text())
+    assert line["units"] == ["ft-a", "g-1"] and "tasks" not in line
+    old = {**line, "tasks": line.pop("units"), "log": "logs"}
+    del old["logs"]
+    paths.backend("pbs").submissions.write_text(json.dumps(old) + "\n")
+    (loaded,) = records.load(paths, "pbs")
+    assert loaded == new
+    assert {t: (r.job_id, i) for t, (r, i) in records.latest_by_task(paths, "pbs").items()} == {
+        "ft-a": ("9[].pbs", 0), "ft-b": ("9[].pbs", 1), "ft-c": ("9[].pbs", 1)}
+
+
+def test_a_subjob_that_checkpointed_at_walltime_is_pending_not_failed(write_grid, cli, tmp_path):
+    """Exit 75: the worker checkpointed on PBS's SIGTERM at walltime and exited; the next
+    submit resumes it. 271 (killed by SIGTERM before it could) is a failure."""
+    env = pbs_standin.install(tmp_path)
+    grid = write_grid({"runtime": {"threads": 1, "group_max": 1}}, base=GRID)
+    assert cli("submit", grid, "--backend", "pbs", env=env).returncode == 0
+    study = tmp_path / "runs" / "pb"
+    _, fine = (json.loads(x) for x in (study / "backends" / "pbs" / "submissions.jsonl").read_text().splitlines())
+    spooled = pbs_standin.jobs(env)
+    spooled[0].update(state="F", exit=0)
+    spooled[1].update(state="F", exit=271, subjobs={"0": {"state": "X", "exit": 75}, "1": {"state": "X", "exit": 271},
+                                                    "2": {"state": "X", "exit": 0}})
+    for job in spooled:
+        pbs_standin.save(env, job)
+    status = {t["task_id"]: t for t in json.loads(cli("status", study, "--json", env=env).stdout)["tasks"]}
+    checkpointed, killed, _ = (status[u] for u in fine["units"])
+    assert checkpointed["state"] == "pending", checkpointed
+    assert "exit status 75: checkpointed, the next submit resumes it" in checkpointed["detail"]
+    assert killed["state"] == "failed" and "TIMEOUT" in killed["detail"], killed

@@ -1,7 +1,8 @@
 """The SLURM backend against the real one-node cluster .ci/slurm-up.sh starts: real
-arrays split to MaxArraySize, afterok between stages, a requeue mid-training that resumes
-from the checkpoint to the same result, a real failure that is not requeued, and a second
-submit that submits nothing."""
+arrays split to MaxArraySize, afterok between stages (a failed pre-training removes its
+fine-tunes unrun), a requeue mid-training that resumes from the checkpoint to the same
+result, a preemption requeued without spending max_requeues, a real failure that is not
+requeued, and a second submit that submits nothing."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import prepare_study
+
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,12 +95,12 @@ def test_split_to_max_array_size_with_afterok_and_second_submit_submits_nothing(
     cleanup.extend(r["job_id"] for r in recs)
     assert [r["stage"] for r in recs] == ["pretrain", "finetune", "finetune"]
     pre, big, small = recs
-    assert (len(big["tasks"]), len(small["tasks"])) == (cluster, 1)
+    assert (len(big["units"]), len(small["units"])) == (cluster, 1)
     # Each chunk is renumbered from 0 and its task list maps index -> task id.
     assert big["elements"] == [f"{big['job_id']}_{i}" for i in range(cluster)]
-    assert Path(big["list_file"]).read_text().split() == big["tasks"]
+    assert Path(big["list_file"]).read_text().split() == big["units"]
     index = [json.loads(line)["task_id"] for line in (study / "tasks.jsonl").read_text().splitlines()]
-    assert sorted(big["tasks"] + small["tasks"]) == sorted(t for t in index if t.startswith("ft-"))
+    assert sorted(big["units"] + small["units"]) == sorted(t for t in index if t.startswith("ft-"))
     # Fine-tuning waits for its pre-training (afterok), as the scheduler sees it.
     queue = squeue(pre["job_id"], big["job_id"], small["job_id"])
     deps = {e: dep for e, (state, dep) in queue.items() if e != pre["job_id"]}
@@ -130,7 +131,7 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
     cleanup.extend(r["job_id"] for r in recs)
     pre, fine = recs
     assert fine["stage"] == "finetune" and len(fine["elements"]) == 2 and fine["after"] == pre["elements"]
-    task, element = fine["tasks"][0], fine["elements"][0]
+    task, element = fine["units"][0], fine["elements"][0]
 
     tp = study / "tasks" / task
     wait_for(lambda: (tp / "checkpoint.pt").exists(), 180, "the first epoch's checkpoint", poll=0.2)
@@ -143,12 +144,12 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
     prepare_study(ref_grid)
     ref_study = tmp_path / "ref" / "sl"
     for name in ("model.pt", "result.json"):
-        shutil.copy(study / "tasks" / pre["tasks"][0] / name, ref_study / "tasks" / pre["tasks"][0] / name)
+        shutil.copy(study / "tasks" / pre["units"][0] / name, ref_study / "tasks" / pre["units"][0] / name)
     ref = subprocess.run([sys.executable, "-m", "hpcxfer", "run-task", str(ref_study), task],
                          env={**os.environ, "HPCXFER_THREADS": "1"}, capture_output=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
 
-    wait_for(lambda: all((study / "tasks" / t / "result.json").exists() for r in recs for t in r["tasks"]),
+    wait_for(lambda: all((study / "tasks" / t / "result.json").exists() for r in recs for t in r["units"]),
              240, "every task of the study")
     got, want = read_json(tp / "result.json"), read_json(ref_study / "tasks" / task / "result.json")
     assert got["restarts"] >= 1 and restarts(element) >= 1
@@ -165,17 +166,18 @@ def test_requeued_task_resumes_from_its_checkpoint_to_the_same_result(cluster, w
 
 def test_usr2_to_the_job_step_checkpoints_and_the_element_requeues_itself(cluster, write_grid, cli, tmp_path,
                                                                          cleanup):
-    """What `--signal=USR2@N` does before the time limit, sent now: USR2 to the job's steps
-    (not its batch shell) reaches the worker under srun, which checkpoints; the element
-    requeues itself and its next run resumes."""
-    grid = write_grid({"finetune": {"seed": [0]}}, base=GRID)
+    """What `--signal=USR2@N` does, sent now: USR2 to the job's steps (not its batch shell)
+    reaches the worker under srun, which checkpoints; the element requeues itself and its
+    next run resumes. A minute into a 20-minute job the stop is a preemption, not the time
+    limit, so it is requeued even with max_requeues 0 and spends nothing."""
+    grid = write_grid({"finetune": {"seed": [0]}, "slurm": {**GRID["slurm"], "max_requeues": 0}}, base=GRID)
     study = tmp_path / "runs" / "sl"
     prepare_study(grid)
     assert cli("submit", grid, "--backend", "slurm").returncode == 0
     recs = records(study)
     cleanup.extend(r["job_id"] for r in recs)
     fine = recs[-1]
-    (task,), (element,) = fine["tasks"], fine["elements"]
+    (task,), (element,) = fine["units"], fine["elements"]
     tp = study / "tasks" / task
     wait_for(lambda: (tp / "checkpoint.pt").exists(), 180, "the first epoch's checkpoint", poll=0.2)
     assert not (tp / "result.json").exists(), "finished before the signal: make it longer"
@@ -184,7 +186,35 @@ def test_usr2_to_the_job_step_checkpoints_and_the_element_requeues_itself(cluste
     wait_for(lambda: (tp / "result.json").exists(), 240, "the requeued task's result")
     assert read_json(tp / "result.json")["restarts"] >= 1 and restarts(element) == 1
     text = Path(fine["logs"][0]).read_text()
-    assert f"{task} checkpointed; requeuing {element}" in text, text
+    assert f"{task} checkpointed; requeuing {element} (preemption, not counted)" in text, text
+    assert [r["why"] for r in iter_jsonl(study / "backends" / "slurm" / "requeues.jsonl")] == ["preemption"]
+
+
+def test_a_failed_pretraining_removes_its_fine_tunes_unrun(cluster, write_grid, tmp_path, cleanup):
+    """afterok with --kill-on-invalid-dep=yes: a pre-training element that ends non-zero
+    (here its task.json is damaged, so the worker refuses it) never starts its fine-tunes;
+    SLURM removes them (CANCELLED, DependencyNeverSatisfied) and they leave no trace."""
+    from hpcxfer.backends.slurm import SlurmBackend
+    from hpcxfer.grid import expand, load_grid
+    from hpcxfer.grid.groups import Unit
+
+    grid_file = write_grid({"finetune": {"seed": [0, 1], "epochs": 1}}, base=GRID)
+    paths = prepare_study(grid_file)
+    tasks = expand(load_grid(grid_file))
+    pre = next(t for t in tasks if t.stage == "pretrain")
+    paths.task(pre.task_id).config.write_text("{")
+    SlurmBackend().submit(paths, load_grid(grid_file), [Unit.of_task(t) for t in tasks])
+    first, fine = records(paths.dir)
+    cleanup.extend([first["job_id"], fine["job_id"]])
+    assert fine["after"] == first["elements"]
+    wait_for(lambda: squeue(first["job_id"]).get(first["job_id"], ("",))[0] == "FAILED", 120, "the pre-training")
+    gone = wait_for(lambda: (q := squeue(fine["job_id"])) and all(s == "CANCELLED" for s, _ in q.values()) and q,
+                    60, "the fine-tunes to be removed")
+    reasons = subprocess.run(["squeue", "-h", "-t", "all", "-j", fine["job_id"], "-o", "%r"], capture_output=True,
+                             text=True).stdout.split()
+    assert gone and set(reasons) == {"DependencyNeverSatisfied"}, (gone, reasons)
+    for unit, log in zip(fine["units"], fine["logs"]):
+        assert not Path(log).exists() and not (paths.task(unit).dir / "metrics.jsonl").exists()
 
 
 def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_grid, cli, tmp_path, cleanup):
@@ -204,7 +234,7 @@ def test_real_failure_is_not_requeued_and_status_names_the_log(cluster, write_gr
     time.sleep(3)  # ArrayTask requeues before it exits, so a requeue would show by now
     assert squeue(rec["job_id"])[element][0] == "FAILED" and restarts(element) == 0
     status = json.loads(cli("status", study, "--json").stdout)
-    (task,) = [t for t in status["tasks"] if t["task_id"] == rec["tasks"][0]]
+    (task,) = [t for t in status["tasks"] if t["task_id"] == rec["units"][0]]
     assert task["state"] == "failed" and Path(task["log"]).is_file()
     assert "pre-trained model" in task["detail"]
 

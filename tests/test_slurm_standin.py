@@ -1,7 +1,7 @@
 """SLURM without a cluster: golden sbatch scripts, submission, squeue parsing and cancel
 against the stand-ins of tests/slurm_standin.py, an element run to its end by bash under
-SLURM's environment, the element's requeue decision, the test cluster script's refusal of
-a SLURM it did not set up, and no use of submitit's private names.
+SLURM's environment, the element's exit and requeue decision (preemption against the time
+limit), and the test cluster script's refusal of a SLURM it did not set up.
 
 Regenerate the golden files after an intended change of the template:
     HPCXFER_REGEN_GOLDEN=1 python -m pytest tests/test_slurm_standin.py -k golden
@@ -12,19 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 import slurm_standin
+from test_pbs import golden
+
 from hpcxfer.backends import slurm_element
 from hpcxfer.backends.scheduler import SchedulerError
 from hpcxfer.backends.slurm import SlurmBackend, parse_squeue, task_indices
+from hpcxfer.fileio import iter_jsonl
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
-from test_pbs import golden
+from hpcxfer.states import Hold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,15 +64,17 @@ def test_squeue_array_ranges(field, indices):
 
 
 def test_squeue_lines_become_elements():
-    # What `squeue -h -t all -o %F|%K|%T|%r` printed on slurm 22.05 for a throttled array
+    # What `squeue -h -t all -O <SQUEUE_FORMAT>` printed on slurm 22.05 for a throttled array
     # (two running, the rest pending as one line), plus a plain job and someone else's.
-    out = "123|2-5%2|PENDING|JobArrayTaskLimit\n123|0|RUNNING|None\n123|1|COMPLETED|None\n" \
-          "130|N/A|PENDING|Dependency\n999|N/A|RUNNING|None\n"
-    assert parse_squeue(out, {"123", "130"}) == {
-        "123_0": ("RUNNING", ""), "123_1": ("COMPLETED", ""), "130": ("PENDING", "Dependency"),
-        **{f"123_{i}": ("PENDING", "JobArrayTaskLimit") for i in range(2, 6)}}
+    out = "123|2-5%2|PENDING|JobArrayTaskLimit|0\n123|0|RUNNING|None|0\n123|1|COMPLETED|None|0\n" \
+          "130|N/A|PENDING|Dependency|0\n999|N/A|RUNNING|None|0\n"
+    got = parse_squeue(out, {"123", "130"})
+    assert {e: (h.state, h.scheduler_state, h.detail) for e, h in got.items()} == {
+        "123_0": (Hold.RUNNING, "RUNNING", "slurm 123_0 RUNNING"),
+        "130": (Hold.QUEUED, "PENDING", "slurm 130 PENDING (Dependency)"),
+        **{f"123_{i}": (Hold.QUEUED, "PENDING", f"slurm 123_{i} PENDING (JobArrayTaskLimit)") for i in range(2, 6)}}
     with pytest.raises(SchedulerError, match="array indices"):
-        parse_squeue("123|x-y|PENDING|None\n", {"123"})
+        parse_squeue("123|x-y|PENDING|None|0\n", {"123"})
 
 
 def _study(write_grid, cli, tmp_path, env, **over):
@@ -115,26 +121,33 @@ def test_elements_run_to_their_end_under_slurms_environment(write_grid, cli, tmp
     assert slurm_standin.run_element(env, fine["job_id"], "1") == 0  # index 1: line 2 of the task list
     status = json.loads(cli("status", study, "--json", env=env).stdout)
     assert (status["counts"]["done"], status["counts"]["queued"]) == (2, 1), status["counts"]
-    assert (study / "tasks" / fine["tasks"][1] / "result.json").is_file()
-    assert not (study / "tasks" / fine["tasks"][0] / "result.json").exists()
+    assert (study / "tasks" / fine["units"][1] / "result.json").is_file()
+    assert not (study / "tasks" / fine["units"][0] / "result.json").exists()
     assert Path(fine["logs"][1]).is_file() and not Path(fine["logs"][0]).exists()
 
 
-@pytest.mark.parametrize("code, state, restarts, requeued, status, done", [
-    (75, "RUNNING", 0, True, 0, False),     # USR2 at the time limit, or USR1: back in the queue
-    (-12, "RUNNING", 0, True, 0, False),    # USR2 before the worker's handlers: nothing lost either
-    (75, "RUNNING", 3, False, 0, False),    # max_requeues reached
-    (75, "CANCELLED", 0, False, 0, False),  # scancel: never undone
-    (73, "RUNNING", 0, False, 0, False),    # another worker holds the task
-    (1, "RUNNING", 0, False, 1, False),     # a real failure: FAILED, not requeued
-    (-12, "RUNNING", 0, False, 0, True),    # USR2 after the result was written: done
+NEAR_LIMIT_S, EARLY_S = 1150, 60  # into a 20-minute job: past min(80 %, all but 10 min), and well before
+
+
+@pytest.mark.parametrize("code, state, ago, spent, requeued, status, done", [
+    (75, "RUNNING", NEAR_LIMIT_S, 0, "time limit", 75, False),  # USR2 at the time limit: back in the queue
+    (-12, "RUNNING", NEAR_LIMIT_S, 0, "time limit", 75, False),  # USR2 before the worker's handlers: the same
+    (75, "RUNNING", NEAR_LIMIT_S, 3, None, 75, False),  # max_requeues spent at the time limit: not done, not 0
+    (75, "RUNNING", EARLY_S, 3, "preemption", 75, False),  # preempted: requeued without spending the budget
+    (75, "CANCELLED", EARLY_S, 0, None, 75, False),  # scancel: never undone, and not done
+    (73, "RUNNING", EARLY_S, 0, None, 73, False),  # another worker holds the task: not done here
+    (1, "RUNNING", EARLY_S, 0, None, 1, False),  # a real failure: FAILED, not requeued
+    (0, "RUNNING", EARLY_S, 0, None, 1, False),  # exit 0 without a valid result is no success
+    (-12, "RUNNING", EARLY_S, 0, None, 0, True),  # USR2 after the result was written: done
 ])
-def test_an_element_requeues_itself_only_after_a_checkpoint_while_running(
-        code, state, restarts, requeued, status, done, tmp_path, monkeypatch):
+def test_an_element_exits_0_only_when_its_unit_is_done_and_counts_only_time_limit_requeues(
+        code, state, ago, spent, requeued, status, done, tmp_path, monkeypatch):
+    start = (datetime.now() - timedelta(seconds=ago)).isoformat(timespec="seconds")
     stub = tmp_path / "bin" / "scontrol"
     stub.parent.mkdir()
     stub.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n"
-                    f"[ \"$1\" = show ] && echo 'JobId=7 ArrayJobId=5 JobState={state} Reason=None'\nexit 0\n")
+                    f"[ \"$1\" = show ] && echo 'JobId=7 ArrayJobId=5 JobState={state} Reason=None "
+                    f"StartTime={start} TimeLimit=00:20:00'\nexit 0\n")
     stub.chmod(0o755)
     monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
     body = f"import os; os.kill(os.getpid(), {-code})" if code < 0 else f"raise SystemExit({code})"
@@ -143,22 +156,68 @@ def test_an_element_requeues_itself_only_after_a_checkpoint_while_running(
     if done:
         (tmp_path / "tasks" / "task-b").mkdir(parents=True)
         (tmp_path / "tasks" / "task-b" / "result.json").write_text('{"task_id": "task-b", "val_acc": 0.5}')
+    requeues = StudyPaths(tmp_path).backend("slurm").requeues
+    requeues.parent.mkdir(parents=True)
+    before = [{"element": "5_1", "unit": "task-b", "why": "time limit"}] * spent + \
+        [{"element": "5_1", "unit": "task-b", "why": "preemption"}] * 4 + [{"element": "5_0", "why": "time limit"}] * 5
+    requeues.write_text("".join(json.dumps(r) + "\n" for r in before))
     environ = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "1",
-               "SLURM_RESTART_COUNT": str(restarts)}
+               "SLURM_RESTART_COUNT": str(spent + 4)}
     assert slurm_element.run_element(str(tmp_path), str(tmp_path / "list.txt"), 3, environ) == status
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
-    assert ("requeue 5_1" in calls) == requeued, calls
+    assert ("requeue 5_1" in calls) == bool(requeued), calls
+    added = [json.loads(x) for x in requeues.read_text().splitlines()][len(before):]
+    assert [r["why"] for r in added] == ([requeued] if requeued else [])
 
 
-def test_no_private_submitit_names():
-    """Nothing in the package reaches into submitit's private names (`_make_sbatch_string`,
-    `ex._submitit_command_str`, `submitit.core._submit`...)."""
-    private = re.compile(r"submitit(\.\w+)*\._\w+|from submitit[\w.]* import [^\n]*\b_\w+|\._submitit\w*")
-    hits = [f"{f.relative_to(ROOT)}: {m.group(0)}" for f in sorted((ROOT / "hpcxfer").rglob("*.py"))
-            for m in private.finditer(f.read_text())]
-    assert not hits, hits
-    assert private.search("from submitit.slurm.slurm import _make_sbatch_string")  # the pattern itself works
-    assert private.search("ex._submitit_command_str")
+def test_an_element_that_checkpointed_is_pending_not_failed(write_grid, cli, tmp_path):
+    """What squeue says of elements that ended non-zero: checkpointed (75) or left to
+    another worker (73) is stopped, the next submit resumes it; any other exit failed."""
+    out = "200|0|FAILED|NonZeroExitCode|19200\n200|1|FAILED|NonZeroExitCode|18688\n" \
+          "200|2|FAILED|NonZeroExitCode|256\n200|3|CANCELLED|None|15\n200|4|COMPLETED|None|0\n"
+    got = parse_squeue(out, {"200"})
+    assert {e: (h.state, h.scheduler_state) for e, h in got.items()} == {
+        "200_0": (Hold.STOPPED, "FAILED"), "200_1": (Hold.STOPPED, "FAILED"), "200_2": (Hold.FAILED, "FAILED"),
+        "200_3": (Hold.STOPPED, "CANCELLED")}
+    assert "checkpointed, the next submit resumes it" in got["200_0"].detail
+
+    env = slurm_standin.install(tmp_path)
+    _, study, (pre, fine) = _study(write_grid, cli, tmp_path, env, finetune={"seed": [0, 1]})
+    jobs = {j["id"]: j for j in slurm_standin.jobs(env)}
+    for job_id, key, code in ((pre["job_id"], "-", 0), (fine["job_id"], "0", 75), (fine["job_id"], "1", 1)):
+        jobs[job_id]["elements"][key].update(state="COMPLETED" if code == 0 else "FAILED", exit=code)
+        slurm_standin.save(env, jobs[job_id])
+    status = {t["task_id"]: t for t in json.loads(cli("status", study, "--json", env=env).stdout)["tasks"]}
+    resumed, failed = (status[t] for t in fine["units"])
+    assert resumed["state"] == "pending" and "checkpointed, the next submit resumes it" in resumed["detail"]
+    assert failed["state"] == "failed" and failed["scheduler_state"] == "FAILED"
+
+
+def test_preemption_is_requeued_without_spending_the_budget_at_the_process_boundary(tmp_path, monkeypatch):
+    """The element under the stand-ins' scontrol, with the job's StartTime and TimeLimit
+    (20 minutes) as SLURM says them: a stop early on is requeued even with max_requeues 0;
+    one near the time limit is not, and the element ends non-zero for afterok."""
+    env = slurm_standin.install(tmp_path)
+    study = tmp_path / "study"
+    (study / "lists").mkdir(parents=True)
+    (study / "lists" / "l.txt").write_text("ft-a\n")
+    script = study / "lists" / "l.sbatch"
+    code = ("import sys; from hpcxfer.backends import slurm_element as e; "
+            "e.worker_command = lambda s, t: [sys.executable, '-c', 'raise SystemExit(75)']; "
+            f"sys.exit(e.main([{str(study)!r}, {str(study / 'lists' / 'l.txt')!r}, '0']))")
+    script.write_text(f"#!/bin/bash\n#SBATCH --time=20\n#SBATCH --output={tmp_path}/%j.log\n"
+                      f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)}\n")
+    out = subprocess.run(["sbatch", str(script)], env={**os.environ, **env}, capture_output=True, text=True)
+    job_id = out.stdout.split()[-1]
+    assert slurm_standin.run_element(env, job_id, started_s_ago=EARLY_S) == 75
+    (job,) = slurm_standin.jobs(env)
+    assert (job["elements"]["-"]["state"], job["elements"]["-"]["restarts"]) == ("PENDING", 1)  # requeued
+    assert slurm_standin.run_element(env, job_id, started_s_ago=NEAR_LIMIT_S) == 75
+    (job,) = slurm_standin.jobs(env)
+    assert (job["elements"]["-"]["state"], job["elements"]["-"]["restarts"]) == ("FAILED", 1)  # not requeued
+    assert [r["why"] for r in iter_jsonl(StudyPaths(study).backend("slurm").requeues)] == ["preemption"]
+    text = (tmp_path / f"{job_id}.log").read_text()
+    assert "(preemption, not counted)" in text and "max_requeues 0: the next submit resumes it" in text, text
 
 
 def _slurm_up(tmp_path: Path, conf_text: str | None, **env) -> subprocess.CompletedProcess:

@@ -31,6 +31,7 @@ from benchmarks.synthetic import big_grid, write_study
 from hpcxfer.fileio import append_jsonl
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId
+from hpcxfer.states import Held, Hold
 
 FAILED, RUNNING = 20, 5
 
@@ -124,7 +125,8 @@ def test_state_detailed_and_limit(big, cli):
 def test_json_keeps_its_shape_and_gains_progress(big, cli):
     paths, tasks, failed, running = big
     data = json.loads(cli("status", paths.dir, "--json").stdout)
-    assert set(data) == {"counts", "tasks", "warnings"}
+    assert set(data) == {"counts", "tasks", "warnings", "leftover_checkpoint_bytes"}
+    assert data["leftover_checkpoint_bytes"] == 0
     assert data["counts"]["failed"] == FAILED and data["counts"]["running"] == RUNNING
     assert len(data["tasks"]) == len(tasks)
     by_id = {t["task_id"]: t for t in data["tasks"]}
@@ -219,7 +221,8 @@ def test_squeue_asks_for_the_users_jobs_only(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
     active = SlurmBackend()._active(StudyPaths(tmp_path), {"5"})
     argv = (tmp_path / "argv").read_text().split()
-    assert argv[argv.index("-u") + 1] == getpass.getuser() and active == {"5": ("RUNNING", "")}
+    assert argv[argv.index("-u") + 1] == getpass.getuser()
+    assert active == {"5": Held(Hold.RUNNING, "5", "RUNNING", "slurm 5 RUNNING")}
 
 
 def test_wait_shows_each_running_task_at_its_epoch(big):

@@ -15,7 +15,6 @@ from hpcxfer.errors import ConfigError
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.grid import expand, load_grid, protocols
 from hpcxfer.worker import EXIT_DONE
-from hpcxfer.worker.group import run_group
 from hpcxfer.worker.main import run_task
 from hpcxfer.worker.models import ARCHS, build_model, unit_keys
 from hpcxfer.worker.protocol import freeze, param_groups, train_mode
@@ -112,7 +111,7 @@ def test_resnet_group_members_are_bit_identical_to_solo_runs(tmp_path):
     grouped, _, _, group = make_study(tmp_path / "grouped", "r", runtime, epochs=2, members=MEMBERS,
                                       arch="resnet-narrow")
     shutil.copy(solo.task(pre.task_id).weights, grouped.task(pre.task_id).weights)
-    assert run_group(str(grouped.dir), group.group_id) == EXIT_DONE
+    assert run_task(str(grouped.dir), group.group_id) == EXIT_DONE
     stored = torch.load(grouped.group(group.group_id).checkpoint, weights_only=True)["members"]
     for t in members:
         mine, ref = grouped.task(t.task_id), solo.task(t.task_id)

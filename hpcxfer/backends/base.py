@@ -6,10 +6,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.sites import GPU_MEMORY_GB, SMALLEST_GPU
+from hpcxfer.states import Held
 
 
 @dataclass
@@ -45,11 +46,10 @@ class Backend(Protocol):
         the scheduler: one array element, packed slot or local process each. Only an
         `in_process` backend is given `wait=True` with the hooks `on_change` and `recorded`."""
 
-    def view(self, paths: StudyPaths) -> dict[str, dict]:
-        """task id -> what this backend says of the study's task it last ran: {"state":
-        queued|running|failed|stopped, and where known "job", "scheduler_state", "detail",
-        "log"} (what hpcxfer/study.py's `task_state` joins with the task's files). Raises
-        SchedulerError when the scheduler cannot be asked."""
+    def view(self, paths: StudyPaths) -> dict[str, Held]:
+        """task id -> what this backend holds of the study's task it last ran (its state
+        queued, running, failed or stopped; what hpcxfer/study.py's `task_state` joins with
+        the task's files). Raises SchedulerError when the scheduler cannot be asked."""
 
     def device_memory_gb(self, grid: Grid) -> float | None:
         """Memory of the GPU one unit runs on (sizes automatic protocol groups); None when

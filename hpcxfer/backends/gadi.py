@@ -17,10 +17,12 @@ import math
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
+from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.resources import stage_plan
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
@@ -96,8 +98,8 @@ class GadiBackend(PbsBackend):
         res = stage_plan(grid, stage, self.name).resources
         return {"slots": res.gpus, "walltime_s": res.minutes * 60}
 
-    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
-        rec = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)
-        if not dry_run:  # every task of a packed job is the job itself
-            rec["elements"] = [rec["job_id"]] * len(task_ids)
-        return rec
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> Submitted:
+        job = super()._submit_job(paths, grid, stage, task_ids, list_file, after, dry_run)
+        if dry_run:
+            return job
+        return replace(job, elements=(job.job_id,) * len(task_ids))  # every task of a packed job is the job

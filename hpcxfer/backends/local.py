@@ -36,10 +36,11 @@ from hpcxfer.backends.base import Submission, members, worker_command
 from hpcxfer.backends.pool import Launch, Pool
 from hpcxfer.errors import BackendError
 from hpcxfer.fileio import atomic_write_json, read_json
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.procs import ProcessId, usable_cpus
+from hpcxfer.states import Held, Hold
 from hpcxfer.trust import TOKEN, seal, sealed, study_key
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,9 @@ class LocalBackend:
     def held(self, paths: StudyPaths) -> set[str]:
         return {t for run in live_runs(paths) for t in run["held"]}
 
-    def view(self, paths: StudyPaths) -> dict[str, dict]:
+    def view(self, paths: StudyPaths) -> dict[str, Held]:
         """Every task a live runner holds, as queued: whether it runs yet its lock says."""
-        return {t: {"state": "queued"} for t in self.held(paths)}
+        return {t: Held(Hold.QUEUED) for t in self.held(paths)}
 
     def cancel(self, paths: StudyPaths) -> list[str]:
         """SIGTERM to each live runner of the study (its process group when it leads one):
@@ -195,7 +196,7 @@ def launcher(paths: StudyPaths, threads: int) -> Launch:
     env = {**os.environ, "HPCXFER_THREADS": str(threads), "HPCXFER_JOB_ID": f"local:{os.getpid()}",
            "OMP_NUM_THREADS": str(threads)}
 
-    def launch(slot: int, unit: Unit) -> subprocess.Popen:  # noqa: ARG001 - every slot is this machine
+    def launch(slot: int, unit: Unit) -> subprocess.Popen:
         up = paths.group(unit.id) if unit.is_group else paths.task(unit.id)
         up.dir.mkdir(parents=True, exist_ok=True)
         with open(up.log, "ab") as out:

@@ -16,16 +16,36 @@ import sys
 from pathlib import Path
 
 import hpcxfer
+from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import check, stage_plan
-from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run, seen
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Exit, Held, Hold
 
 DEFAULT_MAX_ARRAY_SIZE = 10000
-#: qstat's single-letter states -> the names the shared code uses.
-STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "S": "SUSPENDED", "B": "RUNNING",
-          "R": "RUNNING", "E": "COMPLETING"}
+#: qstat's single-letter states of a job that has not ended -> what hpcxfer says of it
+#: (F and X, finished, are read with the exit status in `translate`).
+STATES = {**dict.fromkeys("QHWTS", Hold.QUEUED), **dict.fromkeys("BRE", Hold.RUNNING)}
+#: Exit statuses of a job whose unit is not done although nothing failed: the worker (or a
+#: packed job's pool) checkpointed at walltime, or another worker held the unit.
+LEFT = {Exit.RESUME: "checkpointed, the next submit resumes it", Exit.BUSY: "another worker held it"}
+
+
+def translate(backend: str, element: str, state: str, status: int, comment: str = "") -> Held | None:
+    """One subjob of `backend` (pbs, gadi) as `qstat -f -F json` says it -> Held; None
+    when it ended done (or in a state hpcxfer does not know)."""
+    if state in ("F", "X"):
+        if status == 0:
+            return None
+        if status in LEFT:
+            return seen(backend, element, Hold.STOPPED, state, f"exit status {status}: {LEFT[Exit(status)]}")
+        # 271 = 256 + SIGTERM: killed at walltime or by qdel.
+        return seen(backend, element, Hold.FAILED, state,
+                    f"exit status {status}" + (", TIMEOUT: killed at walltime or by qdel" if status >= 256 else ""))
+    hold = STATES.get(state)
+    return None if hold is None else seen(backend, element, hold, state, comment)
 
 
 def array_of(element: str) -> str:
@@ -80,24 +100,22 @@ class PbsBackend(SchedulerBackend):
                       what=self.describe(grid, stage, len(task_ids)), threads=self.threads(grid, stage), worker=sys.executable,
                       list_file=str(list_file), **self.context(paths, grid, stage, task_ids, list_file))
 
-    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> Submitted:
         script = paths.backend(self.name).job_script(list_file, ".pbs")
         text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["qsub", str(script)]
-        rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
-            return {**rec, "text": text}
+            return Submitted(shlex.join(command), str(script), text)
         script.write_text(text)
         paths.backend(self.name).logs.mkdir(parents=True, exist_ok=True)
         job_id = run(command, f"submitting {script}", retry=False).strip()
         array = len(task_ids) > 1
-        elements = [job_id.replace("[]", f"[{i}]") for i in range(len(task_ids))] if array else [job_id]
-        return {**rec, "job_id": job_id, "elements": elements, "log": str(paths.backend(self.name).logs)}
+        elements = tuple(job_id.replace("[]", f"[{i}]") for i in range(len(task_ids))) if array else (job_id,)
+        # PBS names each log itself, in this folder.
+        return Submitted(shlex.join(command), str(script), job_id=job_id, elements=elements,
+                         logs=(str(paths.backend(self.name).logs),) * len(elements))
 
-    def log_of(self, rec: dict, index: int) -> str:
-        return rec["log"]
-
-    def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
+    def _active(self, paths, job_ids) -> dict[str, Held]:
         # qstat exits non-zero when one id is unknown (purged from history) yet prints the
         # others; no output at all means none is known any more.
         try:
@@ -109,15 +127,10 @@ class PbsBackend(SchedulerBackend):
         jobs = json.loads(out or "{}").get("Jobs", {})
         active = {}
         for element, info in jobs.items():
-            state = info.get("job_state", "")
-            if state in ("F", "X"):
-                status = int(info.get("Exit_status", 0))
-                if status == 0:
-                    continue
-                # 271 = 256 + SIGTERM: killed at walltime or by qdel.
-                active[element] = ("TIMEOUT" if status >= 256 else "FAILED", f"exit status {status}")
-            else:
-                active[element] = (STATES.get(state, state), info.get("comment", ""))
+            held = translate(self.name, element, info.get("job_state", ""), int(info.get("Exit_status", 0)),
+                             info.get("comment", ""))
+            if held is not None:
+                active[element] = held
         return active
 
     def _cancel(self, job_ids: list[str]) -> None:

@@ -9,9 +9,9 @@ The rules, one set for both (docs/design.md §8):
 - A unit starts once every task it depends on has a valid result. A dependency that is
   still to run in this pool, or that a live worker or another local runner holds, is
   waited for.
-- A worker's exit status: 0 done; 73 (EXIT_BUSY) another process holds the unit: not a
+- A worker's exit status: 0 done; 73 (Exit.BUSY) another process holds the unit: not a
   failure, not run again here (its dependents wait while that process runs it); 75
-  (EXIT_RESUME) it checkpointed and stopped on a signal or at walltime: interrupted, not a
+  (Exit.RESUME) it checkpointed and stopped on a signal or at walltime: interrupted, not a
   failure, left to be resumed by the next `submit`, not started again by this pool; any other
   status a failure. A worker killed by a signal is interrupted while the pool itself is
   stopping (the scheduler's SIGKILL after its grace period) and failed otherwise (the
@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 from hpcxfer.grid.groups import Unit
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Exit
 from hpcxfer.study import is_done, load_units, task_running
-from hpcxfer.worker import EXIT_BUSY, EXIT_RESUME
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Pool:
         self.done: set[str] = set()  # tasks with a valid result: read once, not every poll
 
     # ------------------------------------------------------------ state
-    def stop(self, signum=None, frame=None) -> None:  # noqa: ARG002 - signal handler signature
+    def stop(self, signum=None, frame=None) -> None:
         self.stopping = True
 
     def task_done(self, task_id: str) -> bool:
@@ -98,17 +98,17 @@ class Pool:
 
     def exit_status(self) -> int:
         if any(o in ("failed", "skipped") for o in self.outcome.values()):
-            return 1
-        return EXIT_RESUME if not all(self.unit_done(u) for u in self.units) else 0
+            return Exit.FAILED
+        return Exit.RESUME if not all(self.unit_done(u) for u in self.units) else Exit.DONE
 
     # ------------------------------------------------------------ the rules
     def _end(self, code: int) -> str:
         """What a worker's exit status means (the module's rules)."""
         if code == 0:
             return "done"
-        if code == EXIT_BUSY:
+        if code == Exit.BUSY:
             return "elsewhere"  # another process holds it (its log says which)
-        if code == EXIT_RESUME or (code < 0 and self.stopping):
+        if code == Exit.RESUME or (code < 0 and self.stopping):
             return "interrupted"  # checkpointed, or killed after the grace period: resumes later
         return "failed"
 

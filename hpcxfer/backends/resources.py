@@ -71,7 +71,7 @@ class Resources:
 
     @property
     def mem_mb(self) -> int:
-        return int(math.ceil(self.mem_gb * 1024))
+        return math.ceil(self.mem_gb * 1024)
 
     @property
     def walltime(self) -> str:

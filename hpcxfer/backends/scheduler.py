@@ -3,7 +3,8 @@ the scheduler's limits, the study's own record of every submission, and joining 
 record with the scheduler's view for `submit`, `status` and `cancel`.
 
 A backend says how to submit one job (`_submit_job`), what the scheduler holds
-(`_active`: element id -> (state, reason)) and how to cancel (`_cancel`).
+(`_active`: element id -> `Held`, its own codes translated into `Hold` there) and how to
+cancel (`_cancel`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import re
 import shlex
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from hpcxfer.backends import records
 from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
+from hpcxfer.backends.records import JobRecord, Submitted
 from hpcxfer.errors import HpcxferError
-from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.groups import Unit
+from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import STAGES
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held, Hold
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def run(cmd: list[str], what: str, partial: bool = False, retry: bool = True) ->
 
 def _run_once(cmd: list[str], what: str, partial: bool, timeout: float) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except FileNotFoundError:
         raise SchedulerError(f"{what}: {cmd[0]} is not on PATH") from None
     except subprocess.TimeoutExpired:
@@ -82,14 +86,6 @@ def _run_once(cmd: list[str], what: str, partial: bool, timeout: float) -> str:
         message = (proc.stderr or proc.stdout).strip()
         raise SchedulerError(f"{what}: {shlex.join(cmd)}: {message}", transient=bool(TRANSIENT.search(message)))
     return proc.stdout
-
-
-#: Scheduler states of an element that will still run (or is running).
-ACTIVE = {"PENDING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-          "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "Q", "R", "H", "W", "T", "E", "S", "B", "X_RUNNING"}
-RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING", "R", "E"}
-#: Terminal states that mean the scheduler, not the worker, ended the task.
-KILLED = {"FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE", "BOOT_FAIL"}
 
 
 class SchedulerBackend:
@@ -103,15 +99,15 @@ class SchedulerBackend:
         raise NotImplementedError
 
     def _submit_job(self, paths: StudyPaths, grid: Grid, stage: str, task_ids: list[str], list_file: Path,
-                    after: list[str], dry_run: bool) -> dict:
-        """Submit one job running `task_ids`; returns its record (job_id, elements, script,
-        log, command). A dry run writes and submits nothing: its record holds the script's
-        path, its text ("text") and the command."""
+                    after: list[str], dry_run: bool) -> Submitted:
+        """Submit one job running `task_ids`. A dry run writes and submits nothing: it
+        returns the script's path, its text and the command."""
         raise NotImplementedError
 
-    def _active(self, paths: StudyPaths, job_ids: set[str]) -> dict[str, tuple[str, str]]:
-        """element id -> (scheduler state, reason) for the elements of `job_ids` the
-        scheduler still knows."""
+    def _active(self, paths: StudyPaths, job_ids: set[str]) -> dict[str, Held]:
+        """element id -> what the scheduler says of it, translated at this edge (its own
+        state name in `scheduler_state`), for the elements of `job_ids` it still knows and
+        that did not end done. No log: `view` adds it."""
         raise NotImplementedError
 
     def _cancel(self, job_ids: list[str]) -> None:
@@ -132,7 +128,7 @@ class SchedulerBackend:
             held = {}  # a dry run needs no scheduler
             sub.notes.append(f"{self.name} not asked ({e}): tasks it may still hold from an earlier submit are "
                              "shown as to be submitted")
-        element_of = {t: v["job"] for t, v in held.items() if v["state"] in ("queued", "running")}
+        element_of = {t: h.job for t, h in held.items() if h.active}
         batch = len(records.load(paths, self.name))
         for stage in STAGES:
             todo = [u for u in units if u.stage == stage]
@@ -149,57 +145,45 @@ class SchedulerBackend:
                     sub.files[str(list_file)] = "".join(f"{t}\n" for t in ids)
                 else:
                     records.write_task_list(list_file, ids)
-                rec = self._submit_job(paths, grid, stage, ids, list_file, after, dry_run)
-                sub.commands.append(rec.pop("command"))
-                sub.scripts.append(rec["script"])
+                job = self._submit_job(paths, grid, stage, ids, list_file, after, dry_run)
+                sub.commands.append(job.command)
+                sub.scripts.append(job.script)
                 if dry_run:  # later chunks show what they would wait for
-                    sub.files[rec["script"]] = rec["text"]
+                    sub.files[job.script] = job.text
                     element_of.update((t, f"<{stage}-{n}[{i}]>") for i, t in enumerate(ids))
                     continue
-                rec.update(stage=stage, tasks=ids, list_file=str(list_file), after=after)
-                if any(u in grouped for u in ids):
-                    rec["members"] = {u: grouped[u] for u in ids if u in grouped}
-                records.append(paths, self.name, rec)
-                sub.job_ids.append(rec["job_id"])
-                for u, element in zip(chunk, rec["elements"]):
+                records.append(paths, self.name, JobRecord.of(job, stage, ids, list_file, after, grouped))
+                sub.job_ids.append(job.job_id)
+                for u, element in zip(chunk, job.elements):
                     element_of.update((m, element) for m in u.members)
         return sub
 
     def device_memory_gb(self, grid: Grid) -> float | None:
         return requested_gpu_memory_gb(grid)
 
-    def view(self, paths: StudyPaths) -> dict[str, dict]:
-        """task id -> what the scheduler says of the job that last ran it: {"state":
-        queued|running|failed|stopped (cancelled), "job", "scheduler_state", "detail", "log"}. Tasks whose last
-        job the scheduler has forgotten (finished long ago) are left out."""
+    def view(self, paths: StudyPaths) -> dict[str, Held]:
+        """task id -> what the scheduler says of the job element that last ran it. Tasks
+        whose last element ended done, or that the scheduler has forgotten (finished long
+        ago), are left out."""
         latest = records.latest_by_task(paths, self.name)
         if not latest:
             return {}
-        active = self._active(paths, {rec["job_id"] for rec, _ in latest.values()})
+        active = self._active(paths, {rec.job_id for rec, _ in latest.values()})
         out = {}
         for task_id, (rec, i) in latest.items():
-            element = rec["elements"][i]
-            if element not in active:
-                continue
-            state, reason = active[element]
-            if state in ACTIVE:
-                kind = "running" if state in RUNNING else "queued"
-                detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")
-            elif state in KILLED:
-                kind = "stopped" if state == "CANCELLED" else "failed"
-                detail = f"{self.name} {element} {state}" + (f" ({reason})" if reason else "")
-            else:
-                continue
-            out[task_id] = {"state": kind, "job": element, "scheduler_state": state, "detail": detail,
-                            "log": self.log_of(rec, i)}
+            held = active.get(rec.elements[i])
+            if held is not None:
+                out[task_id] = replace(held, log=rec.logs[i] if i < len(rec.logs) else None)
         return out
 
-    def log_of(self, rec: dict, index: int) -> str:
-        return rec["log"].replace("%a", str(index))
-
     def cancel(self, paths: StudyPaths) -> list[str]:
-        view = self.view(paths)
-        elements = sorted({v["job"] for v in view.values() if v["state"] in ("queued", "running")})
+        elements = sorted({h.job for h in self.view(paths).values() if h.active})
         if elements:
             self._cancel(elements)
         return elements
+
+
+def seen(backend: str, element: str, state: Hold, code: str, reason: str = "") -> Held:
+    """A `Held` as a backend's `_active` reports it: the detail names the backend, the
+    element, the scheduler's own word and its reason."""
+    return Held(state, element, code, f"{backend} {element} {code}" + (f" ({reason})" if reason else ""))

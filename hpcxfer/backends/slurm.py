@@ -21,12 +21,14 @@ import sys
 from pathlib import Path
 
 import hpcxfer
+from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import check, stage_plan
-from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run
+from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run, seen
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import BackendPaths, StudyPaths
+from hpcxfer.states import Exit, Held, Hold
 
 #: SLURM's MaxArraySize when slurm.conf does not set it (what a dry run assumes).
 DEFAULT_MAX_ARRAY_SIZE = 1001
@@ -35,7 +37,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001
 def max_array_size(retry: bool = True) -> int:
     """MaxArraySize of the cluster (array indices go 0..MaxArraySize-1)."""
     out = run(["scontrol", "show", "config"], "reading MaxArraySize", retry=retry)
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
     return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
 
 
@@ -66,18 +68,48 @@ def task_indices(field: str) -> list[int] | None:
     return out
 
 
-def parse_squeue(out: str, job_ids: set[str]) -> dict[str, tuple[str, str]]:
-    """`squeue -o %F|%K|%T|%r` lines -> element -> (state, reason) for the arrays and jobs
-    of `job_ids`. Pending elements of an array come as one line of ranges (`4-7%2`)."""
+#: SLURM's job states (squeue's %T) -> what hpcxfer says of the task. States not here
+#: (COMPLETED, and a failure whose exit says the unit was left for the next submit) are
+#: read in `translate`.
+STATES = {
+    **dict.fromkeys(("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED"), Hold.QUEUED),
+    **dict.fromkeys(("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"), Hold.RUNNING),
+    **dict.fromkeys(("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE", "BOOT_FAIL"),
+                    Hold.FAILED),
+    "CANCELLED": Hold.STOPPED,
+}
+#: What an element's non-zero exit says when its unit is not done but nothing failed
+#: (hpcxfer/backends/slurm_element.py): the next submit runs it.
+LEFT = {Exit.RESUME: "checkpointed, the next submit resumes it", Exit.BUSY: "another worker held it"}
+#: squeue's fields, `|`-separated: array (or job) id, array indices, state, reason, and the
+#: exit's wait status (`ExitCode=75:0` is 19200), which `-o` cannot print.
+SQUEUE_FORMAT = "ArrayJobID:|,ArrayTaskID:|,State:|,Reason:|,exit_code:"
+
+
+def translate(element: str, state: str, reason: str, status: int) -> Held | None:
+    """One element as squeue says it -> Held; None when it ended done (or in a state
+    hpcxfer does not know, which it leaves alone)."""
+    if state == "FAILED" and status & 0x7F == 0 and (status >> 8) in LEFT:
+        return seen("slurm", element, Hold.STOPPED, state, LEFT[Exit(status >> 8)])
+    hold = STATES.get(state)
+    return None if hold is None else seen("slurm", element, hold, state, reason)
+
+
+def parse_squeue(out: str, job_ids: set[str]) -> dict[str, Held]:
+    """`squeue -O SQUEUE_FORMAT` lines -> element -> Held for the arrays and jobs of
+    `job_ids`. Pending elements of an array come as one line of ranges (`4-7%2`)."""
     active = {}
     for line in out.splitlines():
-        array_id, tasks, state, reason = (line.split("|") + [""] * 4)[:4]
+        array_id, tasks, state, reason, status = (f.strip() for f in (line.split("|") + [""] * 5)[:5])
         if array_id not in job_ids:
             continue
         indices = task_indices(tasks)
         reason = "" if reason == "None" else reason
+        code = int(status) if status.isdigit() else 0
         for element in [array_id] if indices is None else [f"{array_id}_{i}" for i in indices]:
-            active[element] = (state, reason)
+            held = translate(element, state, reason, code)
+            if held is not None:
+                active[element] = held
     return active
 
 
@@ -117,36 +149,32 @@ class SlurmBackend(SchedulerBackend):
                       threads=threads, cpus=res.cpus, gpus=res.gpus,
                       worker=sys.executable, list_file=str(list_file), max_requeues=grid.slurm.max_requeues)
 
-    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> dict:
+    def _submit_job(self, paths, grid, stage, task_ids, list_file, after, dry_run) -> Submitted:
         backend = paths.backend(self.name)
         script = backend.job_script(list_file, ".sbatch")
         text = self.render_script(paths, grid, stage, task_ids, list_file, after)
         command = ["sbatch", str(script)]
-        rec = {"command": shlex.join(command), "script": str(script)}
         if dry_run:
-            return {**rec, "text": text}
+            return Submitted(shlex.join(command), str(script), text)
         atomic_write_bytes(script, text.encode())
         backend.logs.mkdir(parents=True, exist_ok=True)
         out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
-        m = re.search(r"^Submitted batch job (\d+)", out, re.M)
+        m = re.search(r"^Submitted batch job (\d+)", out, re.MULTILINE)
         if not m:
             raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
         job_id = m.group(1)
-        elements = [f"{job_id}_{i}" for i in range(len(task_ids))] if len(task_ids) > 1 else [job_id]
-        return {**rec, "job_id": job_id, "elements": elements, "logs": [backend.element_log(e) for e in elements],
-                "log": backend.element_log(elements[0])}
-
-    def log_of(self, rec: dict, index: int) -> str:
-        return rec["logs"][index]
+        elements = tuple(f"{job_id}_{i}" for i in range(len(task_ids))) if len(task_ids) > 1 else (job_id,)
+        return Submitted(shlex.join(command), str(script), job_id=job_id, elements=elements,
+                         logs=tuple(backend.element_log(e) for e in elements))
 
     def check_resources(self, grid: Grid) -> list[str]:
         """Warnings on what the jobs ask for; ConfigError where a task cannot finish."""
         return check(grid, self.name)
 
-    def _active(self, paths, job_ids) -> dict[str, tuple[str, str]]:
+    def _active(self, paths, job_ids) -> dict[str, Held]:
         # All of the user's jobs at once (no -j: squeue fails on the whole list if one id has
         # expired), not every user's; pending elements of an array come as one line.
-        out = run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-o", "%F|%K|%T|%r"], "asking squeue")
+        out = run(["squeue", "-h", "-t", "all", "-u", getpass.getuser(), "-O", SQUEUE_FORMAT], "asking squeue")
         return parse_squeue(out, job_ids)
 
     def _cancel(self, job_ids: list[str]) -> None:

@@ -64,7 +64,7 @@ def sort_key(cell: dict, by: Sequence[str]) -> tuple:
     return (*key, cell.get("protocol", ""))
 
 
-def _hashable(v):
+def hashable(v):
     return tuple(v) if isinstance(v, list) else v
 
 
@@ -77,11 +77,11 @@ def summarize(rows: Iterable[dict], missing: Iterable[dict] = (), by: Sequence[s
     for row in rows:
         if row.get("stage") != "finetune":
             continue
-        cell = cells.setdefault(tuple(_hashable(row[a]) for a in by), {"task": row, "rows": [], "missing": 0})
+        cell = cells.setdefault(tuple(hashable(row[a]) for a in by), {"task": row, "rows": [], "missing": 0})
         cell["rows"].append(row)
     for task in missing:
         if task.get("stage") == "finetune":
-            key = tuple(_hashable(task[a]) for a in by)
+            key = tuple(hashable(task[a]) for a in by)
             cells.setdefault(key, {"task": task, "rows": [], "missing": 0})["missing"] += 1
     out = []
     for cell in cells.values():
@@ -113,4 +113,4 @@ def cell_fields(by: Sequence[str] = DEFAULT_BY) -> list[str]:
 
 def varying(cells: Sequence[dict], axes: Iterable[str]) -> list[str]:
     """The axes among `axes` whose value is not the same in every cell."""
-    return [a for a in axes if len({_hashable(c.get(a)) for c in cells}) > 1]
+    return [a for a in axes if len({hashable(c.get(a)) for c in cells}) > 1]

@@ -23,8 +23,17 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 
-from hpcxfer.collect.aggregate import (AXES, DEFAULT_BY, REPLICATE_FIELDS, TIE, _hashable, protocol_label,
-                                       size_key, sort_key, varying)
+from hpcxfer.collect.aggregate import (
+    AXES,
+    DEFAULT_BY,
+    REPLICATE_FIELDS,
+    TIE,
+    hashable,
+    protocol_label,
+    size_key,
+    sort_key,
+    varying,
+)
 from hpcxfer.collect.moments import mean_std
 from hpcxfer.collect.views import Column, View, interval, key, num, signed
 from hpcxfer.errors import ConfigError
@@ -124,7 +133,7 @@ def paired_stats(diffs: Sequence[float]) -> dict:
 def pair_up(rows: Iterable[dict], ref_rows: Iterable[dict], key: Sequence[str], metric: str = "val_acc") -> list[tuple]:
     """(value, reference value) for every replicate key both hold a number for, in key order."""
     def by_key(rs):
-        return {tuple(_hashable(r[k]) for k in key): r[metric] for r in rs
+        return {tuple(hashable(r[k]) for k in key): r[metric] for r in rs
                 if isinstance(r.get(metric), (int, float)) and not isinstance(r.get(metric), bool)}
 
     mine, theirs = by_key(rows), by_key(ref_rows)
@@ -206,15 +215,15 @@ def paired_rows(records, ref: str | None = None, by: Sequence[str] = DEFAULT_BY,
     context = [a for a in by if a not in PROTOCOL_FIELDS]
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
-        cells.setdefault(tuple(_hashable(r[a]) for a in by), []).append(r)
+        cells.setdefault(tuple(hashable(r[a]) for a in by), []).append(r)
     refs: dict[tuple, list[dict]] = {}
     for members in cells.values():
         if matches(members[0], ref):
-            refs.setdefault(tuple(_hashable(members[0][a]) for a in context), []).extend(members)
+            refs.setdefault(tuple(hashable(members[0][a]) for a in context), []).extend(members)
     out = []
     for members in cells.values():
         t = members[0]
-        ref_members = refs.get(tuple(_hashable(t[a]) for a in context))
+        ref_members = refs.get(tuple(hashable(t[a]) for a in context))
         if not ref_members or matches(t, ref):
             continue
         row = {"examples_per_class": t["examples_per_class"], "protocol": protocol_label(t),
@@ -245,11 +254,11 @@ def paired_view(records, ref: str | None = None) -> View:
                                                       unit=" pts")),
                 Column("95 % interval", lambda r: interval(r["ci_low"], r["ci_high"], 100)),
                 Column("wins / losses / ties", lambda r: f"{r['wins']} / {r['losses']} / {r['ties']}")]
-    notes = [f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
+    notes = [(f"difference = protocol minus reference ({chosen}) in validation accuracy points, paired by split and "
              "seed: one pair per split and seed that both finished (the same images); protocol % and reference % "
-             "are means over those pairs",
-             "95 % interval = mean difference ± t(0.975, pairs - 1) x sd / sqrt(pairs) (Student's t over the pairs); "
-             "n/a with fewer than two pairs; an interval that excludes zero is a difference beyond the study's noise",
+             "are means over those pairs"),
+             ("95 % interval = mean difference ± t(0.975, pairs - 1) x sd / sqrt(pairs) (Student's t over the pairs); "
+             "n/a with fewer than two pairs; an interval that excludes zero is a difference beyond the study's noise"),
              "wins / losses / ties: pairs where the protocol is above / below / level with the reference"]
     if chosen is None:
         notes.append("this study runs neither common nor scratch: name the reference with --ref "

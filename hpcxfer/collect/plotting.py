@@ -5,6 +5,7 @@ the same study (no dates, salted SVG ids)."""
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,7 @@ def _hue(series: Series, sizes: list) -> str:
 def _offsets(xs: list, k: int) -> list[float]:
     """Horizontal shifts of k series' error bars at the same x, so that none hides another:
     together they span a third of the smallest step between x values."""
-    steps = [b - a for a, b in zip(xs, xs[1:]) if b > a]
+    steps = [b - a for a, b in itertools.pairwise(xs) if b > a]
     span = (min(steps) if steps else 1) / 3
     return [0.0] * k if k < 2 else [(i - (k - 1) / 2) * span / (k - 1) for i in range(k)]
 

@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcxfer.sites import GADI_QUEUES
 from hpcxfer.collect.read import StudyRecords
 from hpcxfer.fileio import read_json
+from hpcxfer.sites import GADI_QUEUES
 
 
 @dataclass

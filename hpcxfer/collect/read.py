@@ -62,7 +62,7 @@ class Skipped:
     def adapt(self, reason: str, where: str | Path) -> None:
         self._note(self.adapted, reason, where)
 
-    def merge(self, other: "Skipped") -> None:
+    def merge(self, other: Skipped) -> None:
         for mine, theirs in ((self.lines, other.lines), (self.tasks, other.tasks), (self.adapted, other.adapted)):
             for reason, n in theirs.items():
                 self._note(mine, reason, (other.examples.get(reason) or ["?"])[0], n)

@@ -98,8 +98,8 @@ def table1(cells: Sequence[dict], dataset: str | None = None) -> View:
     if with_paper:
         columns += [Column(f"paper {s}/class", pair(s, "paper_")) for s in (10, 25, 50)]
         columns += [Column("paper gap", lambda r: num(r.get("paper_gap"), digits=2))]
-    notes = ["cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over replicates (splits and seeds); "
-             "avg gap = mean over sizes of validation minus training loss"]
+    notes = [("cells of the section 3.1 sweep (h = 8, d = 30, f = 0); loss means over replicates (splits and seeds); "
+             "avg gap = mean over sizes of validation minus training loss")]
     if not sel:
         notes.append("no cell with h = 8, d = 30, f = 0 in this study: Table 1 is empty")
     fields = ["transfer_layers", *extra, "missing"] + [f"{q}_{s}" for s in sizes for q in (
@@ -256,10 +256,10 @@ def compare(cells: Sequence[dict], dataset: str | None = None, rows: Sequence[di
         columns += [Column("paper optimal %", lambda r: num(r.get("paper_optimal"))),
                     Column("paper common %", lambda r: num(r.get("paper_common"))),
                     Column("paper optimal vs common", lambda r: signed(r.get("paper_optimal_vs_common")))]
-    notes = ["mean ± std over replicates (splits and seeds, counted in the scratch_, common_ and "
+    notes = [("mean ± std over replicates (splits and seeds, counted in the scratch_, common_ and "
              "optimal_replicates fields); "
              "relative improvement = (a / b - 1) x 100 of mean validation accuracies "
-             "(the paper: optimal +47.8 % over common at 10/class)",
+             "(the paper: optimal +47.8 % over common at 10/class)"),
              "best protocol: the leader (highest mean) is named best only as Table 2 names it"
              + (", when the paired 95 % interval of its difference from the runner-up excludes zero, "
                 "else tied within noise" if rows is not None else "")]

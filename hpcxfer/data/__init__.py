@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,18 @@ def open_dataset(name: str, path: str | None = None, options: dict | None = None
     return OPENERS[name](path, options or {})
 
 
-__all__ = ["Dataset", "ImageSet", "OPENERS", "check_data", "class_split", "drawn_per_class", "first_per_class",
-           "open_dataset", "remap", "task_subset"]
+__all__ = [
+    "OPENERS",
+    "Dataset",
+    "ImageSet",
+    "check_data",
+    "class_split",
+    "drawn_per_class",
+    "first_per_class",
+    "open_dataset",
+    "remap",
+    "task_subset",
+]
 
 
 def check_data(grid_source: str, data: Any, tasks: list, grid: Any = None) -> Dataset:

@@ -120,7 +120,7 @@ def kaggle_labels(names: list[str], solution: Path, class_index: dict[str, int])
             raise DataError(None, "data.val_labels", f"{solution}: {stem}: class {wnid} has no training folder")
         labels[i] = class_index[wnid]
     if wnid_of:
-        first = sorted(wnid_of)[0]
+        first = min(wnid_of)
         raise DataError(None, "data.val_dir", f"{first}: listed in {solution} but missing from the validation "
                         f"folder ({len(wnid_of)} images missing)")
     return labels

@@ -11,7 +11,7 @@ import importlib
 _EXPORTS = {"Grid": "hpcxfer.grid.schema", "Task": "hpcxfer.grid.task",
             "expand": "hpcxfer.grid.expansion", "load_grid": "hpcxfer.grid.load"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["Grid", "Task", "expand", "load_grid"]  # = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):

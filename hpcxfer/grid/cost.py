@@ -386,6 +386,6 @@ def cache_sizes(grid: Grid, m: Model, tasks: list[Task] | None = None) -> list[s
     n_train, n_val = max(streamed)
     gb = (n_train + n_val) * m.bytes_per_image / 1e9
     fits = "fits" if gb <= m.cache_gb else "does not fit: such tasks decode every pass"
-    return [f"decode cache of the largest streamed task: {gb:,.1f} GB on node-local disk; a task's share of "
+    return [(f"decode cache of the largest streamed task: {gb:,.1f} GB on node-local disk; a task's share of "
             f"gadi.jobfs_gb {grid.gadi.jobfs_gb} over gpus_per_job {grid.gadi.gpus_per_job or 1} is "
-            f"{m.cache_gb:,.1f} GB: it {fits}"]
+            f"{m.cache_gb:,.1f} GB: it {fits}")]

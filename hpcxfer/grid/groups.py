@@ -12,6 +12,11 @@ Grouping is a pure function of the tasks to run (`make_groups`), done at submit 
 the tasks that are not done: a group's id is a hash of its sorted member ids, so the same
 unfinished set always forms the same group (and resumes the same group checkpoint), while
 a grid that later adds protocols to a cell forms a new group of what is left to run.
+
+Except what has progress to lose: a group that holds a checkpoint of unfinished members
+stays as it is (all its members share one position in one stream of batches, which a
+member added at epoch 0 cannot join), and so does a task with a checkpoint of its own run
+alone (`units`' `kept` and `alone`, read off the study by hpcxfer/study.py).
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ class Unit:
                 "members": list(self.members)}
 
     @classmethod
-    def of_task(cls, task: Task) -> "Unit":
+    def of_task(cls, task: Task) -> Unit:
         return cls(task.task_id, task.stage, task.depends_on, (task.task_id,))
 
 
@@ -124,15 +129,29 @@ def make_groups(tasks: list[Task], group_max: int, device_gb: float | None = Non
     return units
 
 
-def units(tasks: list[Task], group_max: int, device_gb: float | None = None) -> tuple[list[Unit], list[Group]]:
-    """`make_groups` as what backends schedule: (the units in order, the groups among them)."""
+def units(tasks: list[Task], group_max: int, device_gb: float | None = None, kept: tuple[Group, ...] = (),
+          alone: frozenset[str] = frozenset()) -> tuple[list[Unit], list[Group]]:
+    """`make_groups` as what backends schedule: (the units in order, the groups among them).
+
+    Regrouping never throws progress away: the `kept` groups (each holding a checkpoint of
+    its unfinished members) run again as they are, and the tasks in `alone` (each with a
+    checkpoint of its own run alone) run alone; only the rest of `tasks` is grouped anew.
+    A unit stands where its first task stands in `tasks`."""
     by_id = {t.task_id: t for t in tasks}
-    out, groups = [], []
-    for u in make_groups(tasks, group_max, device_gb):
+    place = {t.task_id: i for i, t in enumerate(tasks)}
+    held = {m: g for g in kept for m in g.members if m in by_id}
+    rest = [t for t in tasks if t.task_id not in held and t.task_id not in alone]
+    placed: list[tuple[int, Unit, Group | None]] = []
+    for g in kept:
+        present = [m for m in g.members if m in by_id]
+        deps = tuple(sorted({d for m in present for d in by_id[m].depends_on}))
+        placed.append((min(place[m] for m in present), Unit(g.group_id, "finetune", deps, g.members), g))
+    placed += [(place[t], Unit.of_task(by_id[t]), None) for t in alone if t in by_id and t not in held]
+    for u in make_groups(rest, group_max, device_gb):
         if isinstance(u, Group):
             deps = tuple(sorted({d for m in u.members for d in by_id[m].depends_on}))
-            out.append(Unit(u.group_id, "finetune", deps, u.members))
-            groups.append(u)
+            placed.append((place[u.members[0]], Unit(u.group_id, "finetune", deps, u.members), u))
         else:
-            out.append(Unit.of_task(u))
-    return out, groups
+            placed.append((place[u.task_id], Unit.of_task(u), None))
+    placed.sort(key=lambda x: x[0])
+    return [u for _, u, _ in placed], [g for _, _, g in placed if g is not None]

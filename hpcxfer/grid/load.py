@@ -24,8 +24,15 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hpcxfer.errors import ConfigError
-from hpcxfer.grid.limits import (MAX_GRID_BYTES, MAX_GRID_FILES, MAX_STUDY_DIR, check_path, control_char, short,
-                                  tree_problem)
+from hpcxfer.grid.limits import (
+    MAX_GRID_BYTES,
+    MAX_GRID_FILES,
+    MAX_STUDY_DIR,
+    check_path,
+    control_char,
+    short,
+    tree_problem,
+)
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 
@@ -53,12 +60,12 @@ class _UniqueKeyLoader(_BaseLoader):
     def construct_word(self, node):
         return Word(self.construct_scalar(node))
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers: typing.ClassVar[dict] = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
         + ([(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))] if first in "tTfF" else [])
         + ([(_WORD, re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"))] if first in "yYnNoO" else [])
         for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()}
-    yaml_constructors = {**_BaseLoader.yaml_constructors, _WORD: construct_word}
+    yaml_constructors: typing.ClassVar[dict] = {**_BaseLoader.yaml_constructors, _WORD: construct_word}
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -143,7 +150,7 @@ def read_grid_text(path: Path) -> str:
 def parse_yaml(path: Path) -> dict:
     text = read_grid_text(path)
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except ConfigError as e:
         raise ConfigError(path, e.field, e.message) from None
     except yaml.YAMLError as e:
@@ -305,8 +312,7 @@ def checked_root(grid: Grid, option: str | None, backend: str | None = None) -> 
         check_path(study_dir, "the study directory")
     except ValueError as e:
         raise refuse(str(e)) from None
-    if backend == "slurm":
-        if "\\" in study_dir:
-            raise refuse(f"the study directory {short(study_dir)} holds a backslash, which turns off SLURM's "
-                         "%j in log paths (the job would fail to open its log); choose a folder without it")
+    if backend == "slurm" and "\\" in study_dir:
+        raise refuse(f"the study directory {short(study_dir)} holds a backslash, which turns off SLURM's "
+                     "%j in log paths (the job would fail to open its log); choose a folder without it")
     return root

@@ -51,7 +51,7 @@ class RuntimeSettings:
         if not isinstance(runtime, dict):
             raise ConfigError(path, "runtime", f"{json.dumps(runtime)[:40]} is not a JSON object",
                               "run `hpcxfer submit` again to rewrite it")
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # annotations are strings here
         for key, value in runtime.items():
             if key not in kinds:
                 raise ConfigError(path, f"runtime.{str(key)[:40]}", "unknown setting; valid settings: "

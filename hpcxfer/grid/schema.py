@@ -4,23 +4,49 @@ A fine-tuning field given as a list is an axis of the grid; a scalar is fixed. T
 protocol fields also take `optimal` (Table 2's value for each size), and the `protocol`
 axis takes the named protocols `common`, `scratch` and `optimal`, which set all four.
 
-Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, sizes bounded (limits.py),
-text that can reach a job script free of control characters. `search:` is in search.py.
+Types are strict (no `true` for 1, no `"5"` for 5), numbers finite, every size bounded
+(hpcxfer/grid/limits.py), and text that can reach a job script free of control characters.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import (AfterValidator, BeforeValidator, Field, PrivateAttr, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from hpcxfer.grid import limits
-from hpcxfer.grid.limits import MAX_LIST, MAX_NAME, MAX_SEED, MAX_SPLIT, MAX_STRING, short
-from hpcxfer.grid.protocols import NAMED, PROTOCOL_FIELDS, UNITS
-from hpcxfer.grid.runtime import DEFAULTS as _R, RuntimeSettings
+from hpcxfer.grid.fields import (
+    BIG,
+    DecayStart,
+    Frozen,
+    Gamma,
+    HighLr,
+    Layers,
+    Momentum,
+    NameText,
+    PathText,
+    PosInt,
+    Protocols,
+    Rate,
+    Seed,
+    Sizes,
+    Split,
+    Strict,
+    plain_text,
+    size_value,
+)
+from hpcxfer.grid.limits import MAX_NAME, MAX_SEED, MAX_STRING
+from hpcxfer.grid.protocols import PROTOCOL_FIELDS, UNITS
+from hpcxfer.grid.runtime import DEFAULTS as _R
+from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.search import SearchSpec
-from hpcxfer.grid.strict import Strict
 from hpcxfer.grid.task import CROP, IMAGE_SIZE
 from hpcxfer.sites import GADI_QUEUES
 
@@ -29,105 +55,6 @@ DATASETS = ("fashion-mnist", "imagenet", "folders", "cifar10", "cifar100")
 FOLDER_DATASETS = ("imagenet", "folders")
 #: Architectures, each with its transfer units (hpcxfer/grid/protocols.py `UNITS`).
 ARCHS = tuple(UNITS)
-#: Bounds of the unit-counting axes here; each architecture's own are checked at expansion.
-MAX_UNITS = 64
-
-
-def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{short(v)} is not {what}")
-    problem = limits.number_problem(v)  # inf, nan, an integer too large for a float
-    if problem:
-        raise ValueError(problem)
-    return v
-
-
-def _items(value: Any, what: str) -> list:
-    """A scalar as a list of one; a list checked for length."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError(f"an empty list; give at least one {what}")
-    if len(items) > MAX_LIST:
-        raise ValueError(f"a list of {len(items)} items; at most {MAX_LIST}")
-    return items
-
-
-def axis(kind: str, lo: float | None = None, hi: float | None = None, names: tuple = ()):
-    """A validator turning a scalar or a list into a non-empty list of checked values.
-
-    kind: "int" or "float"; lo/hi: inclusive bounds; names: strings also accepted.
-    """
-    rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-
-    def check(value: Any) -> list:
-        items = _items(value, "value")
-        out = []
-        for i, v in enumerate(items):
-            at = f" (item {i} of the list)" if isinstance(value, list) else ""
-            if isinstance(v, str) and v in names:
-                out.append(v)
-                continue
-            if kind == "int" and (isinstance(v, bool) or not isinstance(v, int)):
-                choices = f" or one of {', '.join(names)}" if names else ""
-                raise ValueError(f"{short(v)} is not an integer{choices}{at}")
-            v = _number(v, "a number")
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise ValueError(f"{short(v)} is out of range {rng}{at}")
-            out.append(v)
-        return out
-
-    return BeforeValidator(check)
-
-
-#: Examples per class: at most this many (the largest data sets hold ~1,300 per class).
-MAX_SIZE = 10**9
-
-
-def _size(v: Any) -> int | str:
-    if v != "full" and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIZE):
-        raise ValueError(f"{short(v)} is not a positive integer or 'full' (integers up to {MAX_SIZE})")
-    return v
-
-
-def _sizes(value: Any) -> list:
-    return [_size(v) for v in _items(value, "size")]
-
-
-def _protocols(value: Any) -> list:
-    items = _items(value, "protocol")
-    for v in items:
-        if not isinstance(v, str) or v not in NAMED:
-            raise ValueError(f"{short(v)} is not a named protocol; choose from {', '.join(NAMED)}")
-    return items
-
-
-def _path(value: str) -> str:
-    return limits.check_path(value, "a path")
-
-
-def _text(value: str) -> str:
-    return limits.check_text(value, "a name")
-
-
-#: A path that reaches task configs and job scripts; a name shown in tables and scripts.
-PathText = Annotated[str, Field(min_length=1, max_length=MAX_STRING), AfterValidator(_path)]
-NameText = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_text)]
-#: Counts with a bound far above any real use, so no value overflows what reads it.
-BIG = 10**6
-
-
-Layers = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
-HighLr = Annotated[list, axis("int", 1, MAX_UNITS, names=("optimal",))]
-DecayStart = Annotated[list, axis("int", 0, BIG, names=("optimal",))]
-Frozen = Annotated[list, axis("int", 0, MAX_UNITS, names=("optimal",))]
-Sizes = Annotated[list, BeforeValidator(_sizes)]
-Protocols = Annotated[list, BeforeValidator(_protocols)]
-PosInt = Annotated[list, axis("int", 1, BIG)]
-Split = Annotated[list, axis("int", 0, MAX_SPLIT)]
-Seed = Annotated[list, axis("int", 0, MAX_SEED)]
-Rate = Annotated[list, axis("float", 0, BIG)]
-Gamma = Annotated[list, axis("float", 0, 1)]
-Momentum = Annotated[list, axis("float", 0, 0.999999)]
 
 
 class DataSpec(Strict):
@@ -155,7 +82,7 @@ class DataSpec(Strict):
         "every header, or a full decode")
 
     @model_validator(mode="after")
-    def _crop_fits(self) -> "DataSpec":
+    def _crop_fits(self) -> DataSpec:
         if self.crop > self.image_size:
             raise ValueError(f"crop {self.crop} is larger than image_size {self.image_size}")
         return self
@@ -176,7 +103,7 @@ class SourceSpec(DataSpec):
     weights: PathText | None = Field(None, description="a state dict of the grid's arch, instead of pre-training")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SourceSpec":
+    def _one_source(self) -> SourceSpec:
         if (self.dataset is None) == (self.weights is None):
             raise ValueError("give either 'dataset' (pre-trained by the study) or 'weights' (a model file)")
         return self
@@ -193,7 +120,7 @@ class PretrainSpec(Strict):
     lr_gamma: float = Field(0.1, gt=0, le=1)
     decay_every: int = Field(30, ge=1, le=BIG)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    examples_per_class: Annotated[int | Literal["full"], BeforeValidator(_size)] = Field(
+    examples_per_class: Annotated[int | Literal["full"], BeforeValidator(size_value)] = Field(
         "full", description="the first x training images of each source class (default: all)")
 
 
@@ -218,7 +145,7 @@ class Axes(Strict):
     seed: Seed | None = None
 
     @model_validator(mode="after")
-    def _protocol_or_fields(self) -> "Axes":
+    def _protocol_or_fields(self) -> Axes:
         if self.protocol is not None:
             clash = [f for f in PROTOCOL_FIELDS if getattr(self, f) is not None]
             if clash:
@@ -248,7 +175,8 @@ FINETUNE_DEFAULTS: dict[str, list] = {
 }
 
 
-def _decode_cache(value: str) -> str:  # a folder the worker resolves on its node (worker/decode_cache.py)
+def _decode_cache(value: str) -> str:
+    """auto, off, or a folder the worker can resolve on its node (hpcxfer/worker/decode_cache.py)."""
     if value in ("auto", "off"):
         return value
     if not value.startswith(("/", "~", "$")) or any(ord(c) < 32 or ord(c) == 127 for c in value):
@@ -323,8 +251,8 @@ class DeviceSpeed(Strict):
 class CostSpec(Strict):
     """Overrides of the cost model's tables (hpcxfer/grid/cost.py); not part of task identity."""
 
-    devices: Annotated[dict[NameText, DeviceSpeed], Field(max_length=100)] = {}
-    queues: Annotated[dict[NameText, QueueCost], Field(max_length=100)] = {}
+    devices: Annotated[dict[NameText, DeviceSpeed], Field(max_length=100)] = Field(default_factory=dict)
+    queues: Annotated[dict[NameText, QueueCost], Field(max_length=100)] = Field(default_factory=dict)
     startup_s: float | None = Field(None, ge=0, le=BIG, description="per-task start-up: imports, data "
                                     "index, model")
     memory_gb: float | None = Field(None, gt=0, le=BIG, description="decoded images a task keeps in memory "
@@ -336,7 +264,7 @@ class CostSpec(Strict):
 
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+=:/@-]*$", max_length=MAX_NAME),
-                 AfterValidator(_text)]
+                 AfterValidator(plain_text)]
 Walltime = Annotated[str, Field(pattern=r"^\d{1,6}(:[0-5]\d){0,2}$", description="H:MM:SS, MM:SS or minutes")]
 
 
@@ -430,7 +358,7 @@ class Grid(Strict):
         return self.target is not None
 
     @model_validator(mode="after")
-    def _data_or_pair(self) -> "Grid":
+    def _data_or_pair(self) -> Grid:
         if self.data is not None and (self.transfer_source is not None or self.target is not None):
             raise ValueError("give either 'data' (one data set split into source and target classes) or "
                              "'source' and 'target', not both")
@@ -441,7 +369,7 @@ class Grid(Strict):
         return self
 
     @model_validator(mode="after")
-    def _epochs_given(self) -> "Grid":
+    def _epochs_given(self) -> Grid:
         blocks = self.experiments or [Experiment()]
         if self.finetune.epochs is None and any(b.epochs is None for b in blocks):
             raise ValueError(

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 
 from hpcxfer.grid.limits import MAX_LIST, short
-from hpcxfer.grid.strict import Strict
+from hpcxfer.grid.fields import Strict
 
 #: What a rung ranks candidates by, and whether more is better.
 METRICS = {"val_acc": True, "val_loss": False}

@@ -86,7 +86,7 @@ class Task:
             f"h{self.high_lr_layers}d{self.initial_decay_epochs}f{self.frozen_layers}"
         )
 
-    def with_id(self) -> "Task":
+    def with_id(self) -> Task:
         return dataclasses.replace(self, task_id=f"{self.readable_prefix()}-{self.content_hash()}")
 
     def to_dict(self) -> dict:
@@ -95,11 +95,11 @@ class Task:
         return d
 
     @classmethod
-    def from_record(cls, d: object) -> "Task":
+    def from_record(cls, d: object) -> Task:
         """A task read from disk (tasks.jsonl), every field checked: ValueError names the
         first field that is missing or of the wrong kind."""
         if not isinstance(d, dict):
-            raise ValueError(f"not a JSON object ({type(d).__name__})")
+            raise ValueError(f"not a JSON object ({type(d).__name__})")  # noqa: TRY004 - the documented contract
         for name, kind in _KINDS.items():
             if name not in d:
                 if name in OPTIONAL:
@@ -116,7 +116,7 @@ class Task:
         return cls.from_dict(d)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Task":
+    def from_dict(cls, d: dict) -> Task:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         kw["depends_on"] = tuple(kw.get("depends_on") or ())

@@ -6,7 +6,7 @@ dominates the small target sets that make up most of a study.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -17,7 +17,7 @@ def random_crop_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> to
     images: uint8 [B, C, H, W]. Random numbers come from `gen` (on the CPU) so that a
     resumed task draws the same ones as an uninterrupted run.
     """
-    b, c, h, w = images.shape
+    b, _c, h, w = images.shape
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
     flips = torch.rand(b, generator=gen) < 0.5
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
@@ -63,9 +63,9 @@ def resized_crop_boxes(b: int, height: int, width: int, gen: torch.Generator,
     # fallback: the whole image, clamped to the aspect-ratio range
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
+        fw, fh = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        fw, fh = int(round(height * ratio[1])), height
+        fw, fh = round(height * ratio[1]), height
     else:
         fw, fh = width, height
     w = torch.where(ok, w, fw)

@@ -8,6 +8,10 @@ the task folder, fsynced, renamed; the previous checkpoint is kept until the new
 complete, and is the fallback when the newest is truncated or corrupt. A protocol group
 keeps one such checkpoint of all its members in its own folder (`GroupPaths`): every
 function here takes a task's paths or a group's.
+
+The policy lives here too: `Checkpointer` (timm's CheckpointSaver is the shape) resumes
+from the newest checkpoint, saves on a time cadence and at cheap epoch ends, and on a stop
+request saves at the next step and raises `Interrupted`; `Position` is where the loop is.
 """
 
 from __future__ import annotations
@@ -18,20 +22,127 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hpcxfer.errors import CheckpointError
-from hpcxfer.fileio import atomic_write_bytes, fsync_dir
+from hpcxfer.fileio import atomic_write_bytes, fsync_dir, read_json
 from hpcxfer.layout import GroupPaths, TaskPaths
+from hpcxfer.worker.signals import Interrupted, StopFlag
 
 Paths = TaskPaths | GroupPaths
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+#: An epoch end is "cheap" to checkpoint when the last save took at most this share of
+#: the time since the save before it.
+CHEAP_SAVE = 0.05
+
+
+@dataclass
+class Position:
+    """Where the loop is: the epoch in progress (= epochs completed), the steps done in it,
+    its data order and its training seconds so far. A mid-epoch checkpoint stores all of
+    it, with each model's running sums."""
+
+    epoch: int
+    step: int = 0
+    order: torch.Tensor | None = None
+    seconds: float = 0.0  # training time of this epoch so far, for images/s
+
+
+class RungReached(Interrupted):
+    """A search's stop request (`TaskPaths.rung`) names this epoch: checkpointed, resume me."""
+
+    def __init__(self, epoch: int):
+        Exception.__init__(self, f"stopped after epoch {epoch}, a search's rung")
+        self.signum, self.epoch, self.step = 0, epoch, 0
+
+
+def rung_reached(paths: Paths, epoch: int) -> bool:
+    """Whether a search asked this task to stop after `epoch` (hpcxfer/tune/drive.py); a
+    group is never stopped at a rung (a search runs every member alone)."""
+    if not isinstance(paths, TaskPaths):
+        return False
+    try:
+        stop = read_json(paths.rung)["stop_after"]
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: ignored (%s)", paths.rung, e)
+        return False
+    return isinstance(stop, int) and not isinstance(stop, bool) and epoch >= stop
+
+
+class Checkpointer:
+    """When to save (a time cadence, cheap epoch ends, a stop request), and the shared part
+    of what: the position, every random generator, restarts and wall time. `contents()`
+    gives the models' part, `restore(state)` puts it back. `paths` is a task's or a group's
+    (anything with .checkpoint, .checkpoint_prev and .dir); `identity` is checked on load."""
+
+    def __init__(self, paths: Paths, identity: dict, gen: torch.Generator, minutes: float,
+                 stop: StopFlag | None, contents: Callable[[], dict], restore: Callable[[dict], None]):
+        self.paths, self.identity, self.gen, self.stop = paths, identity, gen, stop
+        self.contents, self.restore = contents, restore
+        self.interval = minutes * 60
+        self.last_at = time.monotonic()
+        self.cost = 0.0  # seconds the last save took
+        self.restarts, self.wall_before = 0, 0.0  # restarts: checkpoints resumed from
+        self.began = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.began
+
+    def resume(self) -> Position:
+        """Restore the newest checkpoint; its position, or epoch 0."""
+        state = load_latest(self.paths, self.identity)
+        if state is None:
+            return Position(epoch=0)
+        self.restore(state)
+        set_rng_state(state["rng"], self.gen)
+        self.restarts, self.wall_before = state["restarts"] + 1, state["wall_s"]
+        pos = Position(epoch=state["epoch"], step=state["step"], order=state["order"], seconds=state["train_s"])
+        log.info("resuming %s at epoch %d step %d (restart %d)", self.paths.dir.name, pos.epoch, pos.step,
+                 self.restarts)
+        return pos
+
+    def save(self, pos: Position) -> None:
+        self.cost = save(self.paths, {
+            "task": self.identity, **self.contents(),
+            "rng": rng_state(self.gen), "epoch": pos.epoch, "step": pos.step, "order": pos.order,
+            "train_s": pos.seconds, "restarts": self.restarts, "wall_s": self.wall(),
+        })
+        self.last_at = time.monotonic()
+
+    def after_step(self, pos: Position) -> None:
+        if self.stop:
+            self.save(pos)  # a failure here propagates: the task then fails rather than lies
+            raise Interrupted(self.stop.signum or 0, pos.epoch, pos.step)  # set: bool(stop) says so
+        if time.monotonic() - self.last_at >= self.interval:
+            self.try_save(pos)
+
+    def epoch_end(self, pos: Position) -> None:
+        if rung_reached(self.paths, pos.epoch):
+            self.save(pos)
+            raise RungReached(pos.epoch)
+        since = time.monotonic() - self.last_at
+        if since >= self.interval or self.cost <= CHEAP_SAVE * since:
+            self.try_save(pos)
+
+    def try_save(self, pos: Position) -> None:
+        """Save, or warn: a full disk or a quota must not kill the work done since the last
+        checkpoint; the previous one is intact, and the next cadence tries again."""
+        try:
+            self.save(pos)
+        except OSError as e:
+            log.warning("checkpoint of %s at epoch %d step %d failed (%s); keeping the previous one",
+                        self.paths.dir.name, pos.epoch, pos.step, e)
+            self.last_at = time.monotonic()
 
 
 def save(paths: Paths, state: dict) -> float:

@@ -10,141 +10,35 @@ fused on a GPU, looped on a CPU). Every member writes its own records in its own
 folder through the solo code (hpcxfer/worker/records.py), its result.json naming the
 group; the group writes its log and one checkpoint of every member in `groups/<gid>/`.
 
-Exit statuses are a task's (hpcxfer/worker/main.py): 0 every member done, 1 a real error
-(failed.json in each unfinished member), 2 bad input, 75 checkpointed on request.
+The lifecycle around it (locks, log, exit statuses, failed.json) is a task's: both are
+units (hpcxfer/worker/unit.py), which calls `train_group` once the members are locked.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import sys
-import time
-import traceback
 
 import torch
 
-from hpcxfer import results
-from hpcxfer.errors import CheckpointError, HpcxferError, StudyError
-from hpcxfer.fileio import atomic_write_json
+from hpcxfer.errors import CheckpointError, StudyError
 from hpcxfer.grid.groups import group_key
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
-from hpcxfer.study import is_done, read_group, read_record
-from hpcxfer.locks import Lock, LockHeld, describe
-from hpcxfer.worker import EXIT_BUSY, EXIT_DONE, EXIT_FAILED, EXIT_RESUME, EXIT_USAGE, checkpoint
-from hpcxfer.worker.learners import Data, Learner, Looped, Trainer, global_rng, prepare_data, prepare_model
-from hpcxfer.worker.main import _log_to, _threads
-from hpcxfer.worker.records import Records, finish, run_info
-from hpcxfer.worker.signals import Interrupted, StopFlag
-from hpcxfer.worker.train import Checkpointer, fit
+from hpcxfer.worker.checkpoint import Position
+from hpcxfer.worker.learners import (
+    Data,
+    Learner,
+    Looped,
+    Trainer,
+    global_rng,
+    prepare_data,
+    prepare_model,
+)
+from hpcxfer.worker.signals import StopFlag
+from hpcxfer.worker.train import train_unit
 
 log = logging.getLogger("hpcxfer.worker.group")
-
-
-def _claim(tp: TaskPaths, group_id: str) -> Lock:
-    """Take a member's task lock (its running.json), as run_task takes a task's: LockHeld
-    when another live worker holds it."""
-    return Lock(tp.running, {"job_id": os.environ.get("HPCXFER_JOB_ID"), "group": group_id}).acquire()
-
-
-def _note(tp: TaskPaths, message: str) -> None:
-    """One line in a member's own log.txt; the group's log has the detail."""
-    try:
-        with open(tp.log, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} INFO hpcxfer.worker.group: {message}\n")
-    except OSError as e:
-        log.warning("could not write %s: %s", tp.log, e.strerror or e)
-
-
-def run_group(study_dir: str, group_id: str) -> int:
-    """Train every unfinished member of a group to completion (or to a checkpoint on
-    request); the exit status of `hpcxfer run-task`."""
-    study = StudyPaths.existing(study_dir)
-    gp = study.group(group_id)
-    members = list(read_group(study, group_id).members)
-    todo = [tp for tp in map(study.task, members) if not is_done(tp)]
-    if not todo:
-        return EXIT_DONE  # finished already: a re-run array task does nothing
-    configs = [read_record(tp.config) for tp in todo]
-    # bad settings: exit 2, nothing touched
-    settings = [RuntimeSettings.of_config(config, tp.config) for tp, config in zip(todo, configs)]
-    threads = _threads(settings[0])
-    handler = _log_to(gp)
-    if threads:
-        torch.set_num_threads(threads)
-    log.info("group %s: %d of %d members to train: %s", group_id, len(todo), len(members),
-             " ".join(tp.task_id for tp in todo))
-    claimed: list[TaskPaths] = []
-    locks: list[Lock] = []
-    try:
-        for tp in todo:
-            try:
-                locks.append(_claim(tp, group_id))
-            except LockHeld as e:
-                # Another worker trains a member: the group is not this worker's to run now.
-                log.info("group %s: %s is being run by %s; exit %d", group_id, tp.task_id, describe(e.holder),
-                         EXIT_BUSY)
-                sys.stderr.write(f"hpcxfer run-task: {group_id}: member {tp.task_id} is being run by "
-                                 f"{describe(e.holder)}; exit {EXIT_BUSY}, nothing trained\n")
-                return EXIT_BUSY
-            claimed.append(tp)
-        finished = [tp.task_id for tp in claimed if is_done(tp)]
-        if finished:  # another worker finished it between our look and our lock
-            sys.stderr.write(f"hpcxfer run-task: {group_id}: member {finished[0]} was finished by another worker; "
-                             f"exit {EXIT_BUSY}, nothing trained (the next submit regroups what is left)\n")
-            return EXIT_BUSY
-        for tp in claimed:
-            tp.failed.unlink(missing_ok=True)
-            _, damaged = results.load(tp.result, tp.task_id)
-            if damaged:  # kept for whoever wants to see it, out of the way of status and collect
-                os.replace(tp.result, tp.result_damaged)
-                log.warning("%s: its result.json was damaged (%s), moved to %s; training again",
-                            tp.task_id, damaged, tp.result_damaged.name)
-            _note(tp, f"trained in protocol group {group_id} with {len(todo) - 1} other(s) (log: {gp.log})")
-        with StopFlag() as stop:
-            done = train_group(study, gp, members, todo, configs, stop)
-        for tp, result in zip(todo, done):
-            log.info("%s done: val_acc %.4f", tp.task_id, result["val_acc"])
-            _note(tp, f"done in group {group_id}: val_acc {result['val_acc']:.4f}")
-        return EXIT_DONE
-    except Interrupted as e:
-        log.info("group %s %s: checkpointed; exit %d asks to be resumed", group_id, e, EXIT_RESUME)
-        for tp in claimed:
-            _note(tp, f"group {group_id} {e}: checkpointed")
-        return EXIT_RESUME
-    except HpcxferError as e:
-        log.error("group %s: %s", group_id, e)
-        _fail(gp, claimed, str(e), EXIT_USAGE)
-        return EXIT_USAGE
-    except Exception as e:  # noqa: BLE001 - recorded whole in each member's failed.json and the log
-        log.exception("group %s failed", group_id)
-        _fail(gp, claimed, f"{type(e).__name__}: {e}", EXIT_FAILED, traceback.format_exc())
-        return EXIT_FAILED
-    finally:
-        for lock in locks:  # only what this worker holds
-            lock.release()
-        logging.getLogger("hpcxfer").removeHandler(handler)
-        handler.close()
-
-
-def _fail(gp: GroupPaths, claimed: list[TaskPaths], error: str, status: int, tb: str = "") -> None:
-    """failed.json in every member this worker holds and leaves unfinished, pointing at the
-    group's log; one line on stderr for the group."""
-    line = error.splitlines()[0] if error else "failed"
-    print(f"error: {gp.group_id}: {line} (log: {gp.log})", file=sys.stderr)
-    record = {"error": error, "exit_status": status, "log": str(gp.log), "group": gp.group_id,
-              "host": socket.gethostname(), "time": time.time(), "traceback": tb[-4000:]}
-    for tp in claimed:
-        if is_done(tp):
-            continue
-        _note(tp, f"failed in group {gp.group_id}: {line}")
-        try:
-            atomic_write_json(tp.failed, record)
-        except OSError as e:
-            log.error("could not write %s: %s", tp.failed, e.strerror or e)
 
 
 def _check(gp: GroupPaths, tasks: list[Task], configs: list[dict]) -> None:
@@ -211,16 +105,31 @@ def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> 
     return data, learners
 
 
+def _keeps_progress(gp: GroupPaths, todo: list[TaskPaths]) -> None:
+    """A group that starts afresh would throw away a member's checkpoint of its run alone
+    (submit runs such a task alone: hpcxfer/checkpoints.py); refuse rather than restart it
+    from epoch 0. A group with a checkpoint holds its members' own progress."""
+    if any(p.exists() for p in (gp.checkpoint, gp.checkpoint_new, gp.checkpoint_prev)):
+        return
+    for tp in todo:
+        if any(p.exists() for p in (tp.checkpoint, tp.checkpoint_new, tp.checkpoint_prev)):
+            raise CheckpointError(f"{tp.checkpoint}: member {tp.task_id} has a checkpoint of its run alone, which "
+                                  f"this new group would throw away; `hpcxfer submit` runs it alone from there "
+                                  f"(or remove it to train the member in this group from epoch 0)")
+
+
 def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: list[TaskPaths],
-                configs: list[dict], stop: StopFlag | None = None) -> list[dict]:
+                configs: list[dict], stop: StopFlag | None = None,
+                runtime: RuntimeSettings | None = None) -> list[dict]:
     """Train the members in `todo` (with their `configs`) together, resuming from the
-    group's checkpoint; their results, also written to each member's result.json."""
+    group's checkpoint; their results, also written to each member's result.json.
+    `runtime` overrides the first member's settings (the unit's pre-flight)."""
     tasks = [Task.from_dict(c) for c in configs]
     _check(gp, tasks, configs)
-    runtime = RuntimeSettings.of_config(configs[0], todo[0].config)
+    _keeps_progress(gp, todo)
+    runtime = runtime or RuntimeSettings.of_config(configs[0], todo[0].config)
     data, learners = prepare_group(study, tasks, configs)
     mode = _mode(runtime, data.device, learners)
-    gen = torch.Generator().manual_seed(tasks[0].seed)
     trainer: Trainer | None = None  # built after the resume: fused mode stacks what it restored
 
     def contents() -> dict:
@@ -246,29 +155,22 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
         for tid in sorted(set(stored) - {learner.task.task_id for learner in learners}):
             log.info("%s is done since the group's checkpoint; not training it", tid)
 
-    identity = {"group_id": gp.group_id, "members": members}
-    ckpt = Checkpointer(gp, identity, gen, runtime.checkpoint_minutes, stop, contents, restore)
-    pos = ckpt.resume()
-    if mode == "fused":
-        from hpcxfer.worker.fused import Fused
+    def trainer_for(pos: Position) -> Trainer:
+        nonlocal trainer
+        if mode == "fused":
+            from hpcxfer.worker.fused import Fused
 
-        trainer = Fused(learners, data.precision)
-    else:
-        trainer = Looped(learners, data.precision)
-    log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
-             data.device, data.precision.name, pos.epoch, pos.step)
-    for tp in todo:
-        if tp.checkpoint.exists():
-            log.info("%s: its own checkpoint (from a run alone) is not used; the group trains it from the "
-                     "group's position and removes that checkpoint when done", tp.task_id)
-    records = [Records(tp, runtime, pos.epoch) for tp in todo]
-    startup = fit(trainer, data, gen, pos, ckpt, records, runtime, gp.profile)
-    info = {**run_info(ckpt, startup, data), "group": gp.group_id}
-    done = [finish(tp, learner.task, learner.model, learner.last, info) for tp, learner in zip(todo, learners)]
-    for rec, learner, result in zip(records, learners, done):
-        rec.hparams(learner.task, result)
-    if not runtime.keep_checkpoints:
-        checkpoint.remove(gp)
+            trainer = Fused(learners, data.precision)
+        else:
+            trainer = Looped(learners, data.precision)
+        log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
+                 data.device, data.precision.name, pos.epoch, pos.step)
         for tp in todo:
-            checkpoint.remove(tp)  # a solo run's checkpoint from before the group, now stale
-    return done
+            if tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
+                log.info("%s: its own checkpoint (from a run alone) is not used; the group trains it from the "
+                         "group's position and removes that checkpoint when done", tp.task_id)
+        return trainer
+
+    identity = {"group_id": gp.group_id, "members": members}
+    return train_unit(gp, identity, todo, learners, data, runtime, stop, contents, restore, trainer_for,
+                      {"group": gp.group_id})

@@ -24,7 +24,7 @@ from hpcxfer.worker import protocol
 from hpcxfer.worker.augment import Normalize, for_evaluation, for_training
 from hpcxfer.worker.feed import InMemory, Streamed, StreamOptions, open_feed
 from hpcxfer.worker.models import build_model
-from hpcxfer.worker.precision import Precision, resolve
+from hpcxfer.worker.precision import LossScaler, Precision, resolve
 
 PRETRAIN_SEED_OFFSET = 1 << 20
 
@@ -57,7 +57,7 @@ class Sums:
     correct: torch.Tensor
 
     @classmethod
-    def zero(cls, device: torch.device) -> "Sums":
+    def zero(cls, device: torch.device) -> Sums:
         return cls(torch.zeros((), device=device, dtype=torch.float64),
                    torch.zeros((), device=device, dtype=torch.long))
 
@@ -78,7 +78,7 @@ class Learner:
     model: nn.Module  # the module whose state is saved
     forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled when asked
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: LossScaler
     sums: Sums
     last: dict = field(default_factory=dict)
 

@@ -82,8 +82,9 @@ class Scalars:
 
 
 def profiler(folder: Path, enabled: bool, cuda: bool) -> contextlib.AbstractContextManager:
-    """A torch.profiler over a few training steps, written where torch-tb-profiler reads it
-    (`tensorboard --logdir tasks/<id>/profile`); call `.step()` after every step."""
+    """A torch.profiler over a few training steps, written to `folder` as Chrome trace-event
+    JSON (what Perfetto, Holistic Trace Analysis and torch-tb-profiler read); call `.step()`
+    after every step."""
     if not enabled:
         return _NoProfiler()
     from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler

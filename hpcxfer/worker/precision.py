@@ -35,12 +35,67 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def scaler(self) -> torch.amp.GradScaler:
+    def scaler(self) -> LossScaler:
         """A scaler that is a no-op unless fp16 needs it (its state is checkpointed either way)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.needs_scaler)
+        return LossScaler(enabled=self.needs_scaler)
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class LossScaler:
+    """Dynamic loss scaling for one model, as torch.amp.GradScaler does it (the same scale,
+    backoff and growth, so the same steps are skipped), in public terms: its whole state is
+    `state_dict()`, which fused mode (hpcxfer/worker/fused.py) reads and writes per member.
+    Disabled (fp32, bf16), it passes the loss and the step through untouched."""
+
+    def __init__(self, enabled: bool, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000):
+        self.enabled = enabled
+        self.scale_value, self.tracker = init_scale, 0  # tracker: finite steps since the last change
+        self.growth_factor, self.backoff_factor, self.growth_interval = growth_factor, backoff_factor, growth_interval
+        self.found_inf = False
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale_value if self.enabled else loss
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale the gradients and step, unless one of them is not finite (skipped)."""
+        if not self.enabled:
+            optimizer.step()
+            return
+        inv = torch.tensor(self.scale_value, dtype=torch.float64).reciprocal().float().item()
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        finite = torch.ones((), dtype=torch.bool, device=grads[0].device) if grads else torch.tensor(True)
+        for grad in grads:
+            grad.mul_(inv)
+            finite &= torch.isfinite(grad).all()
+        self.found_inf = not bool(finite)
+        if not self.found_inf:
+            optimizer.step()
+
+    def update(self) -> None:
+        if not self.enabled:
+            return
+        if self.found_inf:
+            self.scale_value, self.tracker = self.scale_value * self.backoff_factor, 0
+        elif self.tracker + 1 == self.growth_interval:
+            self.scale_value, self.tracker = self.scale_value * self.growth_factor, 0
+        else:
+            self.tracker += 1
+
+    def state_dict(self) -> dict:
+        if not self.enabled:
+            return {}
+        return {"scale": self.scale_value, "growth_tracker": self.tracker, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.scale_value, self.tracker = float(state["scale"]), int(state.get("growth_tracker", 0))
+            self.growth_factor = float(state.get("growth_factor", self.growth_factor))
+            self.backoff_factor = float(state.get("backoff_factor", self.backoff_factor))
+            self.growth_interval = int(state.get("growth_interval", self.growth_interval))
 
 
 def bf16_supported(device: torch.device) -> bool:

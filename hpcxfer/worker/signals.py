@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 from types import FrameType
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class StopFlag:
         if self.signum is None:
             self.signum = signum
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> Self:
         for sig in STOP_SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
         return self

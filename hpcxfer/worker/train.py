@@ -3,9 +3,9 @@
 A plain loop with explicit arguments, in pieces that a protocol group (hpcxfer/worker/
 group.py) shares with a task run alone: `fit` runs the epochs of one or more models
 (hpcxfer/worker/learners.py) over one stream of batches, `train_one_epoch` and `evaluate`
-do one pass each, `Checkpointer` resumes from the newest checkpoint, checkpoints on a time
-cadence and at cheap epoch ends, and on a stop request checkpoints at the next step and
-raises `Interrupted`. `run` ties them to a task's files.
+do one pass each (hpcxfer/worker/checkpoint.py's `Checkpointer` decides when to save), and
+`train_unit` builds the checkpointer, the records and the results of a unit's members once,
+for a task alone (`run`) and for a group alike.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,29 +23,25 @@ from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
 from hpcxfer.worker import checkpoint
-from hpcxfer.worker.learners import Data, Looped, Sums, Trainer, prepare_data, prepare_model
+from hpcxfer.worker.checkpoint import Checkpointer, Position
+from hpcxfer.worker.learners import (
+    Data,
+    Learner,
+    Looped,
+    Sums,
+    Trainer,
+    prepare_data,
+    prepare_model,
+)
 from hpcxfer.worker.observe import process_age, profiler
 from hpcxfer.worker.records import Records, finish, run_info
 from hpcxfer.worker.signals import Interrupted, StopFlag
 
+__all__ = ["EVAL_BATCH", "Interrupted", "evaluate", "fit", "run", "train_one_epoch", "train_unit"]
+
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1024
-#: An epoch end is "cheap" to checkpoint when the last save took at most this share of
-#: the time since the save before it.
-CHEAP_SAVE = 0.05
-
-
-@dataclass
-class Position:
-    """Where the loop is: the epoch in progress (= epochs completed), the steps done in it,
-    its data order and its training seconds so far. A mid-epoch checkpoint stores all of
-    it, with each model's running sums."""
-
-    epoch: int
-    step: int = 0
-    order: torch.Tensor | None = None
-    seconds: float = 0.0  # training time of this epoch so far, for images/s
 
 
 def train_one_epoch(data: Data, gen: torch.Generator, pos: Position, batch_size: int,
@@ -83,95 +78,6 @@ def evaluate(data: Data, forward: Callable[[torch.Tensor], Iterable[torch.Tensor
     return [{"val_loss": s.loss.item() / n, "val_acc": s.correct.item() / n} for s in sums]
 
 
-class RungReached(Interrupted):
-    """A search's stop request (`TaskPaths.rung`) names this epoch: checkpointed, resume me."""
-
-    def __init__(self, epoch: int):
-        Exception.__init__(self, f"stopped after epoch {epoch}, a search's rung")
-        self.signum, self.epoch, self.step = 0, epoch, 0
-
-
-def rung_reached(paths: TaskPaths | GroupPaths, epoch: int) -> bool:
-    """Whether a search asked this task to stop after `epoch` (hpcxfer/tune/drive.py); a
-    group is never stopped at a rung (a search runs every member alone)."""
-    if not isinstance(paths, TaskPaths):
-        return False
-    try:
-        stop = read_json(paths.rung)["stop_after"]
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("%s: ignored (%s)", paths.rung, e)
-        return False
-    return isinstance(stop, int) and not isinstance(stop, bool) and epoch >= stop
-
-
-class Checkpointer:
-    """When to save (a time cadence, cheap epoch ends, a stop request), and the shared part
-    of what: the position, every random generator, restarts and wall time. `contents()`
-    gives the models' part, `restore(state)` puts it back. `paths` is a task's or a group's
-    (anything with .checkpoint, .checkpoint_prev and .dir); `identity` is checked on load."""
-
-    def __init__(self, paths: TaskPaths | GroupPaths, identity: dict, gen: torch.Generator, minutes: float,
-                 stop: StopFlag | None, contents: Callable[[], dict], restore: Callable[[dict], None]):
-        self.paths, self.identity, self.gen, self.stop = paths, identity, gen, stop
-        self.contents, self.restore = contents, restore
-        self.interval = minutes * 60
-        self.last_at = time.monotonic()
-        self.cost = 0.0  # seconds the last save took
-        self.restarts, self.wall_before = 0, 0.0
-        self.began = time.perf_counter()
-
-    def wall(self) -> float:
-        return self.wall_before + time.perf_counter() - self.began
-
-    def resume(self) -> Position:
-        """Restore the newest checkpoint; its position, or epoch 0."""
-        state = checkpoint.load_latest(self.paths, self.identity)
-        if state is None:
-            return Position(epoch=0)
-        self.restore(state)
-        checkpoint.set_rng_state(state["rng"], self.gen)
-        self.restarts, self.wall_before = state["restarts"] + 1, state["wall_s"]
-        pos = Position(epoch=state["epoch"], step=state["step"], order=state["order"], seconds=state["train_s"])
-        log.info("resuming %s at epoch %d step %d (restart %d)", self.paths.dir.name, pos.epoch, pos.step,
-                 self.restarts)
-        return pos
-
-    def save(self, pos: Position) -> None:
-        self.cost = checkpoint.save(self.paths, {
-            "task": self.identity, **self.contents(),
-            "rng": checkpoint.rng_state(self.gen), "epoch": pos.epoch, "step": pos.step, "order": pos.order,
-            "train_s": pos.seconds, "restarts": self.restarts, "wall_s": self.wall(),
-        })
-        self.last_at = time.monotonic()
-
-    def after_step(self, pos: Position) -> None:
-        if self.stop:
-            self.save(pos)  # a failure here propagates: the task then fails rather than lies
-            raise Interrupted(self.stop.signum, pos.epoch, pos.step)
-        if time.monotonic() - self.last_at >= self.interval:
-            self._try_save(pos)
-
-    def epoch_end(self, pos: Position) -> None:
-        if rung_reached(self.paths, pos.epoch):
-            self.save(pos)
-            raise RungReached(pos.epoch)
-        since = time.monotonic() - self.last_at
-        if since >= self.interval or self.cost <= CHEAP_SAVE * since:
-            self._try_save(pos)
-
-    def _try_save(self, pos: Position) -> None:
-        # A full disk or a quota must not kill the work done since the last checkpoint:
-        # the previous checkpoint is intact, so warn, train on and try at the next cadence.
-        try:
-            self.save(pos)
-        except OSError as e:
-            log.warning("checkpoint of %s at epoch %d step %d failed (%s); keeping the previous one",
-                        self.paths.dir.name, pos.epoch, pos.step, e)
-            self.last_at = time.monotonic()
-
-
 def fit(trainer: Trainer, data: Data, gen: torch.Generator, pos: Position, ckpt: Checkpointer,
         records: Sequence[Records], runtime: RuntimeSettings, profile_dir: Path) -> float | None:
     """Train every model of `trainer` from `pos` to the end of its task's epochs (shared:
@@ -206,6 +112,8 @@ def fit(trainer: Trainer, data: Data, gen: torch.Generator, pos: Position, ckpt:
                                         "images_per_s": images_per_s, **v, **lr, "wall_s": ckpt.wall()}
                         rec.add(learner.last)
                 pos = Position(epoch=done)
+                for rec in records:
+                    rec.progress(done, first.epochs)
                 if done < first.epochs:
                     ckpt.epoch_end(pos)
                 elif keep:
@@ -216,25 +124,46 @@ def fit(trainer: Trainer, data: Data, gen: torch.Generator, pos: Position, ckpt:
     return startup[0] if startup else None
 
 
-def run(study: StudyPaths, paths: TaskPaths, stop: StopFlag | None = None) -> dict:
-    """Train the task in `paths` to completion, resuming from its checkpoint if it has one.
+def train_unit(folder: TaskPaths | GroupPaths, identity: dict, todo: Sequence[TaskPaths], learners: list[Learner],
+               data: Data, runtime: RuntimeSettings, stop: StopFlag | None, contents: Callable[[], dict],
+               restore: Callable[[dict], None], trainer_for: Callable[[Position], Trainer],
+               info: dict | None = None) -> list[dict]:
+    """Train `learners` (the unfinished members `todo`, in order) to the end, resuming from
+    `folder`'s checkpoint (checked against `identity`; `contents`/`restore` are the models'
+    part of it); `trainer_for` steps them, built once the checkpoint is restored. Writes and
+    returns each member's result (with `info` added). A task alone is a unit of one."""
+    gen = torch.Generator().manual_seed(learners[0].task.seed)
+    ckpt = Checkpointer(folder, identity, gen, runtime.checkpoint_minutes, stop, contents, restore)
+    pos = ckpt.resume()
+    trainer = trainer_for(pos)
+    records = [Records(tp, runtime, pos.epoch) for tp in todo]
+    startup = fit(trainer, data, gen, pos, ckpt, records, runtime, folder.profile)
+    shared = {**run_info(ckpt, startup, data), **(info or {})}
+    done = [finish(tp, learner.task, learner.model, learner.last, shared) for tp, learner in zip(todo, learners)]
+    for rec, learner, result in zip(records, learners, done):
+        rec.hparams(learner.task, result)
+        rec.finished()
+    if not runtime.keep_checkpoints:
+        checkpoint.remove(folder)
+        for tp in todo:
+            checkpoint.remove(tp)  # a group's member: a solo run's checkpoint from before the group, now stale
+    return done
+
+
+def run(study: StudyPaths, paths: TaskPaths, stop: StopFlag | None = None,
+        runtime: RuntimeSettings | None = None) -> dict:
+    """Train the task in `paths` to completion, resuming from its checkpoint if it has one;
+    `runtime` overrides its task.json's settings (the unit's pre-flight turns off an
+    observer that cannot load).
 
     Returns the result record, which is also written to result.json. Raises Interrupted
     after checkpointing when `stop` is set (a signal arrived).
     """
     config = read_json(paths.config)
     task = Task.from_dict(config)
-    runtime = RuntimeSettings.of_config(config, paths.config)
+    runtime = runtime or RuntimeSettings.of_config(config, paths.config)
     data = prepare_data(task, config.get("data", {}), runtime)
     learner = prepare_model(task, runtime, study, data)
-    gen = torch.Generator().manual_seed(task.seed)
-    ckpt = Checkpointer(paths, task.identity(), gen, runtime.checkpoint_minutes, stop,
-                        contents=lambda: {"config": config, **learner.state()}, restore=learner.load)
-    pos = ckpt.resume()
-    records = Records(paths, runtime, pos.epoch)
-    startup = fit(Looped([learner], data.precision), data, gen, pos, ckpt, [records], runtime, paths.profile)
-    result = finish(paths, learner.task, learner.model, learner.last, run_info(ckpt, startup, data))
-    records.hparams(learner.task, result)
-    if not runtime.keep_checkpoints:
-        checkpoint.remove(paths)
-    return result
+    return train_unit(paths, task.identity(), [paths], [learner], data, runtime, stop,
+                      contents=lambda: {"config": config, **learner.state()}, restore=learner.load,
+                      trainer_for=lambda pos: Looped([learner], data.precision))[0]
