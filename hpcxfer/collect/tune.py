@@ -42,6 +42,13 @@ def _compare(mine: list[dict], theirs: list[dict], epoch: int) -> dict:
     return paired_stats(diffs)
 
 
+def _mean_at(members: list[dict], epoch: int) -> float:
+    """The members' mean val_acc at `epoch` (-inf with none: ranks last)."""
+    vals = [m["at"].get(epoch, {}).get("val_acc") for m in members]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else float("-inf")
+
+
 def tune_rows(paths: StudyPaths) -> list[dict]:
     """One row per target size of a searched study ([] for a study no search has decided)."""
     decisions = _decisions(paths)
@@ -55,10 +62,8 @@ def tune_rows(paths: StudyPaths) -> list[dict]:
         epochs = max(m["epochs"] for ms in members.values() for m in ms)
         finalists = [s["candidate"] for s in decisions[-1]["sizes"][size] if s["kept"]]
 
-        def final(c: str) -> float:
-            vals = [m["at"].get(epochs, {}).get("val_acc") for m in members[c]]
-            vals = [v for v in vals if v is not None]
-            return sum(vals) / len(vals) if vals else float("-inf")
+        def final(c: str, members: dict = members, epochs: int = epochs) -> float:
+            return _mean_at(members[c], epochs)
 
         winner = max(finalists, key=lambda c: (final(c), c))
         ranked = [s["candidate"] for s in decisions[-1]["sizes"][size]]

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-from hpcxfer.grid.limits import MAX_LIST, short
 from hpcxfer.grid.fields import Strict
+from hpcxfer.grid.limits import MAX_LIST, short
 
 #: What a rung ranks candidates by, and whether more is better.
 METRICS = {"val_acc": True, "val_loss": False}

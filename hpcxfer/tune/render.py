@@ -13,8 +13,8 @@ def _stages(stages: list[tuple[int, int]]) -> str:
 def search_lines(plan: SearchPlan) -> list[str]:
     """The search's settings, what each size trains, and its price against the grid's."""
     s = plan.search
-    out = [f"search: eta {s.eta}, rungs at epochs {', '.join(map(str, s.rungs))} of {s.epochs}, "
-           f"ranked by {s.metric}, at least {s.min_survivors} kept per rung"]
+    out = [(f"search: eta {s.eta}, rungs at epochs {', '.join(map(str, s.rungs))} of {s.epochs}, "
+            f"ranked by {s.metric}, at least {s.min_survivors} kept per rung")]
     for size, k, members, stages in plan.sizes:
         out.append(f"  {size} per class: {k} candidates x {members} replicates; {_stages(stages)}")
     if plan.share is None:
