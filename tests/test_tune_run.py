@@ -9,6 +9,7 @@ import pytest
 
 from conftest import TINY_GRID, merge
 from hpcxfer.collect.paired import paired_stats
+from hpcxfer.grid.protocols import PROTOCOL_FIELDS
 from hpcxfer.layout import StudyPaths
 
 #: Four protocols at one size, two splits, 4 epochs; rungs after epochs 1 and 2.
@@ -57,7 +58,8 @@ def test_search_trains_rungs_of_the_grids_tasks(write_grid, tmp_path, cli):
     (row,) = json.loads(view.stdout)["views"]["tune"]["rows"]
     winner = rung1["sizes"]["10"][0]
     assert row["examples_per_class"] == 10 and row["winner"] == winner["candidate"]
-    assert row["transfer_layers"] == searched[finalists[0]]["transfer_layers"]
+    config = json.loads(paths.task(finalists[0]).config.read_text())
+    assert [row[f] for f in PROTOCOL_FIELDS] == [config[f] for f in PROTOCOL_FIELDS]
     assert row["images_share"] == (4 * 1 + 2 * 1 + 1 * 2) / (4 * 4)  # candidate-epochs of 4 x 4
     assert row["runner_up"] == rung1["sizes"]["10"][1]["candidate"]
     # re-running resumes: every rung is decided, nothing trains again
