@@ -327,14 +327,14 @@ def _view_table(view) -> Table | Text:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from hpcxfer import service
     from hpcxfer.collect.html import build_report
     from hpcxfer.fileio import output_file
-    from hpcxfer.layout import StudyPaths
 
     if args.out:
         out = output_file(args.out, "--out", "html", args.force)
     else:  # the default report.html: a path inside the study that is no record of it
-        out = output_file(StudyPaths.existing(args.study_dir).report, "report.html", "html", args.force)
+        out = output_file(service.report_path(args.study_dir), "report.html", "html", args.force)
     collected = _collect(args)
     html = build_report(collected, ref=args.ref)  # an unknown --ref stops here: one line, nothing written
     _print_summary(collected)

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from hpcxfer.backends import BACKENDS, Backend
 from hpcxfer.backends.scheduler import SchedulerError
@@ -142,6 +143,11 @@ def cancel(study_dir: str, wait_s: float | None = None) -> list[str]:
     finally:
         if lock is not None:
             lock.release()
+
+
+def report_path(study_dir: str) -> Path:
+    """Where `hpcxfer report` writes by default: inside the study, no record of it."""
+    return StudyPaths.existing(study_dir).report
 
 
 def collect(study_dir: str, by: str | None = None):

@@ -23,7 +23,7 @@ from hpcxfer.backends import Backend, Submission, get_backend
 from hpcxfer.backends.resources import placeholders
 from hpcxfer.checkpoints import remove_leftovers, resumable
 from hpcxfer.errors import ConfigError, StudyError
-from hpcxfer.follow import StudyStatus, cancel, collect, held, status
+from hpcxfer.follow import StudyStatus, cancel, collect, held, report_path, status
 from hpcxfer.grid import cost
 from hpcxfer.grid.cost import fmt_images, fmt_number
 from hpcxfer.grid.expansion import Expansion, expand_study
@@ -55,6 +55,7 @@ __all__ = [
     "held",
     "plan",
     "prepare",
+    "report_path",
     "status",
     "submit",
     "wait_for",

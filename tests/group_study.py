@@ -11,6 +11,10 @@ common protocol (n 7, h 8).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +84,31 @@ def make_study(root: Path, name: str, runtime: dict | None = None, epochs: int =
     atomic_write_json(gp.config, group.to_dict())
     by_id = {t.task_id: t for t in tasks}
     return paths, pre, [by_id[m] for m in group.members], group
+
+
+#: One thread each: the kill tests run several workers beside each other on a small machine.
+WORKER_ENV = {"HPCXFER_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def start_group(study_dir, group_id: str, namespace: bool = True) -> subprocess.Popen:
+    """`hpcxfer run-task STUDY GROUP` as a process; in its own PID namespace by default, where
+    the worker is PID 1 and killing it ends everything in it."""
+    cmd = [sys.executable, "-m", "hpcxfer", "run-task", str(study_dir), group_id]
+    if namespace:
+        cmd = ["unshare", "-fp", "--mount-proc", "--kill-child=SIGKILL", *cmd]
+    return subprocess.Popen(cmd, env={**os.environ, **WORKER_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def worker_of(proc: subprocess.Popen, timeout: float = 60) -> int:
+    """The pid (in this namespace) of the worker that `unshare` forked."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                children = f.read().split()
+        except FileNotFoundError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.005)
+    raise TimeoutError("unshare started no worker")

@@ -14,14 +14,12 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from conftest import mtime, newest_checkpoint, wait_for
-from group_study import make_study
+from group_study import make_study, start_group, worker_of
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.worker import EXIT_DONE, EXIT_RESUME
@@ -31,30 +29,7 @@ pytestmark = pytest.mark.slow  # a dozen worker processes
 
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 TIMING = ("wall_s", "images_per_s")
-ENV = {"HPCXFER_THREADS": "1", "OMP_NUM_THREADS": "1"}
 STUDY = {"epochs": 8, "batch_size": 5}  # long enough that a kill 0-0.4 s after a checkpoint lands before the end
-
-
-def _start(study_dir, group_id: str, namespace: bool = True) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpcxfer", "run-task", str(study_dir), group_id]
-    if namespace:  # the worker is PID 1 of its own namespace; killing it ends everything in it
-        cmd = ["unshare", "-fp", "--mount-proc", "--kill-child=SIGKILL", *cmd]
-    return subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _worker(proc: subprocess.Popen) -> int:
-    """The pid (in this namespace) of the worker that `unshare` forked."""
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                children = f.read().split()
-        except FileNotFoundError:
-            children = []
-        if children:
-            return int(children[0])
-        time.sleep(0.005)
-    raise TimeoutError("unshare started no worker")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +39,7 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("group-reference")
     paths, pre, members, group = make_study(root / "ref", "g", {"keep_checkpoints": True}, **STUDY)
     assert run_task(str(paths.dir), pre.task_id) == EXIT_DONE
-    proc = _start(paths.dir, group.group_id, namespace=False)
+    proc = start_group(paths.dir, group.group_id, namespace=False)
 
     def result():
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
@@ -112,8 +87,8 @@ def test_sigkill_at_random_moments_changes_no_member(tmp_path, reference):
     rng = random.Random(seed)
     kills, resumed_from = 0, []
     for _ in range(4):
-        proc = _start(paths.dir, group.group_id)
-        worker = _worker(proc)
+        proc = start_group(paths.dir, group.group_id)
+        worker = worker_of(proc)
         seen = mtime(gp.checkpoint)
         # kill a random moment after this run has written a checkpoint of its own: in a
         # step of any member, in a checkpoint write, in an evaluation or a record append
@@ -129,7 +104,7 @@ def test_sigkill_at_random_moments_changes_no_member(tmp_path, reference):
         state = newest_checkpoint(gp)
         resumed_from.append((state["epoch"], state["step"]))
     while not all(paths.task(t.task_id).result.exists() for t in members):
-        proc = _start(paths.dir, group.group_id)
+        proc = start_group(paths.dir, group.group_id)
         assert proc.wait(timeout=300) == EXIT_DONE, proc.stderr.read().decode()
     print(f"killed {kills} times; resumed from (epoch, step) {resumed_from}")
     assert kills >= 3, f"the group finished before it could be killed three times (seed {seed})"
@@ -141,8 +116,8 @@ def test_each_stop_signal_checkpoints_and_exits_75(tmp_path, reference):
     gp = paths.group(group.group_id)
     signals = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
     for n, sig in enumerate(signals):
-        proc = _start(paths.dir, group.group_id)
-        worker = _worker(proc)
+        proc = start_group(paths.dir, group.group_id)
+        worker = worker_of(proc)
         # signal once this run has taken its first step (a checkpoint-free hour ahead)
         assert wait_for(lambda: gp.log.exists() and gp.log.read_text().count("first step") > n, proc)
         time.sleep(0.05 * n)
@@ -155,6 +130,6 @@ def test_each_stop_signal_checkpoints_and_exits_75(tmp_path, reference):
             tp = paths.task(t.task_id)
             assert f"stopped by {sig.name}" in tp.log.read_text()
             assert not tp.running.exists() and not tp.result.exists()
-    proc = _start(paths.dir, group.group_id)
+    proc = start_group(paths.dir, group.group_id)
     assert proc.wait(timeout=300) == EXIT_DONE
     assert _assert_identical(paths, members, group, reference)[0]["restarts"] == len(signals)

@@ -14,14 +14,12 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from conftest import mtime, newest_checkpoint, wait_for
-from group_study import make_study
+from group_study import make_study, start_group, worker_of
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.worker import EXIT_DONE
@@ -29,7 +27,6 @@ from hpcxfer.worker.main import run_task
 
 pytestmark = pytest.mark.slow
 
-ENV = {"HPCXFER_THREADS": "1", "OMP_NUM_THREADS": "1"}
 MEMBERS = [
     {"transfer_layers": 0, "high_lr_layers": 6, "initial_decay_epochs": 30},
     {"transfer_layers": 3, "frozen_layers": 2, "high_lr_layers": 1, "initial_decay_epochs": 1},
@@ -39,28 +36,6 @@ STUDY = {"epochs": 6, "batch_size": 5, "members": MEMBERS, "arch": "resnet-narro
 EXACT = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
-def start(study_dir, group_id: str, namespace: bool = True) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpcxfer", "run-task", str(study_dir), group_id]
-    if namespace:
-        cmd = ["unshare", "-fp", "--mount-proc", "--kill-child=SIGKILL", *cmd]
-    return subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def worker_of(proc: subprocess.Popen) -> int:
-    """The pid of the worker that `unshare` forked."""
-    end = time.monotonic() + 60
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                children = f.read().split()
-        except FileNotFoundError:
-            children = []
-        if children:
-            return int(children[0])
-        time.sleep(0.005)
-    raise TimeoutError("unshare started no worker")
-
-
 def metrics(tp) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("wall_s", "images_per_s")} for r in iter_jsonl(tp.metrics)]
 
@@ -68,7 +43,7 @@ def metrics(tp) -> list[dict]:
 def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path):
     ref, pre, members, group = make_study(tmp_path / "ref", "r", {"keep_checkpoints": True}, **STUDY)
     assert run_task(str(ref.dir), pre.task_id) == EXIT_DONE
-    reference = start(ref.dir, group.group_id, namespace=False)
+    reference = start_group(ref.dir, group.group_id, namespace=False)
     paths, *_ = make_study(tmp_path / "killed", "r", {"keep_checkpoints": True, "checkpoint_minutes": 0.0005},
                            **STUDY)
     shutil.copy(ref.task(pre.task_id).weights, paths.task(pre.task_id).weights)
@@ -78,7 +53,7 @@ def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path)
     rng = random.Random(seed)
     kills = 0
     for _ in range(3):
-        proc = start(paths.dir, group.group_id)
+        proc = start_group(paths.dir, group.group_id)
         worker = worker_of(proc)
         seen = mtime(gp.checkpoint)
         if wait_for(lambda seen=seen: mtime(gp.checkpoint) not in (0, seen), proc, timeout=300):
@@ -92,7 +67,7 @@ def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path)
         kills += killed
         newest_checkpoint(gp)  # a resumable checkpoint is there
     while not all(paths.task(t.task_id).result.exists() for t in members):
-        proc = start(paths.dir, group.group_id)
+        proc = start_group(paths.dir, group.group_id)
         assert proc.wait(timeout=600) == EXIT_DONE, proc.stderr.read().decode()
     assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
     assert kills >= 2, f"the group finished before it could be killed twice (seed {seed})"
