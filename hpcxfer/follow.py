@@ -156,4 +156,7 @@ def collect(study_dir: str, by: str | None = None):
     from hpcxfer.collect.aggregate import parse_by
     from hpcxfer.collect.build import collect as collect_study
 
-    return collect_study(StudyPaths.existing(study_dir), parse_by(by))
+    paths = StudyPaths.existing(study_dir)
+    # What the backends hold, so a queued task reads "queued" here as in `status`; a
+    # scheduler that cannot be asked leaves the states on disk (pending, running).
+    return collect_study(paths, parse_by(by), held(paths, warnings=[]))

@@ -61,7 +61,7 @@ def test_duplicated_epoch_keeps_the_later_record(two):
     assert rec.skipped.lines == {"duplicate epoch (the later record kept)": 1}
 
 
-def test_task_with_metrics_but_no_result_is_cut_running_or_failed_with_its_log(tmp_path):
+def test_task_with_metrics_but_no_result_is_pending_running_or_failed_in_status_words_with_its_log(tmp_path):
     cut, running, failed, pending = ft(0, 10, 7), ft(0, 10, 5), ft(0, 10, 3), ft(0, 10, 0)
     paths = write(tmp_path / "s", {cut: None, running: None, failed: None, pending: None})
     paths.task(pending.task_id).metrics.unlink()
@@ -69,7 +69,9 @@ def test_task_with_metrics_but_no_result_is_cut_running_or_failed_with_its_log(t
     paths.task(failed.task_id).failed.write_text(json.dumps({"error": "CUDA out of memory"}))
     rec = read_study(paths)
     states = {r["task_id"]: r for r in rec.incomplete}
-    assert states[cut.task_id]["state"] == "cut" and states[cut.task_id]["epoch"] == 3
+    # status's words (hpcxfer.states.State): interrupted is pending, with the epoch it resumes from
+    assert states[cut.task_id]["state"] == "pending" and states[cut.task_id]["epoch"] == 3
+    assert "interrupted after epoch 3" in states[cut.task_id]["detail"]
     assert states[running.task_id]["state"] == "running"
     assert states[failed.task_id]["state"] == "failed" and "out of memory" in states[failed.task_id]["detail"]
     assert states[pending.task_id]["state"] == "pending" and states[pending.task_id]["log"] is None
@@ -79,13 +81,26 @@ def test_task_with_metrics_but_no_result_is_cut_running_or_failed_with_its_log(t
     assert cell["replicates"] == 0 and cell["missing"] == 1 and cell["val_acc_mean"] is None
 
 
+def test_a_task_a_backend_holds_reads_as_status_says_it(tmp_path):
+    """One name for each state: a task the scheduler holds is queued (or running) in
+    collect as in status, not pending."""
+    from hpcxfer.states import Held, Hold
+
+    queued, running, alone = ft(0, 10, 7), ft(0, 10, 5), ft(0, 10, 3)
+    paths = write(tmp_path / "s", {queued: None, running: None, alone: None})
+    held = {queued.task_id: Held(Hold.QUEUED, job="4711_0"), running.task_id: Held(Hold.RUNNING, job="4711_1")}
+    states = {r["task_id"]: r["state"] for r in read_study(paths, held).incomplete}
+    assert states == {queued.task_id: "queued", running.task_id: "running", alone.task_id: "pending"}
+
+
 def test_unreadable_or_foreign_result_is_a_skipped_task(two, tmp_path):
     paths, a, b = two
     paths.task(a.task_id).result.write_text('{"val_acc": 0.5, "val_lo')  # not JSON
     paths.task(b.task_id).result.write_text(json.dumps({"task_id": "ft-someone-else", "val_acc": 0.9}))
     rec = read_study(paths)
     assert sorted(rec.skipped.tasks.values()) == [1, 1]
-    assert {r["state"] for r in rec.incomplete} == {"damaged"}
+    assert {r["state"] for r in rec.incomplete} == {"failed"}  # as status says
+    assert all("damaged result.json" in r["detail"] for r in rec.incomplete)
     (cell,) = summarize(rec.rows, rec.missing)
     assert cell["replicates"] == 0 and cell["missing"] == 2
 
@@ -153,7 +168,7 @@ def test_the_cli_reports_what_it_skipped(two, cli):
     paths.task(b.task_id).result.unlink()
     out = cli("collect", paths.dir, "--view", "curves", "--format", "json")
     assert out.returncode == 0, out.stderr
-    assert "4 tasks: 3 with results, 1 cut" in out.stderr
+    assert "4 tasks: 3 with results, 1 pending" in out.stderr
     assert "skipped 1 line truncated" in out.stderr and str(m) in out.stderr
     rows = json.loads(out.stdout)["views"]["curves"]["rows"]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["replicates"] for r in rows] == [2, 2, 2]

@@ -61,7 +61,7 @@ def test_a_damaged_result_is_failed_skipped_and_not_done(two, case):
     assert a.task_id not in rec.results and b.task_id in rec.results  # only the valid one is averaged
     assert sum(rec.skipped.tasks.values()) == 1
     (row,) = [r for r in rec.incomplete if r["task_id"] == a.task_id]
-    assert row["state"] == "damaged"
+    assert row["state"] == "failed" and "damaged result.json" in row["detail"]
 
 
 def test_valid_results_pass_and_a_diverged_loss_is_a_result(two):

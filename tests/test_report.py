@@ -114,7 +114,7 @@ def test_report_is_one_valid_html_file_with_every_table(study, cli):
     assert "mean ± std over 1-2 splits" in captions[0] and "mean ± std over 2 splits" in captions[1]
     assert "mean paired difference over 1-2 pairs, 95 % interval" in captions[5]
     assert "src=" not in text and "href=\"http" not in text
-    assert "cut" in root.find(".//ul[@id='summary']/li").text
+    assert "pending" in root.find(".//ul[@id='summary']/li").text
 
 
 def test_report_escapes_what_it_shows(tmp_path, cli):
@@ -135,7 +135,7 @@ def test_formats_and_out(study, tmp_path, cli):
     assert [r["examples_per_class"] for r in rows] == ["10", "25"] and float(rows[0]["optimal_mean"]) == 0.6
     both = json.loads(cli("collect", study.dir, "--view", "table1,table2", "--format", "json").stdout)
     assert set(both) == {"views", "summary"} and set(both["views"]) == {"table1", "table2"}
-    assert both["summary"]["notes"][0].startswith("36 tasks: 35 with results, 1 cut")
+    assert both["summary"]["notes"][0].startswith("36 tasks: 35 with results, 1 pending")
     bad = cli("collect", study.dir, "--view", "all", "--format", "csv", "--out", tmp_path / "x.csv")
     assert bad.returncode == 2 and "csv holds one view" in bad.stderr and not (tmp_path / "x.csv").exists()
     out = cli("collect", study.dir, "--view", "all", "--format", "json", "--out", tmp_path / "all.json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hpcxfer.collect import paper, reports
@@ -14,6 +14,7 @@ from hpcxfer.collect.tune import tune_view
 from hpcxfer.collect.views import View
 from hpcxfer.errors import ConfigError
 from hpcxfer.layout import StudyPaths
+from hpcxfer.states import Held
 
 #: Named views; `curves` is the only one that reads every metrics record.
 VIEWS = ("cells", "table1", "table2", "compare", "paired", "paper", "incomplete", "curves", "tune")
@@ -38,8 +39,8 @@ class Collected:
         return reports.study_summary(self.records)
 
 
-def collect(paths: StudyPaths, by: Sequence[str] = DEFAULT_BY) -> Collected:
-    records = read_study(paths)
+def collect(paths: StudyPaths, by: Sequence[str] = DEFAULT_BY, held: Mapping[str, Held] | None = None) -> Collected:
+    records = read_study(paths, held)
     rows, missing = records.rows, records.missing
     cells = summarize(rows, missing, by)
     protocol_cells = cells if tuple(by) == DEFAULT_BY else summarize(rows, missing)

@@ -15,6 +15,7 @@ learning rates were kept per group) reads as `lr_high` = `lr_low` = `lr`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from hpcxfer.fileio import parse_jsonl, read_regular, why_unreadable
 from hpcxfer.grid.task import QUIET_DEFAULTS, Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.results import METRICS
+from hpcxfer.states import Held
 from hpcxfer.study import task_state
 
 #: Task fields an older tasks.jsonl may lack, and the value they had before they existed.
@@ -161,18 +163,15 @@ def load_task_index(paths: StudyPaths, skipped: Skipped) -> list[dict]:
     return tasks
 
 
-def _state(paths: StudyPaths, task: dict, skipped: Skipped) -> dict:
-    """running / failed / cut (metrics or a checkpoint, no process) / pending, with the log."""
-    st = task_state(paths, Task.from_dict(task))
-    state, detail, log = st.state, st.detail, st.log
+def _state(paths: StudyPaths, task: dict, skipped: Skipped, held: Mapping[str, Held]) -> dict:
+    """A task without a result, in `status`'s words (hpcxfer/states.py `State`: pending,
+    queued, running, failed) and with its detail (interrupted at an epoch, a damaged
+    result.json) and log."""
+    st = task_state(paths, Task.from_dict(task), held)
     for where, why in st.unreadable.items():
         skipped.task(f"with an unreadable {Path(where).name} ({why}; counted as not done)", where)
-    if state == "pending" and log:
-        state = "cut"
-    elif state == "failed" and paths.task(st.task_id).result.exists():
-        state = "damaged"  # a result.json that did not validate (counted in `skipped`)
-    return {"task_id": st.task_id, "stage": st.stage, "state": state, "epoch": st.epoch,
-            "detail": detail, "log": log}
+    return {"task_id": st.task_id, "stage": st.stage, "state": st.state, "epoch": st.epoch,
+            "detail": st.detail, "log": st.log}
 
 
 def _read_result(paths: StudyPaths, task: dict, skipped: Skipped) -> dict | None:
@@ -198,8 +197,9 @@ def _read_result(paths: StudyPaths, task: dict, skipped: Skipped) -> dict | None
     return result
 
 
-def read_study(paths: StudyPaths) -> StudyRecords:
-    """Every task's result.json (metrics.jsonl only where a result is old or missing)."""
+def read_study(paths: StudyPaths, held: Mapping[str, Held] | None = None) -> StudyRecords:
+    """Every task's result.json (metrics.jsonl only where a result is old or missing); the
+    tasks without one in `status`'s states, joined with what the backends hold (`held`)."""
     skipped = Skipped()
     tasks = load_task_index(paths, skipped)
     results, incomplete = {}, []
@@ -208,5 +208,5 @@ def read_study(paths: StudyPaths) -> StudyRecords:
         if result is not None:
             results[task["task_id"]] = result
         else:
-            incomplete.append(_state(paths, task, skipped))
+            incomplete.append(_state(paths, task, skipped, held or {}))
     return StudyRecords(paths, tasks, results, incomplete, skipped)

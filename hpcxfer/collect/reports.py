@@ -330,7 +330,7 @@ def incomplete(records: StudyRecords) -> View:
     columns = [key("task_id", "task"), key("state"), key("epoch", numeric=True), key("detail"), key("log")]
     notes = [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))] if rows else ["every task has its result"]
     if counts.get("pending"):
-        notes.append("pending: not started, or queued (`hpcxfer status` asks the scheduler)")
+        notes.append("pending: not started, or interrupted (its detail says at which epoch); `submit` runs it")
     return View("incomplete", "Tasks without a result", columns, rows, notes,
                 ["task_id", "stage", "state", "epoch", "detail", "log"])
 
