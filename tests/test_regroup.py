@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 from conftest import run_cli, wait_for
-from group_study import make_study
+from group_study import make_study, worker_of
 
 from hpcxfer import service
 from hpcxfer.checkpoints import leftover_bytes, remove_leftovers
@@ -145,21 +145,6 @@ def _metrics(tp) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in iter_jsonl(tp.metrics)]
 
 
-def _worker(proc: subprocess.Popen) -> int:
-    """The pid (in this namespace) of the worker that `unshare` forked."""
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                children = f.read().split()
-        except FileNotFoundError:
-            children = []
-        if children:
-            return int(children[0])
-        time.sleep(0.005)
-    raise TimeoutError("unshare started no worker")
-
-
 @pytest.mark.slow
 def test_a_killed_group_keeps_its_progress_when_a_protocol_is_added(tmp_path):
     runtime = {"checkpoint_minutes": 0.0005, "group_mode": "looped"}  # a group checkpoint every step or two
@@ -174,7 +159,7 @@ def test_a_killed_group_keeps_its_progress_when_a_protocol_is_added(tmp_path):
     cmd = ["unshare", "-fp", "--mount-proc", "--kill-child=SIGKILL", sys.executable, "-m", "hpcxfer", "run-task",
            str(paths.dir), group.group_id]
     proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    worker = _worker(proc)
+    worker = worker_of(proc)
     # kill it in its second epoch, after a checkpoint of its own
     assert wait_for(lambda: len(list(iter_jsonl(first.metrics))) >= 1 and gp.checkpoint.exists(), proc)
     os.kill(worker, signal.SIGKILL)
