@@ -19,7 +19,6 @@ import hpcxfer
 from hpcxfer import results
 from hpcxfer.errors import StudyError
 from hpcxfer.fileio import atomic_write_json, iter_jsonl, iter_jsonl_lines, read_json, rewrite_jsonl, why_unreadable
-from hpcxfer.grid.expansion import expand_by_block
 from hpcxfer.grid.groups import Group, Unit, is_group_id
 from hpcxfer.grid.task import TASK_ID, Task
 from hpcxfer.layout import StudyPaths, TaskPaths
@@ -89,6 +88,8 @@ def write_study(paths: StudyPaths, grid: Grid, tasks: list[Task],
                     atomic_write_json(tp.config, config)
     info.pop(RECORDING, None)
     if blocks is None:
+        from hpcxfer.grid.expansion import expand_by_block  # pydantic's schema: never in a worker
+
         blocks = expand_by_block(grid)
     info["grids"] = sorted(set(info.get("grids") or []) | {source})
     recorded = info.get("subgrids") if isinstance(info.get("subgrids"), dict) else {}

@@ -21,7 +21,7 @@ from hpcxfer import shipped
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: import name -> distribution name, where they differ
-DIST = {"yaml": "pyyaml", "PIL": "pillow", "markupsafe": "markupsafe", "jinja2": "jinja2"}
+DIST = {"yaml": "pyyaml", "PIL": "pillow", "markupsafe": "markupsafe", "jinja2": "jinja2", "sklearn": "scikit-learn"}
 
 
 def declared() -> dict[str, set[str]]:
@@ -61,6 +61,7 @@ def test_every_imported_module_is_declared():
     for dist in ("torch", "torchvision", "tensorboard", "pillow"):
         assert "train" in have[dist] and "base" not in have[dist], dist
     assert "scipy" in have and "base" not in have["scipy"]  # imported only for the ImageNet devkit's meta.mat
+    assert "examples" in have["scikit-learn"] and "base" not in have["scikit-learn"]  # only `init dissimilar`
 
 
 def test_python_range_is_the_one_tested():

@@ -71,7 +71,9 @@ def test_the_estimate_is_measured_moves_with_the_clock_and_falls_as_tasks_finish
 def test_cancelled_tasks_are_never_counted_done(tmp_path):
     paths, tasks = _study(tmp_path)
     tracker = Tracker(paths, tasks, held=True)
-    queued = {t.task_id: {"state": "queued", "detail": "", "job": f"9[{i}]"} for i, t in enumerate(tasks)}
+    from hpcxfer.states import Held, Hold
+
+    queued = {t.task_id: Held(Hold.QUEUED, job=f"9[{i}]") for i, t in enumerate(tasks)}
     tracker.poll(queued, now=1.0)
     _finish(paths, tasks[0])
     snap, ended = tracker.poll({}, now=2.0)  # cancelled: the scheduler holds none any more
