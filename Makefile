@@ -24,7 +24,7 @@ lint: setup
 # tests submit to.
 test: lint
 	@if [ -x .ci/slurm-up.sh ]; then .ci/slurm-up.sh; fi
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 # A wheel of hpcxfer in dist/ (templates and example grids inside); tests/test_install.py
 # builds one the same way, installs it into a fresh venv and runs it outside the clone.
