@@ -12,6 +12,8 @@ common protocol (n 7, h 8).
 from __future__ import annotations
 
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -112,3 +114,38 @@ def worker_of(proc: subprocess.Popen, timeout: float = 60) -> int:
             return int(children[0])
         time.sleep(0.005)
     raise TimeoutError("unshare started no worker")
+
+
+def kill_at_random_moments(paths: StudyPaths, group: Group, members: list[Task], seed: int, tries: int,
+                           timeout: float = 120) -> tuple[int, list[tuple[int, int]]]:
+    """Start the group's worker up to `tries` times and SIGKILL it a random moment (drawn from
+    `seed`) after it has written a checkpoint of its own: in a step of any member, in a
+    checkpoint write, in an evaluation or a record append. Then run it to the end. Returns
+    the kills and the (epoch, step) of the checkpoint each kill left."""
+    from conftest import mtime, newest_checkpoint, wait_for
+
+    rng, gp = random.Random(seed), paths.group(group.group_id)
+    kills, resumed_from = 0, []
+
+    def finished() -> bool:
+        return all(paths.task(t.task_id).result.exists() for t in members)
+
+    for _ in range(tries):
+        proc = start_group(paths.dir, group.group_id)
+        worker = worker_of(proc)
+        seen = mtime(gp.checkpoint)
+        if wait_for(lambda seen=seen: mtime(gp.checkpoint) not in (0, seen), proc, timeout=timeout):
+            time.sleep(rng.uniform(0, 0.4))
+        killed = proc.poll() is None
+        if killed:
+            os.kill(worker, signal.SIGKILL)
+        proc.wait()
+        if finished():
+            break  # a kill after the results were written is no restart
+        kills += killed
+        state = newest_checkpoint(gp)  # a resumable checkpoint is there
+        resumed_from.append((state["epoch"], state["step"]))
+    while not finished():
+        proc = start_group(paths.dir, group.group_id)
+        assert proc.wait(timeout=5 * timeout) == 0, proc.stderr.read().decode()
+    return kills, resumed_from

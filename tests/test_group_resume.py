@@ -11,15 +11,14 @@ printed (and taken from HPCXFER_KILL_SEED when set), so a failure can be replaye
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import time
 
 import pytest
 import torch
-from conftest import mtime, newest_checkpoint, wait_for
-from group_study import make_study, start_group, worker_of
+from conftest import wait_for
+from group_study import kill_at_random_moments, make_study, start_group, worker_of
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.worker import EXIT_DONE, EXIT_RESUME
@@ -81,31 +80,9 @@ def _assert_identical(paths, members, group, reference) -> list[dict]:
 def test_sigkill_at_random_moments_changes_no_member(tmp_path, reference):
     # checkpoint_minutes 0.0005 (30 ms): a group checkpoint every step or two
     paths, members, group = _study(tmp_path, "killed", {"checkpoint_minutes": 0.0005}, reference)
-    gp = paths.group(group.group_id)
     seed = int(os.environ.get("HPCXFER_KILL_SEED") or time.time_ns())
     print(f"kill seed {seed} (replay: HPCXFER_KILL_SEED={seed})")
-    rng = random.Random(seed)
-    kills, resumed_from = 0, []
-    for _ in range(4):
-        proc = start_group(paths.dir, group.group_id)
-        worker = worker_of(proc)
-        seen = mtime(gp.checkpoint)
-        # kill a random moment after this run has written a checkpoint of its own: in a
-        # step of any member, in a checkpoint write, in an evaluation or a record append
-        if wait_for(lambda: mtime(gp.checkpoint) not in (0, seen), proc):
-            time.sleep(rng.uniform(0, 0.4))
-        killed = proc.poll() is None
-        if killed:
-            os.kill(worker, signal.SIGKILL)
-        proc.wait()
-        if all(paths.task(t.task_id).result.exists() for t in members):
-            break  # a kill after the results were written is no restart
-        kills += killed
-        state = newest_checkpoint(gp)
-        resumed_from.append((state["epoch"], state["step"]))
-    while not all(paths.task(t.task_id).result.exists() for t in members):
-        proc = start_group(paths.dir, group.group_id)
-        assert proc.wait(timeout=300) == EXIT_DONE, proc.stderr.read().decode()
+    kills, resumed_from = kill_at_random_moments(paths, group, members, seed, tries=4)
     print(f"killed {kills} times; resumed from (epoch, step) {resumed_from}")
     assert kills >= 3, f"the group finished before it could be killed three times (seed {seed})"
     assert _assert_identical(paths, members, group, reference)[0]["restarts"] == kills, f"seed {seed}"

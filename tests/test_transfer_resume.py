@@ -11,15 +11,12 @@ only the worker started here. The kill moments come from a printed seed
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import signal
 import time
 
 import pytest
 import torch
-from conftest import mtime, newest_checkpoint, wait_for
-from group_study import make_study, start_group, worker_of
+from group_study import kill_at_random_moments, make_study, start_group
 
 from hpcxfer.fileio import iter_jsonl, read_json
 from hpcxfer.worker import EXIT_DONE
@@ -50,25 +47,7 @@ def test_sigkill_of_a_resnet_group_at_random_moments_changes_no_member(tmp_path)
     gp = paths.group(group.group_id)
     seed = int(os.environ.get("HPCXFER_KILL_SEED") or time.time_ns())
     print(f"kill seed {seed} (replay: HPCXFER_KILL_SEED={seed})")
-    rng = random.Random(seed)
-    kills = 0
-    for _ in range(3):
-        proc = start_group(paths.dir, group.group_id)
-        worker = worker_of(proc)
-        seen = mtime(gp.checkpoint)
-        if wait_for(lambda seen=seen: mtime(gp.checkpoint) not in (0, seen), proc, timeout=300):
-            time.sleep(rng.uniform(0, 0.4))
-        killed = proc.poll() is None
-        if killed:
-            os.kill(worker, signal.SIGKILL)
-        proc.wait()
-        if all(paths.task(t.task_id).result.exists() for t in members):
-            break  # a kill after the results were written is no restart
-        kills += killed
-        newest_checkpoint(gp)  # a resumable checkpoint is there
-    while not all(paths.task(t.task_id).result.exists() for t in members):
-        proc = start_group(paths.dir, group.group_id)
-        assert proc.wait(timeout=600) == EXIT_DONE, proc.stderr.read().decode()
+    kills, _ = kill_at_random_moments(paths, group, members, seed, tries=3, timeout=300)
     assert reference.wait(timeout=600) == 0, reference.stderr.read().decode()
     assert kills >= 2, f"the group finished before it could be killed twice (seed {seed})"
     mine = torch.load(gp.checkpoint, weights_only=True)["members"]
