@@ -160,14 +160,16 @@ def fmt_bytes(n: int) -> str:
 
 
 def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
-             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0) -> list:
+             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0, search: Sequence = ()) -> list:
     """The renderables of the overview, in order; `leftover_bytes`: group checkpoints no
-    unfinished member needs (a line when there are any)."""
+    unfinished member needs (a line when there are any); `search`: what a search shows of
+    itself, after the counts."""
     out: list = []
     total = len(states)
     out.append(Text(f"{paths.name}: {total} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                     + f"  ({paths.dir})"))
     out.append(counts_table(console, states, blocks))
+    out.extend(search)
     task_of = {t.task_id: t for t in tasks}
     failed = [s for s in states if s.state == "failed"]
     if failed:

@@ -387,7 +387,7 @@ def pruned_reason(tp: TaskPaths, epoch: int | None) -> str:
              if isinstance(pruned, dict) and "rung" in pruned else f"({tp.pruned.name} unreadable)")
     past = f"; trained on to epoch {epoch}" if isinstance(pruned, dict) and isinstance(epoch, int) \
         and isinstance(pruned.get("epoch"), int) and epoch > pruned["epoch"] else ""
-    return f"pruned by the search {where}{past}; a plain submit trains it to the end"
+    return f"pruned by the search {where}{past}"
 
 
 def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = frozenset(),

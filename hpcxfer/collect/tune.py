@@ -11,8 +11,8 @@ epochs of the grid).
 from __future__ import annotations
 
 from hpcxfer.collect.paired import paired_stats
+from hpcxfer.collect.search import decisions as search_decisions
 from hpcxfer.collect.views import Column, View, interval, signed
-from hpcxfer.fileio import read_json
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import load_index, metrics_records
@@ -20,14 +20,6 @@ from hpcxfer.study import load_index, metrics_records
 FIELDS = ["examples_per_class", "winner", *PROTOCOL_FIELDS, "winner_val_acc", "runner_up", "vs_runner_up_diff",
           "vs_runner_up_low", "vs_runner_up_high", "vs_scratch_diff", "vs_scratch_low", "vs_scratch_high",
           "vs_common_diff", "vs_common_low", "vs_common_high", "images_share"]
-
-
-def _decisions(paths: StudyPaths) -> list[dict]:
-    out, i = [], 0
-    while paths.rung_decision(i).is_file():
-        out.append(read_json(paths.rung_decision(i)))
-        i += 1
-    return out
 
 
 def _at(paths: StudyPaths, task_id: str) -> dict[int, dict]:
@@ -51,7 +43,7 @@ def _mean_at(members: list[dict], epoch: int) -> float:
 
 def tune_rows(paths: StudyPaths) -> list[dict]:
     """One row per target size of a searched study ([] for a study no search has decided)."""
-    decisions = _decisions(paths)
+    decisions = search_decisions(paths)
     if not decisions:
         return []
     tasks = {t["task_id"]: t for t in load_index(paths)}
