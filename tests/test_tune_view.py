@@ -12,9 +12,8 @@ from collect_study import write
 from benchmarks import synthetic
 from hpcxfer.collect import read_study
 from hpcxfer.collect.build import collect
-from hpcxfer.collect.figures import rung_figure
 from hpcxfer.collect.html import build_report
-from hpcxfer.collect.plotting import FADED_ALPHA, draw
+from hpcxfer.collect.plotting import draw
 from hpcxfer.fileio import atomic_write_json
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import task_state
@@ -97,7 +96,7 @@ def searched(tmp_path):
 
 
 def test_status_shows_each_rung_the_candidates_alive_and_the_compute_used(searched, cli):
-    paths, members = searched
+    paths, _ = searched
     out = cli("status", str(paths.dir), "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
@@ -114,7 +113,10 @@ def test_status_shows_each_rung_the_candidates_alive_and_the_compute_used(search
     # images: epochs trained x size x 5, over every task's 6 epochs
     small_used = (2 * 2 * 2 + 1 * 2 * 4 + 1 * 2 * 6) * 10 * HALF
     big_used = (2 * 2 * 2 + (4 + 3 + 4 + 2)) * 100 * HALF
-    grid = lambda size: len(BASE) * len(SPLITS) * EPOCHS * size * HALF  # noqa: E731
+
+    def grid(size: int) -> int:
+        return len(BASE) * len(SPLITS) * EPOCHS * size * HALF
+
     assert (small["images"], small["grid_images"]) == (small_used, grid(10))
     assert (search["images"], search["grid_images"]) == (small_used + big_used, grid(10) + grid(100))
     assert search["images_share"] == pytest.approx((small_used + big_used) / (grid(10) + grid(100)))
@@ -145,6 +147,9 @@ def test_a_pruned_task_reads_pruned_in_status_and_collect(searched):
 
 
 def test_the_rung_figure_fades_the_pruned_and_marks_the_rungs(searched):
+    from hpcxfer.collect.figures import rung_figure
+    from hpcxfer.collect.plotting import FADED_ALPHA
+
     paths, _ = searched
     data = rung_figure(paths)
     assert data is not None
@@ -165,8 +170,8 @@ def test_the_rung_figure_fades_the_pruned_and_marks_the_rungs(searched):
 
 def test_the_report_has_the_rung_figure_of_a_searched_study_only(searched, tmp_path):
     paths, _ = searched
-    assert 'id="rungs"' in build_report(collect(paths))
+    html = build_report(collect(paths))
+    assert 'id="rungs"' in html and "faded: pruned at a rung" in html
     plain = write(tmp_path / "plain", {synthetic.finetune_task(s, 10, n, epochs=3): 0.5 + n / 100
                                        for s in SPLITS for n in (0, 3)})
-    assert rung_figure(plain) is None
     assert 'id="rungs"' not in build_report(collect(plain))
