@@ -346,7 +346,7 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, Held] | set[s
         st.detail = failure_reason(tp)
         return st
     if tp.pruned.is_file():  # a search's decision, not a failure: a plain submit trains it on
-        st.state, st.detail = "pruned", pruned_reason(tp, st.epoch)
+        st.state, st.detail = "pruned", pruned_reason(tp)
         return st
     if held and held.state in (Hold.FAILED, Hold.STOPPED):
         # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
@@ -377,17 +377,12 @@ def failure_reason(tp: TaskPaths) -> str:
     return failed["error"][:2000]
 
 
-def pruned_reason(tp: TaskPaths, epoch: int | None) -> str:
+def pruned_reason(tp: TaskPaths) -> str:
     """What pruned.json says: the rung and epoch a search stopped the task at."""
-    try:
-        pruned = read_json(tp.pruned)
-    except (OSError, ValueError):
-        pruned = None
-    where = (f"at rung {pruned.get('rung')} (epoch {pruned.get('epoch')})"
-             if isinstance(pruned, dict) and "rung" in pruned else f"({tp.pruned.name} unreadable)")
-    past = f"; trained on to epoch {epoch}" if isinstance(pruned, dict) and isinstance(epoch, int) \
-        and isinstance(pruned.get("epoch"), int) and epoch > pruned["epoch"] else ""
-    return f"pruned by the search {where}{past}"
+    pruned = _read_or_none(tp.pruned)
+    if not isinstance(pruned, dict) or "rung" not in pruned:
+        return f"pruned by the search ({tp.pruned.name} unreadable)"
+    return f"pruned by the search at rung {pruned['rung']} (epoch {pruned.get('epoch')})"
 
 
 def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = frozenset(),

@@ -65,6 +65,10 @@ def _decide(paths: StudyPaths, index: int, epoch: int, members: dict, alive: dic
 
 @pytest.fixture
 def searched(tmp_path):
+    return write_searched(tmp_path / "study")
+
+
+def write_searched(root):
     """Sizes 10 and 100, 4 candidates x 2 splits, 6 epochs, eta 2, rungs at epochs 2 and 4.
     Size 10 is done: 4 -> 2 -> 1, the winner n6 h1 d5 f0 trained to 6. Size 100 has
     decided rung 0 (4 -> 2) and trains rung 1 (epoch 4): its survivors' members at 4, 3, 4, 2."""
@@ -72,7 +76,7 @@ def searched(tmp_path):
                for size in (10, 100) for c in BASE}
     tasks = [t for ts in members.values() for t in ts]
     pre = [synthetic.pretrain_task(s) for s in SPLITS]
-    paths = synthetic.write_study(tmp_path / "study", pre + tasks, records=0, finished=lambda t: t.stage == "pretrain")
+    paths = synthetic.write_study(root, pre + tasks, records=0, finished=lambda t: t.stage == "pretrain")
     for (size, c), ts in members.items():
         for t in ts:
             _write_metrics(paths, t, c, 2)
@@ -131,7 +135,7 @@ def test_status_table_at_80_columns(searched, cli):
     share = 100 * ((2 * 2 * 2 + 8 + 12) * 10 + (8 + 13) * 100) / (48 * 10 + 48 * 100)
     assert f"({share:.1f} %)" in text
     assert "4 -> 2 -> 1" in text and "done; winner n6 h1 d5 f0" in text
-    assert "rung 1 (epoch 4): 2" in text
+    assert "rung 1 (epoch 4): 2 candidates training" in " ".join(text.split())
     assert all(len(line) <= 80 for line in text.splitlines())
 
 

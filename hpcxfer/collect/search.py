@@ -103,13 +103,13 @@ class SizeSearch:
         """Where the size stands, in words."""
         open_rung = self.rungs[-1] if self.rungs and self.rungs[-1].kept is None else None
         if self.phase == "rung" and open_rung:
-            return f"rung {open_rung.index} (epoch {open_rung.epoch}): {self.alive} training"
+            return f"rung {open_rung.index} (epoch {open_rung.epoch}): {_candidates(self.alive)} training"
         if self.phase == "deciding" and open_rung:
             return f"rung {open_rung.index} (epoch {open_rung.epoch}): trained, to be decided"
         if self.phase == "waiting":
             return f"rung {self.rungs[-1].index} decided; `hpcxfer tune` goes on"
         if self.phase == "final":
-            return f"finalists to epoch {self.epoch}: {self.alive} training"
+            return f"finalists to epoch {self.epoch}: {_candidates(self.alive)} training"
         return f"done; winner {self.winner}" if self.winner else "done"
 
     def to_dict(self) -> dict:
@@ -169,6 +169,10 @@ def search_parts(console: Console, view: SearchView) -> list:
     rows = [[str(s.size), s.ladder, ", ".join(str(r.epoch) for r in s.rungs) or "-", s.now,
              "?" if s.grid_images == 0 else f"{100 * s.images / s.grid_images:.1f} %"] for s in view.sizes]
     return [Text(view.heading()), fit_table(console, cols, rows, wide_box=box.SIMPLE_HEAD)]
+
+
+def _candidates(n: int) -> str:
+    return f"{n} candidate{'' if n == 1 else 's'}"
 
 
 def share(part: float, whole: float) -> float | None:
