@@ -179,3 +179,14 @@ def test_the_report_has_the_rung_figure_of_a_searched_study_only(searched, tmp_p
     plain = write(tmp_path / "plain", {synthetic.finetune_task(s, 10, n, epochs=3): 0.5 + n / 100
                                        for s in SPLITS for n in (0, 3)})
     assert 'id="rungs"' not in build_report(collect(plain))
+
+
+def test_a_damaged_decision_is_a_warning_and_the_search_shown_up_to_it(searched):
+    from hpcxfer.service import status
+
+    paths, _ = searched
+    paths.rung_decision(1).write_text('{"rung": 1, "epo')
+    search = status(str(paths.dir)).search
+    assert search is not None and len(search.problems) == 1 and "rung-1.json" in search.problems[0]
+    small = search.sizes[0]
+    assert small.ladder == "4 -> 2" and [r.epoch for r in small.rungs] == [2]  # rung 1 not read

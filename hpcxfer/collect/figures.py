@@ -270,7 +270,7 @@ def rung_figure(paths: StudyPaths) -> FigureData | None:
     from hpcxfer.collect.search import decisions, search_view
     from hpcxfer.study import load_tasks
 
-    decided = decisions(paths)
+    decided = decisions(paths, [])  # a damaged decision: the figure up to the rung before it (status says so)
     if not decided:
         return None
     tasks = {t.task_id: t for t in load_tasks(paths)}

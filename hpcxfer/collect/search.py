@@ -35,12 +35,26 @@ from hpcxfer.terminal import Col, fit_table
 NOT_CANDIDATE = ("split", "seed", "examples_per_class", "depends_on")
 
 
-def decisions(paths: StudyPaths) -> list[dict]:
-    """The search's decisions on disk, in rung order (up to the first rung not decided)."""
-    out, i = [], 0
-    while paths.rung_decision(i).is_file():
-        out.append(read_json(paths.rung_decision(i)))
-        i += 1
+def decisions(paths: StudyPaths, problems: list[str] | None = None) -> list[dict]:
+    """The search's decisions on disk, in rung order, up to the first rung not decided. A
+    damaged one ends the list there: with a `problems` list, a line says so; without, it
+    raises ValueError."""
+    out: list[dict] = []
+    while (path := paths.rung_decision(len(out))).is_file():
+        try:
+            record = read_json(path)
+        except (OSError, ValueError) as e:
+            record, why = None, str(e)
+        else:
+            why = "not a rung's decision"
+        if not (isinstance(record, dict) and isinstance(record.get("epoch"), int)
+                and isinstance(record.get("sizes"), dict)):
+            line = f"{path}: unreadable ({why}); the search is shown up to the rung before it"
+            if problems is None:
+                raise ValueError(line)
+            problems.append(line)
+            break
+        out.append(record)
     return out
 
 
@@ -127,7 +141,7 @@ class SearchView:
 
     sizes: list[SizeSearch]
     known: bool = True
-    decided: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # decisions that could not be read
 
     @property
     def images(self) -> float:
@@ -149,7 +163,7 @@ class SearchView:
             for s in sizes:
                 s["images"] = s["grid_images"] = None
         return {"images": self.images if self.known else None, "grid_images": self.grid_images if self.known else None,
-                "images_share": self.share, "sizes": sizes}
+                "images_share": self.share, "sizes": sizes, "warnings": self.problems}
 
     def heading(self) -> str:
         """The compute used against the full grid's, in one line."""
@@ -168,7 +182,8 @@ def search_parts(console: Console, view: SearchView) -> list:
             Col("images", right=True, priority=5)]
     rows = [[str(s.size), s.ladder, ", ".join(str(r.epoch) for r in s.rungs) or "-", s.now,
              "?" if s.grid_images == 0 else f"{100 * s.images / s.grid_images:.1f} %"] for s in view.sizes]
-    return [Text(view.heading()), fit_table(console, cols, rows, wide_box=box.SIMPLE_HEAD)]
+    return [Text(view.heading()), *(Text(f"warning: {line}", style="red") for line in view.problems),
+            fit_table(console, cols, rows, wide_box=box.SIMPLE_HEAD)]
 
 
 def _candidates(n: int) -> str:
@@ -189,9 +204,10 @@ def search_view(paths: StudyPaths, tasks: Sequence[Task]) -> SearchView | None:
     """A searched study's search (None for a study no search has touched: no decision, no
     stop request and no pruned task)."""
     finetune = [t for t in tasks if t.stage == "finetune"]
-    decided = decisions(paths)
+    problems: list[str] = []
+    decided = decisions(paths, problems)
     asked = {t.task_id: stop_after(paths, t.task_id) for t in finetune}
-    if not decided and not any(v is not None for v in asked.values()) \
+    if not decided and not problems and not any(v is not None for v in asked.values()) \
             and not any(paths.task(t.task_id).pruned.is_file() for t in finetune):
         return None
     per_epoch = {t.task_id: epoch_images(t) for t in finetune}
@@ -208,7 +224,7 @@ def search_view(paths: StudyPaths, tasks: Sequence[Task]) -> SearchView | None:
     for size in sorted(by_size, key=size_key):
         cands = by_size[size]
         sizes.append(_size(paths, size, cands, decided, asked, per_epoch))
-    return SearchView(sizes, known, decided)
+    return SearchView(sizes, known, problems)
 
 
 def _size(paths: StudyPaths, size, cands: dict[str, list[Task]], decided: list[dict], asked: dict,
@@ -216,12 +232,13 @@ def _size(paths: StudyPaths, size, cands: dict[str, list[Task]], decided: list[d
     key = str(size)
     task_of = {t.task_id: t for ts in cands.values() for t in ts}
     rungs, alive_ids, count = [], list(task_of), len(cands)
-    for record in decided:
-        standings = record.get("sizes", {}).get(key)
-        if standings is None:
+    for index, record in enumerate(decided):
+        standings = record["sizes"].get(key)
+        if not isinstance(standings, list):
             continue
+        standings = [s for s in standings if isinstance(s, dict)]
         kept = [s for s in standings if s.get("kept")]
-        rungs.append(Rung(record["rung"], record["epoch"], len(standings), len(kept)))
+        rungs.append(Rung(index, record["epoch"], len(standings), len(kept)))
         alive_ids = [i for s in kept for i in s.get("tasks", []) if i in task_of]
         count = len(kept)
     last = rungs[-1].epoch if rungs else 0

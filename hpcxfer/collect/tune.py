@@ -41,9 +41,10 @@ def _mean_at(members: list[dict], epoch: int) -> float:
     return sum(vals) / len(vals) if vals else float("-inf")
 
 
-def tune_rows(paths: StudyPaths) -> list[dict]:
-    """One row per target size of a searched study ([] for a study no search has decided)."""
-    decisions = search_decisions(paths)
+def tune_rows(paths: StudyPaths, problems: list[str] | None = None) -> list[dict]:
+    """One row per target size of a searched study ([] for a study no search has decided);
+    a damaged decision is a line in `problems` (collect/search.py `decisions`)."""
+    decisions = search_decisions(paths, problems)
     if not decisions:
         return []
     tasks = {t["task_id"]: t for t in load_index(paths)}
@@ -79,7 +80,8 @@ def tune_rows(paths: StudyPaths) -> list[dict]:
 
 def tune_view(paths: StudyPaths) -> View:
     """The search's outcome per size (accuracy differences in percentage points)."""
-    rows = tune_rows(paths)
+    problems: list[str] = []
+    rows = tune_rows(paths, problems)
 
     def vs(label: str) -> Column:
         return Column(f"vs {label.replace('_', '-')}", lambda r: f"{signed(_pp(r[f'vs_{label}_diff']))} "
@@ -90,7 +92,7 @@ def tune_view(paths: StudyPaths) -> View:
                Column("val acc", lambda r: f"{100 * r['winner_val_acc']:.1f} %"),
                vs("runner_up"), vs("scratch"), vs("common"),
                Column("images", lambda r: f"{100 * r['images_share']:.1f} %")]
-    notes = [] if rows else ["no search decided in this study (run `hpcxfer tune`)"]
+    notes = problems + ([] if rows else ["no search decided in this study (run `hpcxfer tune`)"])
     return View("tune", "the search's winner per size: paired difference and 95 % interval, at the last epoch "
                 "both reached", columns, rows, notes, FIELDS)
 
