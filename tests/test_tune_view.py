@@ -190,3 +190,18 @@ def test_a_damaged_decision_is_a_warning_and_the_search_shown_up_to_it(searched)
     assert search is not None and len(search.problems) == 1 and "rung-1.json" in search.problems[0]
     small = search.sizes[0]
     assert small.ladder == "4 -> 2" and [r.epoch for r in small.rungs] == [2]  # rung 1 not read
+
+
+def test_a_plain_submit_still_trains_a_pruned_task_on(write_grid):
+    from conftest import prepare_study
+
+    from hpcxfer import service
+
+    grid = write_grid()
+    paths = prepare_study(grid)
+    req = service.prepare(str(grid), "local", None)
+    pruned = next(t for t in req.tasks if t.stage == "finetune")
+    atomic_write_json(paths.task(pruned.task_id).pruned, {"rung": 0, "epoch": 1, "metric": "val_acc"})
+    chosen = service.decide(req, {})
+    assert chosen.states[pruned.task_id].state == "pruned"
+    assert pruned.task_id in {t.task_id for t in chosen.todo}
