@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help='{"counts": {state: n}, "tasks": [{"task_id", "state", "dir", ...}], "warnings": [...]}')
     p.add_argument("--state", action="append", metavar="STATE",
-                   help="only tasks in STATE (pending, queued, running, done, failed); repeat or comma-separate")
+                   help="only tasks in STATE (pending, queued, running, done, failed, pruned); repeat or comma-separate")
     p.add_argument("--detailed", action="store_true", help="every task, one row each (failed first)")
     p.add_argument("--limit", type=_count, help="at most N task rows")
 

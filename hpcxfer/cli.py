@@ -194,16 +194,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             p = st.progress(s)
             p["epoch"] = overview.epoch_now(paths, s, p)
             rows.append({**s.to_dict(), **{k: p[k] for k in ("epoch", "epochs", "val_acc", "wall_s", "host")}})
-        sys.stdout.write(json.dumps({"counts": counts, "tasks": rows, "warnings": st.warnings,
-                                     "leftover_checkpoint_bytes": st.leftover_bytes}) + "\n")
+        out = {"counts": counts, "tasks": rows, "warnings": st.warnings, "leftover_checkpoint_bytes": st.leftover_bytes}
+        if st.search is not None:  # a searched study: its rungs, candidates and compute used
+            out["search"] = st.search.to_dict()
+        sys.stdout.write(json.dumps(out) + "\n")
         return 0
     if args.detailed or wanted_states:
         console.print(Text(f"{paths.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                            + (f"; showing {', '.join(sorted(wanted_states))}" if wanted_states else "")))
         console.print(overview.task_table(console, paths, tasks, chosen, args.limit))
         return 0
+    from hpcxfer.collect.search import search_parts
+
+    searched = search_parts(console, st.search) if st.search is not None else []
     for part in overview.overview(console, paths, tasks, states, st.subgrids(), counts, args.study_dir,
-                                  st.leftover_bytes):
+                                  st.leftover_bytes, searched):
         console.print(part)
     if not console.is_terminal:  # a pipe or a file: every task too, so that grep finds any
         console.print(overview.task_table(console, paths, tasks, states, args.limit))

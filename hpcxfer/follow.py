@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcxfer.backends import BACKENDS, Backend
 from hpcxfer.backends.scheduler import SchedulerError
@@ -20,6 +21,9 @@ from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.states import Held
 from hpcxfer.study import STATES, TaskState, study_states
+
+if TYPE_CHECKING:
+    from hpcxfer.collect.search import SearchView
 
 
 def used_backends(paths: StudyPaths) -> list[tuple[str, Backend]]:
@@ -65,6 +69,13 @@ class StudyStatus:
         from hpcxfer.study import task_progress
 
         return task_progress(self.paths, self.task_of[state.task_id], state)
+
+    @cached_property
+    def search(self) -> SearchView | None:
+        """A searched study's rungs, candidates and compute used (None: no search touched it)."""
+        from hpcxfer.collect.search import search_view
+
+        return search_view(self.paths, self.tasks)
 
     @cached_property
     def task_of(self) -> dict[str, Task]:

@@ -29,12 +29,12 @@ from hpcxfer.terminal import NARROW, Col, fit_table, glyphs_ok
 log = logging.getLogger(__name__)
 
 #: Order in which task rows are listed: what needs attention first.
-ORDER = {State.FAILED: 0, State.RUNNING: 1, State.QUEUED: 2, State.PENDING: 3, State.DONE: 4}
+ORDER = {State.FAILED: 0, State.RUNNING: 1, State.QUEUED: 2, State.PENDING: 3, State.PRUNED: 4, State.DONE: 5}
 COLOUR = {State.DONE: "green", State.FAILED: "red", State.RUNNING: "cyan", State.QUEUED: "yellow",
-          State.PENDING: "white"}
+          State.PENDING: "white", State.PRUNED: "magenta"}
 #: A state's column header on a narrow terminal.
 SHORT = {State.PENDING: "pend", State.QUEUED: "queue", State.RUNNING: "run", State.DONE: "done",
-         State.FAILED: "fail"}
+         State.FAILED: "fail", State.PRUNED: "prun"}
 #: How much of the overview each part may take.
 MAX_SUBGRIDS = 12
 MAX_FAILED = 3
@@ -78,16 +78,18 @@ def bar(counts: Counter, total: int, width: int = 20, ascii_only: bool = False) 
 
 def counts_table(console: Console, states: Sequence[TaskState], blocks: dict[str, list[str]]) -> Table:
     narrow = console.width < NARROW
+    # pruned only where a search pruned something: a plain study's table is as it was
+    shown = [s for s in State if s != State.PRUNED or any(st.state == State.PRUNED for st in states)]
     cols = [Col("stage / sub-grid", text=True, priority=9), Col("tasks", right=True, priority=8),
             *(Col(s.value, SHORT[s], right=True, priority=7 if s in (State.DONE, State.FAILED) else 6)
-              for s in State),
+              for s in shown),
             Col("progress", priority=3)]
     by_id = {s.task_id: s for s in states}
     rows: list[list] = []
 
     def row(name: str, group: list[TaskState]) -> None:
         c = Counter(s.state for s in group)
-        rows.append([name, len(group), *(c.get(s, 0) for s in State),
+        rows.append([name, len(group), *(c.get(s, 0) for s in shown),
                      bar(c, len(group), 10 if narrow else 20, not glyphs_ok(console))])
 
     for stage in dict.fromkeys(s.stage for s in states):
@@ -158,14 +160,16 @@ def fmt_bytes(n: int) -> str:
 
 
 def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState], blocks: dict[str, list[str]],
-             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0) -> list:
+             counts: dict[str, int], study_dir_arg: str, leftover_bytes: int = 0, search: Sequence = ()) -> list:
     """The renderables of the overview, in order; `leftover_bytes`: group checkpoints no
-    unfinished member needs (a line when there are any)."""
+    unfinished member needs (a line when there are any); `search`: what a search shows of
+    itself, after the counts."""
     out: list = []
     total = len(states)
     out.append(Text(f"{paths.name}: {total} tasks: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
                     + f"  ({paths.dir})"))
     out.append(counts_table(console, states, blocks))
+    out.extend(search)
     task_of = {t.task_id: t for t in tasks}
     failed = [s for s in states if s.state == "failed"]
     if failed:
@@ -201,7 +205,7 @@ def overview(console: Console, paths: StudyPaths, tasks: Sequence[Task], states:
 
 def task_table(console: Console, paths: StudyPaths, tasks: Sequence[Task], states: Sequence[TaskState],
                limit: int | None) -> Table:
-    """One row per task, failed first, then running, queued, pending and done, each in
+    """One row per task, failed first, then running, queued, pending, pruned and done, each in
     index order; at most `limit` rows. Ids are never cut: a narrow terminal drops other
     columns first."""
     task_of = {t.task_id: t for t in tasks}

@@ -178,7 +178,8 @@ def decide(req: Request, holding: dict[str, Held]) -> Plan:
     else:
         states = {t.task_id: TaskState(t.task_id, "pending", str(paths.task(t.task_id).dir), stage=t.stage)
                   for t in tasks}
-    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed")]
+    # A task a search pruned is trained on by a plain submit, like any interrupted task.
+    todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed", "pruned")]
     # Protocol groups are formed from what is left to run: a finished member is never rerun,
     # and a unit holding a checkpoint (a group's, a task's alone) runs again as it is.
     kept, alone = resumable(paths, tasks, todo)

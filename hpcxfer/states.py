@@ -29,6 +29,7 @@ class State(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    PRUNED = "pruned"  #: a search stopped it at a rung (pruned.json); not failed, not done
 
 
 class Hold(StrEnum):

@@ -28,7 +28,7 @@ from hpcxfer.states import Held, Hold
 if TYPE_CHECKING:
     from hpcxfer.grid.schema import Grid
 
-STATES = ("pending", "queued", "running", "done", "failed")
+STATES = ("pending", "queued", "running", "done", "failed", "pruned")
 
 
 def study_paths(grid: Grid, root: str | None = None) -> StudyPaths:
@@ -345,6 +345,9 @@ def task_state(paths: StudyPaths, task: Task, queued: Mapping[str, Held] | set[s
         st.state, st.log = "failed", str(tp.log)
         st.detail = failure_reason(tp)
         return st
+    if tp.pruned.is_file():  # a search's decision, not a failure: a plain submit trains it on
+        st.state, st.detail = "pruned", pruned_reason(tp)
+        return st
     if held and held.state in (Hold.FAILED, Hold.STOPPED):
         # The scheduler ended it (walltime, memory, a cancel) before the worker could say why;
         # a stopped task (cancelled, or checkpointed for the next submit) is simply not done.
@@ -372,6 +375,14 @@ def failure_reason(tp: TaskPaths) -> str:
     if not isinstance(failed, dict) or not isinstance(failed.get("error"), str):
         return f"failed (damaged {tp.failed.name})"
     return failed["error"][:2000]
+
+
+def pruned_reason(tp: TaskPaths) -> str:
+    """What pruned.json says: the rung and epoch a search stopped the task at."""
+    pruned = _read_or_none(tp.pruned)
+    if not isinstance(pruned, dict) or "rung" not in pruned:
+        return f"pruned by the search ({tp.pruned.name} unreadable)"
+    return f"pruned by the search at rung {pruned['rung']} (epoch {pruned.get('epoch')})"
 
 
 def study_states(paths: StudyPaths, queued: Mapping[str, Held] | set[str] = frozenset(),

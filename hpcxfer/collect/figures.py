@@ -8,8 +8,10 @@ would hold more than MAX_SERIES lines the figure becomes small multiples, a pane
 size. Error bars at one x are shifted apart, legends sit outside the data, and every title
 says over how many splits a point is averaged.
 
-This module builds a figure's data (`paper_figures`, `delta_figure`, `curve_figure`), and
-that is pure; collect/plotting.py draws it. A figure whose setting the study does not vary
+The rung figure (`rung_figure`) shows a searched study's candidates by epoch, the pruned
+ones faded. This module builds a figure's data (`paper_figures`, `delta_figure`,
+`curve_figure`, and `rung_figure` from the study's files), and apart from that reading it
+is pure; collect/plotting.py draws it. A figure whose setting the study does not vary
 is left out, and `study_figures` says why.
 """
 
@@ -18,9 +20,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from hpcxfer.collect.aggregate import size_key, value_key, varying
+from hpcxfer.collect.aggregate import protocol_label, size_key, value_key, varying
 from hpcxfer.collect.reports import NAMES, SETTINGS, is_named
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, table2_row
+from hpcxfer.grid.task import Task
+from hpcxfer.layout import StudyPaths
+from hpcxfer.study import metrics_records
 
 LABELS = {"transfer_layers": "layers transferred (n)", "high_lr_layers": "layers at the high learning rate (h)",
           "initial_decay_epochs": "epochs before the first decay (d)", "frozen_layers": "layers frozen (f)"}
@@ -50,6 +55,7 @@ SPECS = (
     Spec("fig6", "Fig. 6: optimal vs common vs scratch", None, kind="bars"),
 )
 CURVES = Spec("curves", "Learning curves: validation accuracy by epoch", "epoch", kind="curves")
+RUNGS = Spec("rungs", "Search: each candidate's validation accuracy by epoch", "epoch", kind="rungs")
 #: Protocols a learning-curve or delta panel shows at most (the named ones first).
 MAX_SHOWN = 8
 
@@ -66,6 +72,8 @@ class Series:
     hue: object = None  # what picks its colour where not its size (a protocol's learning curve)
     low: list[float] | None = None  # a delta figure's interval, instead of mean ± std
     high: list[float] | None = None
+    faded: bool = False  # a search pruned it (the rung figure)
+    winner: bool = False  # the search's winner (the rung figure)
 
 
 @dataclass
@@ -74,6 +82,7 @@ class FigureData:
     series: list[Series]
     titles: dict = field(default_factory=dict)  # a size's panel title, where more than the size
     design: tuple[int, int] | None = None  # the study's (splits, seeds) of fine-tuning, where known
+    marks: dict = field(default_factory=dict)  # a size's panel -> x values marked by a vertical line (rungs)
 
     @property
     def name(self) -> str:
@@ -97,6 +106,9 @@ class FigureData:
 
     @property
     def caption(self) -> str:
+        if self.spec.kind == "rungs":
+            return (f"{self.spec.title}; mean over each candidate's members; faded: pruned at a rung; "
+                    "dashed: the rungs; thick black: the winner")
         if self.spec.kind == "delta":
             return f"{self.spec.title}; mean paired difference over {self.over('pair')}, 95 % interval"
         return f"{self.spec.title}; mean ± std over {self.over()}"
@@ -248,3 +260,46 @@ def study_design(tuned: Sequence[dict]) -> tuple[int, int]:
     """(splits, seeds) among a study's finished fine-tuning tasks (`finetune_rows`): what
     its figures' captions say a replicate is."""
     return len({r.get("split") for r in tuned}), len({r.get("seed") for r in tuned})
+
+
+def rung_figure(paths: StudyPaths) -> FigureData | None:
+    """A searched study's candidates, a line each, one panel per size: validation accuracy
+    by epoch, mean over the candidate's members (split, seed) at each epoch they reached;
+    the pruned ones faded, the decided rungs marked, the winner (once the search is done)
+    highlighted. None for a study no search decided (collect/search.py reads the decisions)."""
+    from hpcxfer.collect.search import decisions, search_view
+    from hpcxfer.study import load_tasks
+
+    decided = decisions(paths, [])  # a damaged decision: the figure up to the rung before it (status says so)
+    if not decided:
+        return None
+    tasks = {t.task_id: t for t in load_tasks(paths)}
+    view = search_view(paths, list(tasks.values()))
+    winners = {str(s.size): s.winner for s in view.sizes} if view else {}
+    series, marks = [], {}
+    for key, standings in decided[0]["sizes"].items():
+        pruned = {s["candidate"] for rec in decided for s in rec["sizes"].get(key, []) if not s["kept"]}
+        for standing in sorted(standings, key=lambda s: s["candidate"]):
+            members = [tasks[i] for i in standing["tasks"] if i in tasks]
+            if not members:
+                continue
+            size = members[0].examples_per_class
+            marks[size] = [rec["epoch"] for rec in decided if key in rec["sizes"]]
+            label = protocol_label(members[0].to_dict())
+            xs, means, stds, ns = _by_epoch(paths, members)
+            series.append(Series(label, xs, means, stds, ns, size, faded=standing["candidate"] in pruned,
+                                 winner=label == winners.get(key)))
+    return FigureData(RUNGS, series, marks=marks) if series else None
+
+
+def _by_epoch(paths: StudyPaths, members: Sequence[Task]) -> tuple[list, list[float], list[float], list[int]]:
+    """Epochs and the members' mean, std (population) and count of val_acc (%) at each."""
+    at: dict[int, list[float]] = {}
+    for t in members:
+        for r in metrics_records(paths.task(t.task_id)):
+            if isinstance(r.get("epoch"), int) and isinstance(r.get("val_acc"), (int, float)):
+                at.setdefault(r["epoch"], []).append(100 * r["val_acc"])
+    xs = sorted(at)
+    means = [sum(at[e]) / len(at[e]) for e in xs]
+    stds = [(sum((v - m) ** 2 for v in at[e]) / len(at[e])) ** 0.5 for e, m in zip(xs, means)]
+    return xs, means, stds, [len(at[e]) for e in xs]

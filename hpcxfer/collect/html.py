@@ -60,11 +60,11 @@ def report_html(study: str, study_dir: str, dataset: str | None, summary: Sequen
 
 def build_report(collected, jobs: int | None = None, ref: str | None = None) -> str:
     """The report of a collected study (collect/build.py `collect`): every view `all` shows
-    (the paired view among them), Figs. 1-6, the delta figure, learning curves and
-    provenance. `ref`: the paired view's and delta figure's reference protocol (default
+    (the paired view among them), Figs. 1-6, the delta figure, a searched study's rung
+    figure, learning curves and provenance. `ref`: the paired view's and delta figure's reference protocol (default
     common, else scratch); one the study does not run is a ConfigError (`--ref`)."""
     from hpcxfer.collect.build import ALL, build_views
-    from hpcxfer.collect.figures import curve_figure, study_design, study_figures
+    from hpcxfer.collect.figures import curve_figure, rung_figure, study_design, study_figures
     from hpcxfer.collect.metrics import merge_metrics
     from hpcxfer.collect.paired import finetune_rows
     from hpcxfer.collect.provenance import provenance
@@ -72,6 +72,9 @@ def build_report(collected, jobs: int | None = None, ref: str | None = None) -> 
     records = collected.records
     views = build_views(collected, ALL, explicit=False, jobs=jobs, ref=ref)
     figures, left_out = study_figures(collected, ref)
+    rungs = rung_figure(collected.records.paths)  # a searched study's candidates by epoch
+    if rungs:
+        figures.append(rungs)
     curves = curve_figure(merge_metrics(records, jobs=jobs))
     if curves:
         curves.design = study_design(finetune_rows(records))

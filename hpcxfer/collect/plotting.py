@@ -108,6 +108,8 @@ def draw(data: FigureData) -> Figure:
         return _draw_bars(data)
     if kind == "delta":
         return _draw_delta(data)
+    if kind == "rungs":
+        return _draw_rungs(data)
     panels = _panels(data)
     fig, axes = _grid(len(panels))
     sizes = sorted({se.size for se in data.series}, key=size_key)
@@ -164,6 +166,37 @@ def _draw_delta(data: FigureData) -> Figure:
         ax.set_ylim(-0.6, len(at) - 0.4)
         ax.set_title(size_label(size), fontsize=9)
     _finish(fig, axes, data, "difference from the reference (accuracy points); (pairs) after each protocol", None)
+    return fig
+
+
+#: How a pruned candidate's line is drawn: faded behind the survivors.
+FADED_ALPHA = 0.25
+
+
+def _draw_rungs(data: FigureData) -> Figure:
+    """A search's candidates by epoch, one panel per size: survivors in colour, the pruned
+    faded (FADED_ALPHA, no legend entry), the winner thick and black, a dashed line at
+    each decided rung."""
+    sizes = sorted({se.size for se in data.series}, key=size_key)
+    went_on = sorted({se.label for se in data.series if not se.faded})  # one colour per protocol in every panel
+    fig, axes = _grid(len(sizes), width=3.4, cols=3)
+    gid = 0
+    for ax, size in zip(axes, sizes):
+        at = [se for se in data.series if se.size == size]
+        for se in sorted(at, key=lambda se: (not se.faded, se.winner)):  # the winner drawn last, on top
+            colour = ROLES["highest mean"] if se.winner else \
+                (OTHER if se.faded else COLOURS[went_on.index(se.label) % len(COLOURS)])
+            (line,) = ax.plot(se.x, se.mean, color=colour, alpha=FADED_ALPHA if se.faded else 1.0,
+                              linewidth=2.4 if se.winner else 1.2, marker="o" if len(se.x) <= SPARSE else None,
+                              markersize=3, label=None if se.faded else se.label + (" (winner)" if se.winner else ""))
+            line.set_gid(f"series-{gid}")
+            gid += 1
+        for epoch in data.marks.get(size, []):
+            ax.axvline(epoch, color="#555", linestyle="--", linewidth=0.8)
+        ax.set_title(size_label(size), fontsize=9)
+    _finish(fig, axes, data, "epoch", "validation accuracy (%)")
+    fig.suptitle(data.spec.title, fontsize=10)  # the caption (what is faded, dashed) is the report's
+    _legend(fig, axes, "went on")
     return fig
 
 

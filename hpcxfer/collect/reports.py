@@ -331,6 +331,8 @@ def incomplete(records: StudyRecords) -> View:
     notes = [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))] if rows else ["every task has its result"]
     if counts.get("pending"):
         notes.append("pending: not started, or interrupted (its detail says at which epoch); `submit` runs it")
+    if counts.get("pruned"):
+        notes.append("pruned: a search stopped it at a rung (`hpcxfer tune`); a plain `submit` trains it to the end")
     return View("incomplete", "Tasks without a result", columns, rows, notes,
                 ["task_id", "stage", "state", "epoch", "detail", "log"])
 

@@ -11,8 +11,8 @@ epochs of the grid).
 from __future__ import annotations
 
 from hpcxfer.collect.paired import paired_stats
+from hpcxfer.collect.search import decisions as search_decisions
 from hpcxfer.collect.views import Column, View, interval, signed
-from hpcxfer.fileio import read_json
 from hpcxfer.grid.protocols import PROTOCOL_FIELDS, names_of
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import load_index, metrics_records
@@ -20,14 +20,6 @@ from hpcxfer.study import load_index, metrics_records
 FIELDS = ["examples_per_class", "winner", *PROTOCOL_FIELDS, "winner_val_acc", "runner_up", "vs_runner_up_diff",
           "vs_runner_up_low", "vs_runner_up_high", "vs_scratch_diff", "vs_scratch_low", "vs_scratch_high",
           "vs_common_diff", "vs_common_low", "vs_common_high", "images_share"]
-
-
-def _decisions(paths: StudyPaths) -> list[dict]:
-    out, i = [], 0
-    while paths.rung_decision(i).is_file():
-        out.append(read_json(paths.rung_decision(i)))
-        i += 1
-    return out
 
 
 def _at(paths: StudyPaths, task_id: str) -> dict[int, dict]:
@@ -49,9 +41,10 @@ def _mean_at(members: list[dict], epoch: int) -> float:
     return sum(vals) / len(vals) if vals else float("-inf")
 
 
-def tune_rows(paths: StudyPaths) -> list[dict]:
-    """One row per target size of a searched study ([] for a study no search has decided)."""
-    decisions = _decisions(paths)
+def tune_rows(paths: StudyPaths, problems: list[str] | None = None) -> list[dict]:
+    """One row per target size of a searched study ([] for a study no search has decided);
+    a damaged decision is a line in `problems` (collect/search.py `decisions`)."""
+    decisions = search_decisions(paths, problems)
     if not decisions:
         return []
     tasks = {t["task_id"]: t for t in load_index(paths)}
@@ -87,7 +80,8 @@ def tune_rows(paths: StudyPaths) -> list[dict]:
 
 def tune_view(paths: StudyPaths) -> View:
     """The search's outcome per size (accuracy differences in percentage points)."""
-    rows = tune_rows(paths)
+    problems: list[str] = []
+    rows = tune_rows(paths, problems)
 
     def vs(label: str) -> Column:
         return Column(f"vs {label.replace('_', '-')}", lambda r: f"{signed(_pp(r[f'vs_{label}_diff']))} "
@@ -98,7 +92,7 @@ def tune_view(paths: StudyPaths) -> View:
                Column("val acc", lambda r: f"{100 * r['winner_val_acc']:.1f} %"),
                vs("runner_up"), vs("scratch"), vs("common"),
                Column("images", lambda r: f"{100 * r['images_share']:.1f} %")]
-    notes = [] if rows else ["no search decided in this study (run `hpcxfer tune`)"]
+    notes = problems + ([] if rows else ["no search decided in this study (run `hpcxfer tune`)"])
     return View("tune", "the search's winner per size: paired difference and 95 % interval, at the last epoch "
                 "both reached", columns, rows, notes, FIELDS)
 
