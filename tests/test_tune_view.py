@@ -15,10 +15,10 @@ from hpcxfer.collect.build import collect
 from hpcxfer.collect.html import build_report
 from hpcxfer.collect.plotting import draw
 from hpcxfer.fileio import atomic_write_json
+from hpcxfer.grid.task import candidate_key
 from hpcxfer.layout import StudyPaths
 from hpcxfer.study import task_state
 from hpcxfer.tune.rule import decide
-from hpcxfer.tune.settings import candidate_key
 
 EPOCHS = 6
 SPLITS = (0, 1)

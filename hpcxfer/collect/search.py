@@ -24,15 +24,11 @@ from rich.text import Text
 from hpcxfer.collect.aggregate import protocol_label, size_key
 from hpcxfer.fileio import read_json
 from hpcxfer.grid.cost import DATA_COUNTS
-from hpcxfer.grid.task import Task
+from hpcxfer.grid.task import Task, candidate_key
 from hpcxfer.layout import StudyPaths
 from hpcxfer.progress import epochs_done
 from hpcxfer.study import is_done, metrics_records
 from hpcxfer.terminal import Col, fit_table
-
-#: A candidate's replicate fields and its size: what its members differ in
-#: (hpcxfer/tune/settings.py names candidates the same way; it sits above this layer).
-NOT_CANDIDATE = ("split", "seed", "examples_per_class", "depends_on")
 
 
 def decisions(paths: StudyPaths, problems: list[str] | None = None) -> list[dict]:
@@ -56,12 +52,6 @@ def decisions(paths: StudyPaths, problems: list[str] | None = None) -> list[dict
             break
         out.append(record)
     return out
-
-
-def candidate_of(task: Task) -> str:
-    """A fine-tuning task's candidate: its fields but its size and replicate."""
-    ident = task.identity()
-    return ",".join(f"{k}={ident[k]}" for k in sorted(ident) if k not in NOT_CANDIDATE)
 
 
 def epoch_images(task: Task) -> float | None:
@@ -219,7 +209,7 @@ def search_view(paths: StudyPaths, tasks: Sequence[Task]) -> SearchView | None:
             per_epoch = {t.task_id: 0 for t in finetune}
     by_size: dict = {}
     for t in finetune:
-        by_size.setdefault(t.examples_per_class, {}).setdefault(candidate_of(t), []).append(t)
+        by_size.setdefault(t.examples_per_class, {}).setdefault(candidate_key(t), []).append(t)
     sizes = []
     for size in sorted(by_size, key=size_key):
         cands = by_size[size]

@@ -150,3 +150,16 @@ _KINDS = {
 }
 #: Fields a task record may leave out (their defaults).
 OPTIONAL = ("depends_on", *QUIET_DEFAULTS)
+
+#: What a search's candidate is (hpcxfer/tune/): the fields its members differ in (the
+#: replicate), and the field each search runs within (the target size).
+MEMBER_FIELDS = ("split", "seed")
+SIZE_FIELD = "examples_per_class"
+_NOT_CANDIDATE = {*MEMBER_FIELDS, SIZE_FIELD, "depends_on"}
+
+
+def candidate_key(task: Task) -> str:
+    """A fine-tuning task's candidate, named stably across runs: its fields other than its
+    size and replicate."""
+    ident = task.identity()
+    return ",".join(f"{k}={ident[k]}" for k in sorted(ident) if k not in _NOT_CANDIDATE)

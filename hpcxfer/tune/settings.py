@@ -19,12 +19,7 @@ from hpcxfer.grid.expansion import expand
 from hpcxfer.grid.load import load_grid
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.search import METRICS, SearchSpec
-from hpcxfer.grid.task import Task
-
-#: The fields that make a task one member of its candidate, and the field a search runs within.
-MEMBER_FIELDS = ("split", "seed")
-SIZE_FIELD = "examples_per_class"
-_NOT_CANDIDATE = {*MEMBER_FIELDS, SIZE_FIELD, "depends_on"}
+from hpcxfer.grid.task import Task, candidate_key
 
 
 @dataclass(frozen=True)
@@ -46,12 +41,6 @@ class Search:
         """How many of `alive` candidates go on from a rung: the best 1/eta, at least
         `min_survivors`, never more than there are."""
         return min(alive, max(math.ceil(alive / self.eta), self.min_survivors))
-
-
-def candidate_key(task: Task) -> str:
-    """A candidate's name, stable across runs: its fields other than size and replicate."""
-    ident = task.identity()
-    return ",".join(f"{k}={ident[k]}" for k in sorted(ident) if k not in _NOT_CANDIDATE)
 
 
 def candidates(tasks: Iterable[Task]) -> dict[int | str, dict[str, list[Task]]]:
