@@ -73,7 +73,7 @@ def decide_rung(paths: StudyPaths, search: Search, by_size: dict, alive: dict[st
             names = alive[size_name(size)]
             metrics = {c: {(t.split, t.seed): metric_at(paths, t, epoch, search.metric) for t in cands[c]}
                        for c in names}
-            standings = decide(metrics, search.keep(len(names)), search.higher_is_better)
+            standings = decide(metrics, search.keep(len(names), index), search.higher_is_better)
             sizes[size_name(size)] = [{**s.to_dict(), "tasks": [t.task_id for t in cands[s.candidate]]}
                                       for s in standings]
             for s in standings:
@@ -83,7 +83,7 @@ def decide_rung(paths: StudyPaths, search: Search, by_size: dict, alive: dict[st
                         atomic_write_json(tp.pruned, {"rung": index, "epoch": epoch, "metric": search.metric,
                                                       "standing": s.to_dict()})
                         tp.rung.unlink(missing_ok=True)
-        record = {"rung": index, "epoch": epoch, "metric": search.metric, "eta": search.eta, "sizes": sizes}
+        record = {"rung": index, "epoch": epoch, "metric": search.metric, "eta": search.etas[index], "sizes": sizes}
         paths.tune_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
         return record

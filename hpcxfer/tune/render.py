@@ -13,7 +13,8 @@ def _stages(stages: list[tuple[int, int]]) -> str:
 def search_lines(plan: SearchPlan) -> list[str]:
     """The search's settings, what each size trains, and its price against the grid's."""
     s = plan.search
-    out = [(f"search: eta {s.eta}, rungs at epochs {', '.join(map(str, s.rungs))} of {s.epochs}, "
+    rungs = ", ".join(f"{r} (eta {e})" for r, e in zip(s.rungs, s.etas))
+    out = [(f"search: rungs at epochs {rungs} of {s.epochs}, "
             f"ranked by {s.metric}, at least {s.min_survivors} kept per rung")]
     for size, k, members, stages in plan.sizes:
         out.append(f"  {size} per class: {k} candidates x {members} replicates; {_stages(stages)}")
