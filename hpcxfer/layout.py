@@ -31,6 +31,10 @@
             log.txt           the worker's log
             tb/               TensorBoard scalars
         groups/<group_id>/    a protocol group: group.json (its members), its checkpoint, its log
+        tune/                 a search (hpcxfer.tune): rung-<i>.json (each rung's decision),
+                              search.json and grid.yaml (recorded by `tune`), promotion.json
+                              (the promotion job or local driver last started), jobs/ (their
+                              scripts and logs)
 """
 
 from __future__ import annotations
@@ -289,6 +293,26 @@ class StudyPaths:
 
     def rung_decision(self, index: int) -> Path:
         return self.tune_dir / f"rung-{index}.json"
+
+    @property
+    def search_record(self) -> Path:
+        """A search's settings, backend and interpreter as `tune` recorded them."""
+        return self.tune_dir / "search.json"
+
+    @property
+    def search_grid(self) -> Path:
+        """The grid a search was started from, as validated: what its promotion jobs read."""
+        return self.tune_dir / "grid.yaml"
+
+    @property
+    def promotion(self) -> Path:
+        """The promotion job (or local driver) last started: its id and the rung it follows."""
+        return self.tune_dir / "promotion.json"
+
+    @property
+    def promotion_dir(self) -> Path:
+        """Promotion jobs' scripts (promote-<n>.sh) and logs, and the local driver's log."""
+        return self.tune_dir / "jobs"
 
     def group(self, group_id: str) -> GroupPaths:
         _component(group_id, "group id")
