@@ -32,9 +32,9 @@
             tb/               TensorBoard scalars
         groups/<group_id>/    a protocol group: group.json (its members), its checkpoint, its log
         tune/                 a search (hpcxfer.tune): rung-<i>.json (each rung's decision),
-                              search.json and grid.yaml (recorded by `tune`), promotion.json
-                              (the promotion job or local driver last started), jobs/ (their
-                              scripts and logs)
+                              search.json and grid.yaml (recorded by `tune`), promotions.jsonl
+                              (each promotion job), driver.json (the local driver), jobs/
+                              (their scripts and logs)
 """
 
 from __future__ import annotations
@@ -305,9 +305,14 @@ class StudyPaths:
         return self.tune_dir / "grid.yaml"
 
     @property
-    def promotion(self) -> Path:
-        """The promotion job (or local driver) last started: its id and the rung it follows."""
-        return self.tune_dir / "promotion.json"
+    def promotions(self) -> Path:
+        """One line per promotion job submitted: its id, the stage and the jobs it follows."""
+        return self.tune_dir / "promotions.jsonl"
+
+    @property
+    def driver(self) -> Path:
+        """The local backend's detached driver of a search: its process."""
+        return self.tune_dir / "driver.json"
 
     @property
     def promotion_dir(self) -> Path:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from hpcxfer import service
 from hpcxfer.backends.scheduler import SchedulerBackend
-from hpcxfer.fileio import atomic_write_json, read_json
+from hpcxfer.fileio import append_jsonl, atomic_write_json, iter_jsonl, read_json
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import StudyPaths
 from hpcxfer.locks import submit_lock
@@ -258,7 +258,8 @@ def follow(s: Driver, step: Step) -> tuple[str | None, str]:
     assert isinstance(backend, SchedulerBackend)
     me = os.environ.get("HPCXFER_JOB_ID", "").partition(":")[2]
     with submit_lock(paths, wait_s=LOCK_WAIT_S, doing="submit a promotion job"):
-        last = read_json(paths.promotion) if paths.promotion.is_file() else {}
+        chain = list(iter_jsonl(paths.promotions)) if paths.promotions.is_file() else []
+        last = chain[-1] if chain else {}
         count = last.get("count", 0) if last.get("stage") == step.stage else 0
         job = last.get("job")
         if last.get("stage") == step.stage and job and job != me and backend.job_active(paths, job):
@@ -268,8 +269,8 @@ def follow(s: Driver, step: Step) -> tuple[str | None, str]:
                           "back; run `hpcxfer tune GRID` once you have seen why (`hpcxfer status`)")
         n = last.get("n", -1) + 1
         sub = backend.submit_promotion(paths, s.req.grid, step.held, search_record.python_of(paths), n)
-        atomic_write_json(paths.promotion, {"n": n, "job": sub.job_id, "stage": step.stage, "count": count + 1,
-                                            "after": step.held, "script": sub.script, "submitted": time.time()})
+        append_jsonl(paths.promotions, {"n": n, "job": sub.job_id, "stage": step.stage, "count": count + 1,
+                                        "after": step.held, "script": sub.script, "by": who(s.by)})
         return sub.job_id, f"promotion job {sub.job_id} follows {len(step.held)} job(s) of this stage"
 
 

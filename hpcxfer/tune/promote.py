@@ -73,7 +73,7 @@ def detach(paths: StudyPaths) -> tuple[int, bool]:
     log_path = paths.promotion_dir / "driver.log"
     with submit_lock(paths, wait_s=LOCK_WAIT_S, doing="start the search's driver"):
         try:
-            last = read_json(paths.promotion)
+            last = read_json(paths.driver)
         except (OSError, ValueError):
             last = {}
         running = ProcessId.from_dict(last.get("driver")) if isinstance(last, dict) else None
@@ -85,7 +85,7 @@ def detach(paths: StudyPaths) -> tuple[int, bool]:
             proc = subprocess.Popen([python, "-P", "-m", "hpcxfer.tune.promote", str(paths.dir), "--drive"],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
-        atomic_write_json(paths.promotion, {"driver": ProcessId.of(proc.pid).to_dict(), "log": str(log_path),
+        atomic_write_json(paths.driver, {"driver": ProcessId.of(proc.pid).to_dict(), "log": str(log_path),
                                             "started": time.time()})
         return proc.pid, True
 
