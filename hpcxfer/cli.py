@@ -105,10 +105,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     planned = plan_file(args.grid)
     console.print("\n".join(search_lines(planned)), highlight=False, markup=False)
+    from hpcxfer.tune.promote import begin, preview, start
+
     if args.dry_run:
+        console.print("\n".join(preview(args.grid, args.backend, args.root)), highlight=False, markup=False)
         return 0
     from hpcxfer.tune.drive import run
-    from hpcxfer.tune.promote import begin, start
     from hpcxfer.watch import SubmitReport
 
     req, search = begin(args.grid, args.backend, args.root)

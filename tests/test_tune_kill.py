@@ -73,10 +73,22 @@ def test_killed_searches_end_as_an_uninterrupted_one(write_grid, cli, tmp_path):
 
     from hpcxfer.layout import StudyPaths
 
+    # The uninterrupted search: `tune` without --wait returns at once, and the local
+    # backend's detached driver runs every rung to the end.
     grid = write_grid(SEARCH)
-    ref = cli("tune", grid, "--backend", "local", "--wait", timeout=900)
+    started = time.monotonic()
+    ref = cli("tune", grid, "--backend", "local", timeout=300)
     assert ref.returncode == 0, ref.stdout + ref.stderr
+    assert time.monotonic() - started < 60 and "local driver" in ref.stdout, ref.stdout
     ref_paths = StudyPaths.of(tmp_path / "runs", "tiny")
+    driver = json.loads(ref_paths.driver.read_text())["driver"]
+    end = time.monotonic() + 900
+    while Path(f"/proc/{driver['pid']}").exists() and time.monotonic() < end:
+        time.sleep(1)
+    log = (ref_paths.promotion_dir / "driver.log").read_text()
+    assert "search ended: 1 finalists, 0 not finished" in log, log[-3000:]
+    assert all(json.loads(p.read_text())["decided_by"]["by"] == "local driver"
+               for p in ref_paths.tune_dir.glob("rung-*.json"))
     # The killed search in a study of its own, from the same pre-trained model (its
     # pre-training is not what this test is about, and costs the most).
     fuzz_grid = write_grid({**SEARCH, "study": "fuzz"}, name="fuzz.yaml")

@@ -34,7 +34,8 @@ class LogReport:
     """A submit's report (service.Reporter) as log lines, for a job with no terminal."""
 
     def estimate(self, line: str) -> None:
-        log.info("%s", line)
+        if line:
+            log.info("%s", line)
 
     def plan(self, plan: service.Plan) -> None:
         log.info("submitting %d of %d tasks to %s", len(plan.todo), len(plan.tasks), plan.backend)
@@ -66,6 +67,26 @@ def begin(grid_file: str, backend: str | None, root: str | None) -> tuple[servic
     check_inputs(req.grid, req.tasks)
     record.write(req, search)
     return searchable(req), search
+
+
+def preview(grid_file: str, backend: str | None, root: str | None) -> list[str]:
+    """What runs a search on after `tune` returns, as `tune --dry-run` shows it: the promotion
+    job's script on a scheduler (with its dependencies as a placeholder), the local driver."""
+    from hpcxfer.backends import get_backend
+    from hpcxfer.backends.scheduler import SchedulerBackend
+    from hpcxfer.grid.load import load_grid
+    from hpcxfer.study import study_paths
+
+    chosen = get_backend(backend)
+    grid = load_grid(grid_file)
+    paths = study_paths(grid, root)
+    if not isinstance(chosen, SchedulerBackend):
+        return [(f"on {chosen.name}: without --wait, a detached driver runs every rung "
+                f"(its log: {paths.promotion_dir}/driver.log)")]
+    script = chosen.render_promotion(paths, grid, ["<rung-jobs>"], sys.executable)
+    return [(f"on {chosen.name}: without --wait, each stage's jobs are followed by a promotion job "
+            f"({paths.promotion_dir}/promote-<n>.sh) that decides the rung and submits the next:"), "",
+            *script.splitlines()]
 
 
 def detach(paths: StudyPaths) -> tuple[int, bool]:
