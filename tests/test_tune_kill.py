@@ -37,6 +37,17 @@ def _reap() -> None:
             return
 
 
+def _window(study: str, kill: str) -> str:
+    """Where a kill at a decision landed: how many of its pruned members had no pruned.json
+    yet (inside the decide/apply window) or all had (just after it)."""
+    if kill == "delay" or not Path(study, "tune", kill).exists():
+        return ""
+    rung = json.loads(Path(study, "tune", kill).read_text())
+    pruned = [t for s in rung["sizes"]["10"] if not s["kept"] for t in s["tasks"]]
+    missing = sum(not Path(study, "tasks", t, "pruned.json").exists() for t in pruned)
+    return f"; {missing} of {len(pruned)} pruned.json not yet written"
+
+
 def _driver(grid: str, study: str, seed: int) -> int:
     """pid 1 of the namespace: each kill in KILLS, then a last `tune --wait` to its end."""
     assert os.getpid() == 1, "run me as pid 1 of a namespace of my own: unshare -fp --mount-proc"
@@ -54,7 +65,7 @@ def _driver(grid: str, study: str, seed: int) -> int:
         os.kill(-1, signal.SIGKILL)  # every process of the namespace but this one
         proc.wait()
         _reap()
-        log.write(f"--- killed ({kill}) after {time.monotonic() - start:.2f} s\n".encode())
+        log.write(f"--- killed ({kill}) after {time.monotonic() - start:.2f} s{_window(study, kill)}\n".encode())
         log.flush()
     last = subprocess.run(tune, stdout=log, stderr=subprocess.STDOUT, check=False)
     return last.returncode
@@ -102,6 +113,7 @@ def test_killed_searches_end_as_an_uninterrupted_one(write_grid, cli, tmp_path):
     log = (tmp_path / "runs" / "fuzz.log").read_text()
     assert out.returncode == 0, out.stdout + out.stderr + log[-3000:]
     assert log.count("--- killed") == len(KILLS), log[-3000:]
+    print("".join(line + "\n" for line in log.splitlines() if line.startswith("--- killed")))
     # The same decisions (winners, survivors and the means they rest on) and finalists' results.
     assert decisions(paths.dir) == decisions(ref_paths.dir)
     rungs = [json.loads(p.read_text()) for p in sorted(paths.tune_dir.glob("rung-*.json"))]

@@ -223,3 +223,18 @@ def test_tune_refuses_settings_other_than_the_decisions_were_made_under(tmp_path
     (line,) = out.stderr.strip().splitlines()
     assert str(changed) in line and "search" in line and "eta 2 -> 3" in line, line
     assert tree(paths.dir) == before
+
+
+def test_a_slurm_element_stopped_at_its_rung_is_not_a_preemption_to_requeue(tmp_path, write_grid):
+    from hpcxfer.backends.slurm_element import stopped_at_rung
+    from hpcxfer.fileio import append_jsonl, atomic_write_json
+
+    paths = prepare_study(write_grid(SEARCH))
+    task = next(p.name for p in paths.tasks_dir.iterdir() if p.name.startswith("ft-"))
+    tp = paths.task(task)
+    append_jsonl(tp.metrics, {"epoch": 1, "val_acc": 0.5})
+    assert not stopped_at_rung(paths, task)  # no stop request: a preemption, requeued
+    atomic_write_json(tp.rung, {"stop_after": 2})
+    assert not stopped_at_rung(paths, task)  # stopped short of its rung: requeued
+    atomic_write_json(tp.rung, {"stop_after": 1})
+    assert stopped_at_rung(paths, task)

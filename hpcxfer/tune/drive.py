@@ -271,7 +271,7 @@ def follow(s: Driver, step: Step) -> tuple[str | None, str]:
         sub = backend.submit_promotion(paths, s.req.grid, step.held, search_record.python_of(paths), n)
         append_jsonl(paths.promotions, {"n": n, "job": sub.job_id, "stage": step.stage, "count": count + 1,
                                         "after": step.held, "script": sub.script, "by": who(s.by)})
-        return sub.job_id, f"promotion job {sub.job_id} follows {len(step.held)} job(s) of this stage"
+        return sub.job_id, f"promotion job {sub.job_id} follows the {len(step.held)} job element(s) of this stage"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from hpcxfer import service
-from hpcxfer.errors import ConfigError, HpcxferError
+from hpcxfer.errors import ConfigError, HpcxferError, StudyError
 from hpcxfer.fileio import atomic_write_json, read_json
 from hpcxfer.layout import StudyPaths
 from hpcxfer.locks import submit_lock
@@ -28,6 +28,9 @@ from hpcxfer.tune.drive import LOCK_WAIT_S, Step, advance, run, searchable
 from hpcxfer.tune.settings import Search, resolve
 
 log = logging.getLogger(__name__)
+
+#: Seconds `tune` watches the local driver it started before it returns.
+DRIVER_CHECK_S = 2.0
 
 
 class LogReport:
@@ -107,8 +110,14 @@ def detach(paths: StudyPaths) -> tuple[int, bool]:
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         atomic_write_json(paths.driver, {"driver": ProcessId.of(proc.pid).to_dict(), "log": str(log_path),
-                                            "started": time.time()})
-        return proc.pid, True
+                                         "started": time.time()})
+    try:  # one that cannot even read the study says so here, not in a log nobody reads
+        code = proc.wait(timeout=DRIVER_CHECK_S)
+    except subprocess.TimeoutExpired:
+        code = 0
+    if code != 0:
+        raise StudyError(f"{paths.dir}: the search's driver exited at once (status {code}); see {log_path}")
+    return proc.pid, True
 
 
 def start(req: service.Request, search: Search, report: service.Reporter) -> Step | int:

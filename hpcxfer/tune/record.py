@@ -69,7 +69,8 @@ def python_of(paths: StudyPaths) -> str:
 
 def load(study_dir: str | Path) -> tuple[service.Request, Search]:
     """A search's request and settings from its study alone (what a promotion job runs)."""
-    paths = StudyPaths.existing(study_dir)
+    # Not StudyPaths.existing: a new study's driver starts before its first submit records it.
+    paths = StudyPaths(Path(study_dir).absolute())
     try:
         info = read_json(paths.search_record)
         grid_file, backend = str(info["grid"]), str(info["backend"])
