@@ -319,6 +319,19 @@ class StudyPaths:
         """Promotion jobs' scripts (promote-<n>.sh) and logs, and the local driver's log."""
         return self.tune_dir / "jobs"
 
+    def promotion_script(self, n: int | str) -> Path:
+        return self.promotion_dir / f"promote-{n}.sh"
+
+    def promotion_log(self, job: str, escape=str) -> str:
+        """A promotion job's log (`job`: its id, or SLURM's `%j`); `escape` is applied to the
+        folder's own text only, as in `BackendPaths.element_log`."""
+        return f"{escape(str(self.promotion_dir))}/promote-{job}.log"
+
+    @property
+    def driver_log(self) -> Path:
+        """The local driver's log."""
+        return self.promotion_dir / "driver.log"
+
     def group(self, group_id: str) -> GroupPaths:
         _component(group_id, "group id")
         return GroupPaths(self.groups_dir / group_id)

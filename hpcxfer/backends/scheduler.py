@@ -148,7 +148,7 @@ class SchedulerBackend:
     def submit_promotion(self, paths: StudyPaths, grid: Grid, after: list[str], python: str, n: int,
                          dry_run: bool = False) -> Submitted:
         """Submit promotion job `n` of the study, after every job or element of `after`."""
-        script = paths.promotion_dir / f"promote-{n}.sh"
+        script = paths.promotion_script(n)
         text = self.render_promotion(paths, grid, after, python)
         command = [self.submit_command, str(script)]
         if dry_run:

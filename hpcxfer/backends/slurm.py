@@ -189,7 +189,7 @@ class SlurmBackend(SchedulerBackend):
         """One CPU on the stages' partition, account and QOS (not their constraint, which
         may ask for a GPU), after the rung's jobs however they end (afterany)."""
         spec = grid.slurm
-        log = str(paths.promotion_dir / slurm_escape("promote-")) + "%j.log"
+        log = paths.promotion_log("%j", slurm_escape)
         return {"--job-name=": f"hpcxfer-tune-{paths.name}", "--time=": PROMOTION_MINUTES,
                 "--cpus-per-task=": PROMOTION_CPUS, "--mem=": f"{PROMOTION_MEM_MB}M", "--ntasks=": 1, "--nodes=": 1,
                 "--output=": log, "--dependency=": "afterany:" + ":".join(after) if after else None,

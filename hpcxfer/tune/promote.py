@@ -85,16 +85,16 @@ def preview(grid_file: str, backend: str | None, root: str | None) -> list[str]:
     paths = study_paths(grid, root)
     if not isinstance(chosen, SchedulerBackend):
         return [(f"on {chosen.name}: without --wait, a detached driver runs every rung "
-                f"(its log: {paths.promotion_dir}/driver.log)")]
+                f"(its log: {paths.driver_log})")]
     script = chosen.render_promotion(paths, grid, ["<rung-jobs>"], sys.executable)
     return [(f"on {chosen.name}: without --wait, each stage's jobs are followed by a promotion job "
-            f"({paths.promotion_dir}/promote-<n>.sh) that decides the rung and submits the next:"), "",
+            f"({paths.promotion_script('<n>')}) that decides the rung and submits the next:"), "",
             *script.splitlines()]
 
 
 def detach(paths: StudyPaths) -> tuple[int, bool]:
     """Start the local driver of a search, unless one runs: (its pid, whether it is new)."""
-    log_path = paths.promotion_dir / "driver.log"
+    log_path = paths.driver_log
     with submit_lock(paths, wait_s=LOCK_WAIT_S, doing="start the search's driver"):
         try:
             last = read_json(paths.driver)

@@ -43,7 +43,7 @@ def outcome_lines(outcome: Outcome) -> list[str]:
 def started_lines(paths: StudyPaths, started: Step | int) -> list[str]:
     """What `tune` without --wait did: the stage it submitted and what follows it."""
     if isinstance(started, int):
-        return [f"the search runs on in the local driver (pid {started}); its log: {paths.promotion_dir}/driver.log",
+        return [f"the search runs on in the local driver (pid {started}); its log: {paths.driver_log}",
                 f"hpcxfer status {paths.dir} shows how far it is; run `hpcxfer tune` again to resume it"]
     out = [f"rung {r['rung']} (epoch {r['epoch']}) decided by {r.get('decided_by', {}).get('by', 'tune')}"
            for r in started.decided]
