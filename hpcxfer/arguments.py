@@ -59,8 +59,11 @@ COMMANDS = {
     "tune": ("search a grid's protocols by successive halving, per target size",
              ("Train every protocol of GRID to the first rung of its `search:` section (or the defaults), "
               "keep the best 1/eta of each target size by a paired comparison with the leader, train those "
-              "to the next rung, and so on. --dry-run shows the rungs, what each size trains and the share "
-              "of the grid's fine-tuning images the search uses, and writes nothing."),
+              "to the next rung, and so on. Without --wait it returns at once: on SLURM, PBS and Gadi a small "
+              "promotion job after each rung's jobs decides it and submits the next; on the local backend a "
+              "detached driver does (its log in STUDY/tune/jobs/driver.log). Running it again resumes the "
+              "search. --dry-run shows the rungs, what each size trains and the share of the grid's "
+              "fine-tuning images the search uses, and writes nothing."),
              "hpcxfer tune grid.yaml --dry-run"),
     "submit": ("submit every task not done and not queued",
                ("Submit every task of GRID that is not done, queued or running: running it again "
@@ -128,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("grid")
     p.add_argument("--backend", help="local, slurm, pbs or gadi (default: detected)")
     p.add_argument("--root", help="parent folder of the study directory (overrides the grid's root)")
-    p.add_argument("--wait", action="store_true", help="drive every rung from here, waiting for each")
+    p.add_argument("--wait", action="store_true", help="drive every rung from here, waiting for each "
+                   "(default: return at once; promotion jobs or a detached driver go on)")
     p.add_argument("--dry-run", action="store_true", help="show the search and its price; write nothing")
 
     p = command("submit")

@@ -100,20 +100,25 @@ def _task_table(tasks, title: str, limit: int) -> None:
 
 # ---------------------------------------------------------------- tune
 def cmd_tune(args: argparse.Namespace) -> int:
-    from hpcxfer.tune.render import outcome_lines, search_lines
+    from hpcxfer.tune.render import outcome_lines, search_lines, started_lines
     from hpcxfer.tune.settings import plan_file
 
     planned = plan_file(args.grid)
     console.print("\n".join(search_lines(planned)), highlight=False, markup=False)
+    from hpcxfer.tune.promote import begin, preview, start
+
     if args.dry_run:
+        console.print("\n".join(preview(args.grid, args.backend, args.root)), highlight=False, markup=False)
         return 0
-    if not args.wait:
-        raise ConfigError(None, "--wait", "a search waits for each rung here: give --wait (promotion jobs on a "
-                          "scheduler are not built yet)")
     from hpcxfer.tune.drive import run
     from hpcxfer.watch import SubmitReport
 
-    outcome = run(args.grid, args.backend, args.root, SubmitReport(console, err_console))
+    req, search = begin(args.grid, args.backend, args.root)
+    report = SubmitReport(console, err_console)
+    if not args.wait:
+        console.print("\n".join(started_lines(req.paths, start(req, search, report))), highlight=False, markup=False)
+        return 0
+    outcome = run(req, search, report)
     console.print("\n".join(outcome_lines(outcome)), highlight=False, markup=False)
     return 1 if outcome.unfinished else 0
 

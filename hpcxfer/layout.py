@@ -31,6 +31,10 @@
             log.txt           the worker's log
             tb/               TensorBoard scalars
         groups/<group_id>/    a protocol group: group.json (its members), its checkpoint, its log
+        tune/                 a search (hpcxfer.tune): rung-<i>.json (each rung's decision),
+                              search.json and grid.yaml (recorded by `tune`), promotions.jsonl
+                              (each promotion job), driver.json (the local driver), jobs/
+                              (their scripts and logs)
 """
 
 from __future__ import annotations
@@ -289,6 +293,44 @@ class StudyPaths:
 
     def rung_decision(self, index: int) -> Path:
         return self.tune_dir / f"rung-{index}.json"
+
+    @property
+    def search_record(self) -> Path:
+        """A search's settings, backend and interpreter as `tune` recorded them."""
+        return self.tune_dir / "search.json"
+
+    @property
+    def search_grid(self) -> Path:
+        """The grid a search was started from, as validated: what its promotion jobs read."""
+        return self.tune_dir / "grid.yaml"
+
+    @property
+    def promotions(self) -> Path:
+        """One line per promotion job submitted: its id, the stage and the jobs it follows."""
+        return self.tune_dir / "promotions.jsonl"
+
+    @property
+    def driver(self) -> Path:
+        """The local backend's detached driver of a search: its process."""
+        return self.tune_dir / "driver.json"
+
+    @property
+    def promotion_dir(self) -> Path:
+        """Promotion jobs' scripts (promote-<n>.sh) and logs, and the local driver's log."""
+        return self.tune_dir / "jobs"
+
+    def promotion_script(self, n: int | str) -> Path:
+        return self.promotion_dir / f"promote-{n}.sh"
+
+    def promotion_log(self, job: str, escape=str) -> str:
+        """A promotion job's log (`job`: its id, or SLURM's `%j`); `escape` is applied to the
+        folder's own text only, as in `BackendPaths.element_log`."""
+        return f"{escape(str(self.promotion_dir))}/promote-{job}.log"
+
+    @property
+    def driver_log(self) -> Path:
+        """The local driver's log."""
+        return self.promotion_dir / "driver.log"
 
     def group(self, group_id: str) -> GroupPaths:
         _component(group_id, "group id")

@@ -24,6 +24,7 @@ import hpcxfer
 from hpcxfer.backends.pbs import PbsBackend
 from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.resources import stage_plan
+from hpcxfer.backends.scheduler import PROMOTION_CPUS, PROMOTION_MEM_MB, PROMOTION_MINUTES
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths, cache_root
 from hpcxfer.sites import GADI_QUEUES, GPU_MEMORY_GB
@@ -61,6 +62,11 @@ def storage(paths: StudyPaths, grid: Grid) -> str | None:
     return "+".join(given + inferred) or None
 
 
+#: Where a search's promotion job runs: Gadi's CPU queue (a GPU queue would charge a whole
+#: GPU's share of a node for a job that only reads files and calls qsub).
+PROMOTION_QUEUE = "normal"
+
+
 class GadiBackend(PbsBackend):
     name = "gadi"
     template = "gadi_pack.sh.j2"
@@ -77,6 +83,14 @@ class GadiBackend(PbsBackend):
         if after:
             opts["-W depend="] = "afterok:" + ":".join(after)
         return opts
+
+    def promotion_options(self, paths: StudyPaths, grid: Grid, after: list[str]) -> dict:
+        """One CPU of the normal queue, charged to the stages' project, with the same file
+        systems mounted, after the rung's packed jobs however they end (afterany)."""
+        return {"-N": "hpcxfer-tune", "-j": "oe", "-o": f"{paths.promotion_dir}/", "-P": grid.gadi.project,
+                "-q": PROMOTION_QUEUE, "-l ncpus=": PROMOTION_CPUS, "-l mem=": f"{PROMOTION_MEM_MB // 1024}GB",
+                "-l walltime=": f"00:{PROMOTION_MINUTES:02d}:00", "-l storage=": storage(paths, grid), "-l wd": True,
+                "-W depend=": "afterany:" + ":".join(sorted(set(after))) if after else None}
 
     def walltime(self, grid: Grid, stage: str) -> str:
         total = stage_plan(grid, stage, self.name).resources.minutes

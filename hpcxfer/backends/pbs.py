@@ -19,7 +19,15 @@ import hpcxfer
 from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import check, stage_plan
-from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run, seen
+from hpcxfer.backends.scheduler import (
+    PROMOTION_CPUS,
+    PROMOTION_MEM_MB,
+    PROMOTION_MINUTES,
+    SchedulerBackend,
+    SchedulerError,
+    run,
+    seen,
+)
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import StudyPaths
 from hpcxfer.states import Exit, Held, Hold
@@ -56,6 +64,7 @@ def array_of(element: str) -> str:
 class PbsBackend(SchedulerBackend):
     name = "pbs"
     template = "pbs_array.sh.j2"
+    directive, submit_command, job_id_var = "#PBS", "qsub", "PBS_JOBID"
 
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
         if grid.pbs.max_array_size:
@@ -82,6 +91,20 @@ class PbsBackend(SchedulerBackend):
 
     def describe(self, grid: Grid, stage: str, n_tasks: int) -> str:
         return f"{stage}, {n_tasks} task(s)"
+
+    def promotion_options(self, paths: StudyPaths, grid: Grid, after: list[str]) -> dict:
+        """One CPU in the stages' queue and project, after the rung's jobs however they
+        end: `afterany` on each whole array (`1234[]`), as the stages depend on theirs."""
+        return {"-N": "hpcxfer-tune", "-j": "oe", "-o": f"{paths.promotion_dir}/",
+                "-l select=": f"1:ncpus={PROMOTION_CPUS}:mem={PROMOTION_MEM_MB}mb",
+                "-l walltime=": f"00:{PROMOTION_MINUTES:02d}:00", "-q": grid.pbs.queue, "-P": grid.pbs.project,
+                "-W depend=": "afterany:" + ":".join(sorted({array_of(a) for a in after})) if after else None}
+
+    def _submitted_id(self, out: str, script: Path) -> str:
+        job_id = out.strip()
+        if not job_id or len(job_id.split()) != 1:
+            raise SchedulerError(f"submitting {script}: qsub answered {job_id!r}, not a job id")
+        return job_id
 
     def threads(self, grid: Grid, stage: str = "finetune") -> int:
         return grid.runtime.threads or stage_plan(grid, stage, self.name).resources.cpus

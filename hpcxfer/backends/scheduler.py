@@ -17,10 +17,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import hpcxfer
 from hpcxfer.backends import records
 from hpcxfer.backends.base import Submission, members, requested_gpu_memory_gb
 from hpcxfer.backends.records import JobRecord, Submitted
+from hpcxfer.backends.render import directives, render
 from hpcxfer.errors import HpcxferError
+from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.groups import Unit
 from hpcxfer.grid.schema import Grid
 from hpcxfer.grid.task import STAGES
@@ -88,9 +91,22 @@ def _run_once(cmd: list[str], what: str, partial: bool, timeout: float) -> str:
     return proc.stdout
 
 
+#: A search's promotion job (hpcxfer/tune/promote.py) reads the study's records, decides a
+#: rung and submits the next: one CPU, and memory for torch, which it imports to check
+#: the data set before it submits, as `submit` does.
+PROMOTION_CPUS = 1
+PROMOTION_MEM_MB = 2048
+PROMOTION_MINUTES = 15
+
+
 class SchedulerBackend:
     name = "scheduler"
     in_process = False  # submit hands jobs to the scheduler; --wait polls `view`
+    #: A job script's directive prefix, the command that submits one, and the shell
+    #: variable that holds a job's own id inside it.
+    directive = "#"
+    submit_command = "false"
+    job_id_var = "JOB_ID"
 
     # ------------------------------------------------------------ for subclasses
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
@@ -112,6 +128,39 @@ class SchedulerBackend:
 
     def _cancel(self, job_ids: list[str]) -> None:
         raise NotImplementedError
+
+    def promotion_options(self, paths: StudyPaths, grid: Grid, after: list[str]) -> dict:
+        """The directives of a promotion job that starts once every job of `after` has ended."""
+        raise NotImplementedError
+
+    def _submitted_id(self, out: str, script: Path) -> str:
+        """The job id in what the submit command printed."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ a search's promotion job
+    def render_promotion(self, paths: StudyPaths, grid: Grid, after: list[str], python: str) -> str:
+        """The script of a promotion job: `python -P -m hpcxfer.tune.promote STUDY_DIR`."""
+        return render("promote.sh.j2", directives=directives(self.directive, self.promotion_options(paths, grid, after)),
+                      version=hpcxfer.__version__, study_dir=str(paths.dir), scheduler=self.name,
+                      job_var=self.job_id_var, python=python,
+                      what=f"a search's promotion job after {len(after)} job(s)")
+
+    def submit_promotion(self, paths: StudyPaths, grid: Grid, after: list[str], python: str, n: int,
+                         dry_run: bool = False) -> Submitted:
+        """Submit promotion job `n` of the study, after every job or element of `after`."""
+        script = paths.promotion_script(n)
+        text = self.render_promotion(paths, grid, after, python)
+        command = [self.submit_command, str(script)]
+        if dry_run:
+            return Submitted(shlex.join(command), str(script), text)
+        paths.promotion_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(script, text.encode())
+        job_id = self._submitted_id(run(command, "submitting a search's promotion job", retry=False), script)
+        return Submitted(shlex.join(command), str(script), job_id=job_id, elements=(job_id,))
+
+    def job_active(self, paths: StudyPaths, job_id: str) -> bool:
+        """Whether the scheduler will still run job `job_id` (queued or running)."""
+        return any(h.active for h in self._active(paths, {job_id}).values())
 
     # ------------------------------------------------------------ the interface
     def submit(self, paths: StudyPaths, grid: Grid, units: list[Unit], *, dry_run: bool = False,

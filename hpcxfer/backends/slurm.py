@@ -24,7 +24,15 @@ import hpcxfer
 from hpcxfer.backends.records import Submitted
 from hpcxfer.backends.render import directives, render
 from hpcxfer.backends.resources import check, stage_plan
-from hpcxfer.backends.scheduler import SchedulerBackend, SchedulerError, run, seen
+from hpcxfer.backends.scheduler import (
+    PROMOTION_CPUS,
+    PROMOTION_MEM_MB,
+    PROMOTION_MINUTES,
+    SchedulerBackend,
+    SchedulerError,
+    run,
+    seen,
+)
 from hpcxfer.fileio import atomic_write_bytes
 from hpcxfer.grid.schema import Grid
 from hpcxfer.layout import BackendPaths, StudyPaths
@@ -113,9 +121,18 @@ def parse_squeue(out: str, job_ids: set[str]) -> dict[str, Held]:
     return active
 
 
+def sbatch_job_id(out: str, script: Path) -> str:
+    """The job id in sbatch's answer."""
+    m = re.search(r"^Submitted batch job (\d+)", out, re.MULTILINE)
+    if not m:
+        raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
+    return m.group(1)
+
+
 class SlurmBackend(SchedulerBackend):
     name = "slurm"
     template = "slurm_array.sh.j2"
+    directive, submit_command, job_id_var = "#SBATCH", "sbatch", "SLURM_JOB_ID"
 
     def _chunk_size(self, grid: Grid, paths: StudyPaths, n: int, dry_run: bool = False) -> tuple[int, str | None]:
         if dry_run:  # asked once if SLURM answers; a dry run needs none
@@ -159,10 +176,7 @@ class SlurmBackend(SchedulerBackend):
         atomic_write_bytes(script, text.encode())
         backend.logs.mkdir(parents=True, exist_ok=True)
         out = run(command, f"sbatch refused the {stage} job of {len(task_ids)} task(s)", retry=False)
-        m = re.search(r"^Submitted batch job (\d+)", out, re.MULTILINE)
-        if not m:
-            raise SchedulerError(f"submitting {script}: sbatch answered {out.strip()!r}, not a job id")
-        job_id = m.group(1)
+        job_id = sbatch_job_id(out, script)
         elements = tuple(f"{job_id}_{i}" for i in range(len(task_ids))) if len(task_ids) > 1 else (job_id,)
         return Submitted(shlex.join(command), str(script), job_id=job_id, elements=elements,
                          logs=tuple(backend.element_log(e) for e in elements))
@@ -170,6 +184,19 @@ class SlurmBackend(SchedulerBackend):
     def check_resources(self, grid: Grid) -> list[str]:
         """Warnings on what the jobs ask for; ConfigError where a task cannot finish."""
         return check(grid, self.name)
+
+    def promotion_options(self, paths: StudyPaths, grid: Grid, after: list[str]) -> dict:
+        """One CPU on the stages' partition, account and QOS (not their constraint, which
+        may ask for a GPU), after the rung's jobs however they end (afterany)."""
+        spec = grid.slurm
+        log = paths.promotion_log("%j", slurm_escape)
+        return {"--job-name=": f"hpcxfer-tune-{paths.name}", "--time=": PROMOTION_MINUTES,
+                "--cpus-per-task=": PROMOTION_CPUS, "--mem=": f"{PROMOTION_MEM_MB}M", "--ntasks=": 1, "--nodes=": 1,
+                "--output=": log, "--dependency=": "afterany:" + ":".join(after) if after else None,
+                **{f"--{key}=": getattr(spec, key) for key in ("partition", "account", "qos")}}
+
+    def _submitted_id(self, out: str, script: Path) -> str:
+        return sbatch_job_id(out, script)
 
     def _active(self, paths, job_ids) -> dict[str, Held]:
         # All of the user's jobs at once (no -j: squeue fails on the whole list if one id has

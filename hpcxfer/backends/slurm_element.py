@@ -28,11 +28,11 @@ from pathlib import Path
 
 from hpcxfer.backends.base import worker_command
 from hpcxfer.errors import StudyError
-from hpcxfer.fileio import append_jsonl, iter_jsonl
+from hpcxfer.fileio import append_jsonl, iter_jsonl, read_json
 from hpcxfer.grid.groups import is_group_id
 from hpcxfer.layout import StudyPaths
 from hpcxfer.states import Exit
-from hpcxfer.study import is_done, read_group
+from hpcxfer.study import is_done, last_epoch, read_group
 from hpcxfer.worker.signals import STOP_SIGNALS
 
 #: A stop signal this close to the time limit (or later) is the time limit's: submitit's
@@ -80,6 +80,21 @@ def unit_done(study: StudyPaths, unit_id: str) -> bool:
     except StudyError:  # no group record, or a damaged one: not done
         return False
     return all(is_done(study.task(m)) for m in members)
+
+
+def stopped_at_rung(study: StudyPaths, unit_id: str) -> bool:
+    """Whether the unit checkpointed because a search asked it to stop at a rung (every
+    member's `rung.json` names an epoch it has reached): that is no preemption to requeue,
+    the search's promotion job takes it on (hpcxfer/tune/)."""
+    try:
+        members = read_group(study, unit_id).members if is_group_id(unit_id) else (unit_id,)
+        for m in members:
+            tp = study.task(m)
+            if (last_epoch(tp) or 0) < int(read_json(tp.rung)["stop_after"]):
+                return False
+    except (StudyError, OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
 
 
 def element_id(environ: dict[str, str]) -> str:
@@ -141,6 +156,9 @@ def run_element(study_dir: str, list_file: str, max_requeues: int, environ: dict
         return Exit.BUSY
     # Killed by a stop signal: it came before the worker's handlers were in place (while it
     # imported torch) and nothing was lost since the last checkpoint.
+    if code == Exit.RESUME and stopped_at_rung(study, unit):
+        print(f"{unit} stopped at its search's rung; not requeued", flush=True)
+        return Exit.RESUME
     if code == Exit.RESUME or -code in STOP_SIGNALS:
         requeue(study, unit, element, max_requeues)
         return Exit.RESUME

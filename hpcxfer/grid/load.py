@@ -256,7 +256,9 @@ def _bools(value: object, annotation: object) -> object:
     return value
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, source: str | None = None) -> Grid:
+    """`source`: the grid file the study records this grid as, when `path` is a copy of it
+    (a search's promotion job reads the copy `tune` keeps in the study)."""
     path = Path(path)
     data, files = _resolved(path, set(), ())
     data = _bools(data, Grid)
@@ -269,7 +271,7 @@ def load_grid(path: str | Path) -> Grid:
             err = ConfigError(_owner(files, e.errors()[0]["loc"], path), err.field, err.message, err.hint)
         raise err from None
     grid = _data_path_resolved(grid, _owner(files, ("data", "path"), path))
-    grid._source = str(path)
+    grid._source = source or str(path)
     grid._sources = tuple(str(p) for p, _ in files)
     return grid
 

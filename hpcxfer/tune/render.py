@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hpcxfer.tune.drive import Outcome
+from hpcxfer.layout import StudyPaths
+from hpcxfer.tune.drive import Outcome, Step
 from hpcxfer.tune.settings import SearchPlan
 
 
@@ -37,4 +38,22 @@ def outcome_lines(outcome: Outcome) -> list[str]:
     out.append(f"finalists trained to epoch {outcome.search.epochs}: {len(outcome.finalists)} tasks"
                + (f", {len(outcome.unfinished)} not finished" if outcome.unfinished else ""))
     out.append(f"collect {outcome.paths.dir} to compare them")
+    return out
+
+
+def started_lines(paths: StudyPaths, started: Step | int) -> list[str]:
+    """What `tune` without --wait did: the stage it submitted and what follows it."""
+    if isinstance(started, int):
+        return [f"the search runs on in the local driver (pid {started}); its log: {paths.driver_log}",
+                f"hpcxfer status {paths.dir} shows how far it is; run `hpcxfer tune` again to resume it"]
+    out = [f"rung {r['rung']} (epoch {r['epoch']}) decided by {r.get('decided_by', {}).get('by', 'tune')}"
+           for r in started.decided]
+    if started.ended:
+        return [*out, f"the search has ended: collect {paths.dir} to compare the finalists"]
+    stage = f"the finalists (to epoch {started.target})" if started.final else \
+        f"rung {started.stage} (epoch {started.target})"
+    out.append(f"{stage}: {len(started.members)} tasks, {len(started.behind)} submitted now, "
+               f"held by {len(started.held)} job element(s)")
+    if started.note:
+        out.append(started.note)
     return out
