@@ -24,6 +24,9 @@ from hpcxfer.layout import StudyPaths, TaskPaths
 from hpcxfer.states import Held, State
 from hpcxfer.study import last_epoch, task_state
 
+#: The wait's word for a task stopped at the search's rung it waits for (done for this wait).
+AT_RUNG = "at its rung"
+
 #: Seconds of observations the measured rate is taken over: long enough to span several
 #: epochs of a slow task, short enough to follow a queue that grows or shrinks.
 WINDOW_S = 1800.0
@@ -68,7 +71,7 @@ class Running:
 
 @dataclass(frozen=True)
 class Ended:
-    """A task that ended since the last poll: done, failed or cancelled."""
+    """A task that ended since the last poll: done, at its rung, failed or cancelled."""
 
     task_id: str
     how: str
@@ -88,7 +91,8 @@ class Snapshot:
 
     @property
     def done(self) -> int:
-        return self.counts.get(State.DONE, 0)
+        """Tasks this wait is over for: done, or stopped at the search's rung it waits for."""
+        return self.counts.get(State.DONE, 0) + self.counts.get(AT_RUNG, 0)
 
     def eta(self, now: float | None = None) -> float | None:
         """Seconds left (an estimate), counted down since the poll; None while unknown."""
@@ -116,7 +120,7 @@ class Tracker:
     def poll(self, view: Mapping[str, Held] | None = None, now: float | None = None) -> tuple[Snapshot, list[Ended]]:
         """The tasks' states now (`view`: what the backends hold, as service.held returns)."""
         now = time.time() if now is None else now
-        counts: dict[str, int] = {s: 0 for s in (*State, "cancelled")}
+        counts: dict[str, int] = {s: 0 for s in (*State, "cancelled", AT_RUNG)}
         running: list[Running] = []
         ended: list[Ended] = []
         completed = left = 0
@@ -129,24 +133,29 @@ class Tracker:
                 continue
             st = task_state(self.paths, task, view or {})
             how = st.state
-            if how == State.PENDING and self.held and self.last.get(tid) in (State.QUEUED, State.RUNNING,
-                                                                            "cancelled"):
-                how = "cancelled"
             tp = self.paths.task(tid)
+            # A search's stop request (rung.json) ends this wait for the task at that epoch.
+            target = min(task.epochs, stop_after(tp) or task.epochs)
+            epoch = None if how == State.DONE else epochs_done(tp, st.epoch)
+            if how == State.PENDING and target < task.epochs and (epoch or 0) >= target:
+                how, st.detail = AT_RUNG, f"epoch {target}"
+                self.finished[tid] = target
+            elif how == State.PENDING and self.held and self.last.get(tid) in (State.QUEUED, State.RUNNING,
+                                                                              "cancelled"):
+                how = "cancelled"
             if how == State.DONE:
                 self.finished[tid] = task.epochs
                 completed += task.epochs
             else:
-                epoch = epochs_done(tp, st.epoch)
                 done = epoch or 0
-                completed += min(done, task.epochs)
-                if how not in (State.FAILED, "cancelled"):
-                    left += max(task.epochs - done, 0)
+                completed += min(done, target)
+                if how not in (State.FAILED, "cancelled", AT_RUNG):
+                    left += max(target - done, 0)
                 if how == State.RUNNING:
                     running.append(Running(tid, epoch, task.epochs))
                     seed += _own_rate(tp, task.epochs)
             counts[how] += 1
-            if how in (State.DONE, State.FAILED, "cancelled") and self.last.get(tid) not in (None, how):
+            if how in (State.DONE, State.FAILED, "cancelled", AT_RUNG) and self.last.get(tid) not in (None, how):
                 ended.append(Ended(tid, how, st.detail))
             self.last[tid] = how
         rate = self._measure(now, completed)
@@ -160,6 +169,15 @@ class Tracker:
         if c1 <= c0 or t1 <= t0:
             return None
         return (c1 - c0) / (t1 - t0)
+
+
+def stop_after(tp: TaskPaths) -> int | None:
+    """The epoch a search asked the task to stop after (its rung.json), or None."""
+    try:
+        stop = json.loads(tp.rung.read_text()).get("stop_after")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stop if isinstance(stop, int) and not isinstance(stop, bool) and stop > 0 else None
 
 
 def _own_rate(tp: TaskPaths, epochs: int) -> float:

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.text import Text
 
 from hpcxfer.layout import StudyPaths
-from hpcxfer.progress import Ended, Snapshot, Tracker
+from hpcxfer.progress import AT_RUNG, Ended, Snapshot, Tracker
 from hpcxfer.states import State
 from hpcxfer.study import load_tasks
 from hpcxfer.terminal import NARROW, duration
@@ -63,7 +63,9 @@ def counts_text(snap: Snapshot) -> str:
     """`3 running, 2 queued, 1 failed, 4 cancelled`: what is not done, in words."""
     names = ((State.RUNNING, "running"), (State.QUEUED, "queued"), (State.PENDING, "waiting"),
              (State.FAILED, "failed"), ("cancelled", "cancelled"))
-    return ", ".join(f"{snap.counts[k]} {word}" for k, word in names if snap.counts.get(k))
+    words = ", ".join(f"{snap.counts[k]} {word}" for k, word in names if snap.counts.get(k))
+    rung = snap.counts.get(AT_RUNG)
+    return f"{rung} of them at their rung" + (f"; {words}" if words else "") if rung else words
 
 
 def running_lines(snap: Snapshot, limit: int = MAX_RUNNING) -> list[str]:
@@ -77,6 +79,8 @@ def running_lines(snap: Snapshot, limit: int = MAX_RUNNING) -> list[str]:
 
 
 def ended_line(e: Ended) -> str:
+    if e.how == AT_RUNG:
+        return f"{e.task_id} stopped at its rung ({e.detail})"
     detail = f": {' '.join(e.detail.split())[:200]}" if e.how == State.FAILED and e.detail else ""
     return f"{e.how} {e.task_id}{detail}"
 
@@ -200,7 +204,7 @@ class Waiting:
         if self.bar is not None:
             self.bar.update(self.bar_id, completed=snap.done)
             for e in ended:
-                if e.how != State.DONE:  # on a terminal the bar counts the done ones
+                if e.how not in (State.DONE, AT_RUNG):  # on a terminal the bar counts the done ones
                     self.bar.console.print(Text(ended_line(e), style="red" if e.how == State.FAILED else "yellow"),
                                            soft_wrap=True)
             return

@@ -81,6 +81,30 @@ def test_cancelled_tasks_are_never_counted_done(tmp_path):
     assert sorted(e.how for e in ended) == ["cancelled"] * 3 + ["done"]
 
 
+def test_a_search_wait_counts_tasks_at_their_rung_as_done_for_it(tmp_path):
+    """A search waits for members to reach a rung (rung.json), not their last epoch: one
+    stopped there is done for this wait, said once, and what is left counts to the rung."""
+    from hpcxfer.watch import counts_text, ended_line
+
+    paths, tasks = _study(tmp_path, 3)
+    a, b, c = tasks
+    for t in tasks:
+        paths.task(t.task_id).rung.write_text(json.dumps({"stop_after": 4}))
+    tracker = Tracker(paths, tasks, held=True)
+    from hpcxfer.states import Held, Hold
+
+    tracker.poll({t.task_id: Held(Hold.QUEUED, job=f"9[{i}]") for i, t in enumerate(tasks)}, now=1.0)
+    _mark(paths, a, 4, 1.5)  # a stopped at its rung (epoch 4) and left the scheduler
+    _hold(paths, b)
+    _mark(paths, b, 1, 1.5)
+    snap, ended = tracker.poll({b.task_id: Held(Hold.RUNNING, job="9[1]"), c.task_id: Held(Hold.QUEUED, job="9[2]")},
+                               now=2.0)
+    assert snap.done == 1 and snap.counts["cancelled"] == 0  # without rung.json a would read cancelled
+    assert snap.epochs_left == (4 - 1) + 4  # b and c to the rung, not to epoch 10
+    assert [ended_line(e) for e in ended] == [f"{a.task_id} stopped at its rung (epoch 4)"]
+    assert counts_text(snap) == "1 of them at their rung; 1 running, 1 queued"
+
+
 def test_a_running_task_shows_its_epoch_from_progress_json(tmp_path, capsys):
     paths, tasks = _study(tmp_path, 2)
     t = tasks[0]
