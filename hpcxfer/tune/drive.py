@@ -113,10 +113,6 @@ class Outcome:
 def run(grid_file: str, backend: str | None, root: str | None, report: service.Reporter) -> Outcome:
     """Run (or resume) the search of a grid to its end, waiting for each rung."""
     req = service.prepare(grid_file, backend, root)
-    # Every member alone: a protocol group would share one checkpoint across candidates
-    # that a rung's decision separates.
-    runtime = req.grid.runtime.model_copy(update={"group_max": 1})
-    req = dataclasses.replace(req, grid=req.grid.model_copy(update={"runtime": runtime}))
     search = resolve(req.grid, req.tasks)
     by_size = candidates(req.tasks)
     pretrain = [t for t in req.tasks if t.stage == "pretrain"]

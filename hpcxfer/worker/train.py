@@ -133,7 +133,7 @@ def train_unit(folder: TaskPaths | GroupPaths, identity: dict, todo: Sequence[Ta
     part of it); `trainer_for` steps them, built once the checkpoint is restored. Writes and
     returns each member's result (with `info` added). A task alone is a unit of one."""
     gen = torch.Generator().manual_seed(learners[0].task.seed)
-    ckpt = Checkpointer(folder, identity, gen, runtime.checkpoint_minutes, stop, contents, restore)
+    ckpt = Checkpointer(folder, identity, gen, runtime.checkpoint_minutes, stop, contents, restore, todo)
     pos = ckpt.resume()
     trainer = trainer_for(pos)
     records = [Records(tp, runtime, pos.epoch) for tp in todo]
