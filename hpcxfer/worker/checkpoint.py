@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 #: What a group's checkpoint shares among its members; the rest is each member's own.
 SHARED = ("rng", "epoch", "step", "order", "train_s", "restarts", "wall_s")
+#: The generators that training draws from (the data order and augmentation, dropout on the
+#: CPU or the GPU); numpy's and Python's are saved too, but nothing in a step draws from
+#: them and each process starts them from the OS's entropy, so members may differ there.
+DRAWN = ("torch", "data", "cuda")
 #: An epoch end is "cheap" to checkpoint when the last save took at most this share of
 #: the time since the save before it.
 CHEAP_SAVE = 0.05
@@ -190,6 +194,11 @@ def save(paths: Paths, state: dict) -> float:
     return time.perf_counter() - began
 
 
+def drawn(rng: dict) -> dict:
+    """The part of an `rng_state` that training draws from (`DRAWN`)."""
+    return {k: v for k, v in rng.items() if k in DRAWN}
+
+
 def member_state(group: dict, task_id: str) -> dict:
     """A member's part of a group's checkpoint as its run alone would have saved it at the
     same position: its task identity, config and model state, with the group's shared part."""
@@ -223,7 +232,7 @@ def compose(gp: GroupPaths, identity: dict, members: Sequence[tuple[TaskPaths, d
                 f"{tp.checkpoint}: member {tp.task_id} stands at epoch {state['epoch']} step {state['step']}, "
                 f"{first_tp.task_id} at epoch {first['epoch']} step {first['step']}; a group starts its members "
                 f"at one epoch boundary (`hpcxfer submit` runs such tasks apart)")
-        if digest(state["rng"]) != digest(first["rng"]) or digest(state["order"]) != digest(first["order"]):
+        if digest(drawn(state["rng"])) != digest(drawn(first["rng"])) or state["order"] is not None:
             raise CheckpointError(
                 f"{tp.checkpoint}: member {tp.task_id}'s random state (data order, augmentation, dropout) differs "
                 f"from {first_tp.task_id}'s at epoch {state['epoch']}; refusing to train them on one stream of "
