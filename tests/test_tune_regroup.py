@@ -159,6 +159,13 @@ def test_a_search_regroups_survivors_of_different_groups(tmp_path, cli):
     rung0, rung1 = (read_json(paths.rung_decision(i))["sizes"]["10"] for i in (0, 1))
     survivors = [s["tasks"] for s in rung0 if s["kept"]]
     finalists = next(s["tasks"] for s in rung1 if s["kept"])
+    for s in rung0 + rung1:
+        if not s["kept"]:  # pruned: stopped at its rung with its own checkpoint, not failed
+            for t in s["tasks"]:
+                tp = paths.task(t)
+                assert tp.checkpoint.exists() and not tp.result.exists() and not tp.failed.exists()
+                rung = read_json(tp.pruned)["epoch"]
+                assert [r["epoch"] for r in iter_jsonl(tp.metrics)] == list(range(1, rung + 1))
     groups = _groups(paths)
     # rung 0 ran in groups of two; its two survivors came from different groups of a split,
     # and trained on to rung 1 in one group of both
@@ -166,11 +173,6 @@ def test_a_search_regroups_survivors_of_different_groups(tmp_path, cli):
         assert {a, b} in groups, (a, b, groups)
         assert len([g for g in groups if a in g]) == 2  # its group at rung 0, without b, and {a, b}
     assert all(len(g) == 2 for g in groups)
-    for s in rung0 + rung1:
-        if not s["kept"]:  # pruned: stopped at its rung with its own checkpoint, not failed
-            for t in s["tasks"]:
-                tp = paths.task(t)
-                assert tp.checkpoint.exists() and not tp.result.exists() and not tp.failed.exists()
     assert not list(paths.groups_dir.rglob("checkpoint*"))  # every group split or finished
 
     # the finalists' records are those of their tasks run alone, bit for bit

@@ -185,7 +185,7 @@ def save(paths: Paths, state: dict) -> float:
         os.replace(paths.checkpoint, paths.checkpoint_prev)
     os.replace(paths.checkpoint_new, paths.checkpoint)
     fsync_dir(paths.dir)
-    if isinstance(paths, TaskPaths):
+    if isinstance(paths, TaskPaths) and "epoch" in state and "step" in state:
         # Written after the rename: a crash between the two leaves a stale position, whose
         # bytes and mtime no longer match checkpoint.pt's, which submit then distrusts.
         st = paths.checkpoint.stat()
