@@ -101,13 +101,16 @@ class Checkpointer:
     of what: the position, every random generator, restarts and wall time. `contents()`
     gives the models' part, `restore(state)` puts it back. `paths` is a task's or a group's
     (anything with .checkpoint, .checkpoint_prev and .dir); `identity` is checked on load;
-    `members` are the tasks it trains (a group's are split at a rung)."""
+    `members` are the tasks it trains (a group's are split at a rung); `start` is where a
+    group without a checkpoint starts (`compose`), whose first save replaces the members'
+    own checkpoints."""
 
     def __init__(self, paths: Paths, identity: dict, gen: torch.Generator, minutes: float,
                  stop: StopFlag | None, contents: Callable[[], dict], restore: Callable[[dict], None],
-                 members: Sequence[TaskPaths] = ()):
+                 members: Sequence[TaskPaths] = (), start: dict | None = None):
         self.paths, self.identity, self.gen, self.stop = paths, identity, gen, stop
         self.members = list(members) or ([paths] if isinstance(paths, TaskPaths) else [])
+        self.start = start
         self.contents, self.restore = contents, restore
         self.interval = minutes * 60
         self.last_at = time.monotonic()
@@ -121,6 +124,10 @@ class Checkpointer:
     def resume(self) -> Position:
         """Restore the newest checkpoint; its position, or epoch 0."""
         state = load_latest(self.paths, self.identity)
+        if state is None:
+            state = self.start
+        else:
+            self.start = None  # the group's checkpoint is newer than its members' own
         if state is None:
             return Position(epoch=0)
         self.restore(state)
@@ -140,6 +147,10 @@ class Checkpointer:
         }
         self.cost = save(self.paths, state)
         self.last_at = time.monotonic()
+        if self.start is not None:  # the group's checkpoint holds what the members' own held
+            for tp in self.members:
+                remove(tp)
+            self.start = None
         return state
 
     def after_step(self, pos: Position) -> None:
@@ -214,11 +225,12 @@ def split(gp: GroupPaths, state: dict, members: Sequence[TaskPaths]) -> None:
     log.info("%s: split into its members' own checkpoints at epoch %d", gp.group_id, state["epoch"])
 
 
-def compose(gp: GroupPaths, identity: dict, members: Sequence[tuple[TaskPaths, dict]], mode: str) -> None:
-    """Start group `gp` from its members' own checkpoints (`members`: each member's paths
-    and task identity): written as the group's checkpoint, then theirs removed. They must
-    all stand at one epoch boundary (step 0) with one shared random state (the data order
-    and augmentation, dropout): then the group's steps are each member's own steps."""
+def compose(gp: GroupPaths, identity: dict, members: Sequence[tuple[TaskPaths, dict]], mode: str) -> dict:
+    """The state of group `gp` (`identity`) that its members' own checkpoints make up
+    (`members`: each member's paths and task identity), to start from as if it were the
+    group's checkpoint (`Checkpointer`'s `start`). They must all stand at one epoch
+    boundary (step 0) with one random state that training draws from (the data order and
+    augmentation, dropout): then the group's steps are each member's own steps."""
     states = []
     for tp, task in members:
         state = load_latest(tp, task)
@@ -243,10 +255,8 @@ def compose(gp: GroupPaths, identity: dict, members: Sequence[tuple[TaskPaths, d
              **{k: first[k] for k in SHARED},
              # one clock for the group: the members' longest, resumed the most
              "restarts": max(s["restarts"] for _, s in states), "wall_s": max(s["wall_s"] for _, s in states)}
-    save(gp, group)
-    for tp, _ in states:
-        remove(tp)
     log.info("%s: composed from %d members' own checkpoints at epoch %d", gp.group_id, len(states), first["epoch"])
+    return group
 
 
 def _load_one(path: Path, identity: dict, what: str) -> dict:

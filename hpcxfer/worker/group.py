@@ -109,22 +109,22 @@ def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> 
     return data, learners
 
 
-def _start(gp: GroupPaths, identity: dict, todo: list[TaskPaths], tasks: list[Task], mode: str) -> None:
-    """Where a group without a checkpoint of its own starts: at epoch 0 when no member has
-    progress, or from its members' own checkpoints when all have one (a search's
-    survivors, split at a rung: `checkpoint.compose` checks they stand at one epoch
-    boundary in one random state). Never from epoch 0 over a member's progress."""
+def _start(gp: GroupPaths, identity: dict, todo: list[TaskPaths], tasks: list[Task], mode: str) -> dict | None:
+    """Where a group without a checkpoint of its own starts: at epoch 0 (None) when no
+    member has progress, or the state its members' own checkpoints make up when all have
+    one (a search's survivors, split at a rung: `checkpoint.compose` checks they stand at
+    one epoch boundary in one random state). Never from epoch 0 over a member's progress."""
     if any(p.exists() for p in (gp.checkpoint, gp.checkpoint_new, gp.checkpoint_prev)):
-        return  # the group's checkpoint holds its members' progress
+        return None  # the group's checkpoint holds its members' progress
     own = [tp for tp in todo if any(p.exists() for p in (tp.checkpoint, tp.checkpoint_new, tp.checkpoint_prev))]
     if not own:
-        return
+        return None
     if len(own) < len(todo):
         tp = own[0]
         raise CheckpointError(f"{tp.checkpoint}: member {tp.task_id} has a checkpoint of its run alone, which "
                               f"this new group would throw away; `hpcxfer submit` runs it alone from there "
                               f"(or remove it to train the member in this group from epoch 0)")
-    checkpoint.compose(gp, identity, [(tp, t.identity()) for tp, t in zip(todo, tasks)], mode)
+    return checkpoint.compose(gp, identity, [(tp, t.identity()) for tp, t in zip(todo, tasks)], mode)
 
 
 def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: list[TaskPaths],
@@ -139,7 +139,7 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     data, learners = prepare_group(study, tasks, configs)
     mode = _mode(runtime, data.device, learners)
     identity = {"group_id": gp.group_id, "members": members}
-    _start(gp, identity, todo, tasks, mode)
+    start = _start(gp, identity, todo, tasks, mode)
     trainer: Trainer | None = None  # built after the resume: fused mode stacks what it restored
 
     def contents() -> dict:
@@ -176,10 +176,10 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
         log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
                  data.device, data.precision.name, pos.epoch, pos.step)
         for tp in todo:
-            if tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
+            if start is None and tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
                 log.info("%s: its own checkpoint is not used; the group trains it from the group's position and "
                          "removes that checkpoint when done", tp.task_id)
         return trainer
 
     return train_unit(gp, identity, todo, learners, data, runtime, stop, contents, restore, trainer_for,
-                      {"group": gp.group_id})
+                      {"group": gp.group_id}, start)
