@@ -77,6 +77,17 @@ def test_submit_groups_tasks_whose_checkpoints_stand_at_one_epoch_boundary(tmp_p
     assert boundary(paths.task(m[1].task_id)) is None
 
 
+def test_a_group_stops_at_its_members_earliest_stop_request(tmp_path):
+    paths = StudyPaths(tmp_path)
+    early, late, none = (paths.task(f"ft-{name}") for name in ("early", "late", "none"))
+    for tp, stop in ((early, 1), (late, 2)):
+        tp.dir.mkdir(parents=True)
+        atomic_write_json(tp.rung, {"stop_after": stop})
+    assert [checkpoint.rung_reached([late, early, none], e) for e in (0, 1, 2)] == [False, True, True]
+    assert [checkpoint.rung_reached([late, none], e) for e in (1, 2, 3)] == [False, True, True]
+    assert not checkpoint.rung_reached([none], 5)
+
+
 @pytest.mark.slow
 def test_a_group_split_at_a_rung_regroups_with_another_groups_member(tmp_path):
     runtime = {"group_mode": "looped", "group_max": 0}
