@@ -1,9 +1,12 @@
 """Where a study's progress lives on disk, for regrouping and for the disk it takes.
 
 A checkpoint holds work that is not to be thrown away: a protocol group's (of every
-unfinished member at one shared position) or a task's own (from a run alone). Submit keeps
-each such unit as it is (`resumable`, for hpcxfer/grid/groups.py `units`), and removes the
-group checkpoints that no unfinished member needs any more (`remove_leftovers`), whose
+unfinished member at one shared position) or a task's own (from a run alone, or split from
+its group at a search's rung). Submit keeps a group with a checkpoint as it is, groups the
+tasks whose own checkpoints stand at one epoch boundary with each other (the worker starts
+their group from those checkpoints), and runs a task alone whose checkpoint stands
+mid-epoch or cannot be placed (`resumable`, for hpcxfer/grid/groups.py `units`). It removes
+the group checkpoints that no unfinished member needs any more (`remove_leftovers`), whose
 bytes `status` reports (`leftover_bytes`).
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hpcxfer.errors import StudyError
+from hpcxfer.fileio import read_json
 from hpcxfer.grid.groups import Group
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
@@ -27,6 +31,23 @@ def checkpoint_bytes(wp: TaskPaths | GroupPaths) -> int:
         except OSError:
             continue
     return total
+
+
+def boundary(tp: TaskPaths) -> int | None:
+    """The epoch boundary at which a task's own checkpoint stands (its step 0), read from the
+    position written beside it, which must still describe that very file (its bytes and
+    mtime); None when it stands mid-epoch, or where it stands is not known for sure."""
+    try:
+        pos = read_json(tp.checkpoint_position)
+        st = tp.checkpoint.stat()
+    except (OSError, ValueError):
+        return None
+    if tp.checkpoint_new.exists() or not isinstance(pos, dict):
+        return None  # a save was cut between its renames: the newest is the .new one
+    if (pos.get("bytes"), pos.get("mtime_ns"), pos.get("step")) != (st.st_size, st.st_mtime_ns, 0):
+        return None
+    epoch = pos.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def checkpointed_groups(paths: StudyPaths) -> list[Group]:
@@ -52,11 +73,14 @@ def _holders(groups: list[Group]) -> dict[str, str]:
     return out
 
 
-def resumable(paths: StudyPaths, tasks: list[Task], todo: list[Task]) -> tuple[tuple[Group, ...], frozenset[str]]:
+def resumable(paths: StudyPaths, tasks: list[Task],
+              todo: list[Task]) -> tuple[tuple[Group, ...], frozenset[str], dict[str, int]]:
     """What of `todo` (the grid's `tasks` left to run) has progress on disk: the groups
     that run again as they are (each holds the checkpoint of its unfinished members, and
-    all of those that the grid names are left to run), and the tasks with a checkpoint of
-    their own run alone. Both go to `groups.units` as `kept` and `alone`."""
+    all of those that the grid names are left to run), the tasks whose own checkpoint
+    stands mid-epoch or at an unknown place (run alone), and the epoch boundary of each
+    task whose own checkpoint stands at one (grouped with tasks at that boundary). They go
+    to `groups.units` as `kept`, `alone` and `starts`."""
     groups = checkpointed_groups(paths)
     holder = _holders(groups)
     wanted = {t.task_id for t in todo}
@@ -68,8 +92,17 @@ def resumable(paths: StudyPaths, tasks: list[Task], todo: list[Task]) -> tuple[t
         if mine and not others:  # a member queued, running or held by a newer group: not this group's to run
             kept.append(g)
     held = {m for g in kept for m in g.members}
-    alone = frozenset(t.task_id for t in todo if t.task_id not in held and checkpoint_bytes(paths.task(t.task_id)))
-    return tuple(kept), alone
+    alone, starts = set(), {}
+    for t in todo:
+        tp = paths.task(t.task_id)
+        if t.task_id in held or not checkpoint_bytes(tp):
+            continue
+        epoch = boundary(tp)
+        if epoch is None:
+            alone.add(t.task_id)
+        else:
+            starts[t.task_id] = epoch
+    return tuple(kept), frozenset(alone), starts
 
 
 def leftover_groups(paths: StudyPaths, states: Iterable[TaskState] = ()) -> list[GroupPaths]:

@@ -27,6 +27,7 @@
             running.json      the task's lock: host, pid and start time of the process
                               running it, touched as a heartbeat (hpcxfer.locks)
             checkpoint.pt     the newest checkpoint (checkpoint.prev.pt: the one before)
+            checkpoint.json   where checkpoint.pt stands (epoch, step), read without torch
             model.pt          a pre-training task's final weights, which fine-tuning loads
             log.txt           the worker's log
             tb/               TensorBoard scalars
@@ -107,6 +108,12 @@ class TaskPaths(_WorkerPaths):
     @property
     def result(self) -> Path:
         return self.dir / "result.json"
+
+    @property
+    def checkpoint_position(self) -> Path:
+        """{"epoch", "step", "bytes", "mtime_ns"} of the checkpoint.pt it was written beside:
+        where a task's own checkpoint stands, for submit, which does not load torch."""
+        return self.dir / "checkpoint.json"
 
     @property
     def progress(self) -> Path:

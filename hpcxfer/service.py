@@ -181,10 +181,11 @@ def decide(req: Request, holding: dict[str, Held]) -> Plan:
     # A task a search pruned is trained on by a plain submit, like any interrupted task.
     todo = [t for t in tasks if states[t.task_id].state in ("pending", "failed", "pruned")]
     # Protocol groups are formed from what is left to run: a finished member is never rerun,
-    # and a unit holding a checkpoint (a group's, a task's alone) runs again as it is.
-    kept, alone = resumable(paths, tasks, todo)
+    # a unit holding a checkpoint (a group's, a task's mid-epoch) runs again as it is, and
+    # tasks whose own checkpoints stand at one epoch boundary may group.
+    kept, alone, starts = resumable(paths, tasks, todo)
     todo_units, groups = make_units(todo, req.grid.runtime.group_max, req.backend.device_memory_gb(req.grid),
-                                    kept, alone)
+                                    kept, alone, starts)
     return Plan(paths, req.backend.name, tasks, states, todo, todo_units, groups)
 
 

@@ -167,7 +167,7 @@ def _decided_study(tmp_path, write_grid):
     from hpcxfer import service
     from hpcxfer.fileio import append_jsonl
     from hpcxfer.tune import record
-    from hpcxfer.tune.drive import Driver, searchable
+    from hpcxfer.tune.drive import Driver
     from hpcxfer.tune.settings import resolve
 
     grid = write_grid(SEARCH)
@@ -177,7 +177,7 @@ def _decided_study(tmp_path, write_grid):
     record.write(req, search)
     for i, t in enumerate(t for t in req.tasks if t.stage == "finetune"):
         append_jsonl(paths.task(t.task_id).metrics, {"epoch": 1, "val_acc": 0.1 * (i + 1), "val_loss": 1.0})
-    return grid, paths, Driver(searchable(req), search, "tune")
+    return grid, paths, Driver(req, search, "tune")
 
 
 def tree(path: Path) -> dict[str, int]:

@@ -83,18 +83,22 @@ def unit_done(study: StudyPaths, unit_id: str) -> bool:
 
 
 def stopped_at_rung(study: StudyPaths, unit_id: str) -> bool:
-    """Whether the unit checkpointed because a search asked it to stop at a rung (every
-    member's `rung.json` names an epoch it has reached): that is no preemption to requeue,
-    the search's promotion job takes it on (hpcxfer/tune/)."""
+    """Whether the unit checkpointed because a search asked it to stop at a rung (a member's
+    `rung.json` names an epoch it has reached: a group stops at its members' earliest stop
+    request, hpcxfer/worker/group.py): that is no preemption to requeue, the search's
+    promotion job takes it on (hpcxfer/tune/)."""
     try:
         members = read_group(study, unit_id).members if is_group_id(unit_id) else (unit_id,)
-        for m in members:
-            tp = study.task(m)
-            if (last_epoch(tp) or 0) < int(read_json(tp.rung)["stop_after"]):
-                return False
-    except (StudyError, OSError, ValueError, KeyError, TypeError):
+    except (StudyError, OSError, ValueError):
         return False
-    return True
+    for m in members:
+        tp = study.task(m)
+        try:
+            if (last_epoch(tp) or 0) >= int(read_json(tp.rung)["stop_after"]):
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return False
 
 
 def element_id(environ: dict[str, str]) -> str:

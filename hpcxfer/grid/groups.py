@@ -15,13 +15,17 @@ a grid that later adds protocols to a cell forms a new group of what is left to 
 
 Except what has progress to lose: a group that holds a checkpoint of unfinished members
 stays as it is (all its members share one position in one stream of batches, which a
-member added at epoch 0 cannot join), and so does a task with a checkpoint of its own run
-alone (`units`' `kept` and `alone`, read off the study by hpcxfer/study.py).
+member added at epoch 0 cannot join), and so does a task whose own checkpoint stands
+mid-epoch (`units`' `kept` and `alone`, read off the study by hpcxfer/checkpoints.py).
+Tasks whose own checkpoints stand at an epoch boundary (a search's survivors, split from
+their groups at a rung) group with the tasks at the same boundary (`starts`): the worker
+starts such a group from its members' own checkpoints.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hpcxfer.grid.task import Task
@@ -102,16 +106,19 @@ def is_group_id(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def make_groups(tasks: list[Task], group_max: int, device_gb: float | None = None) -> list[Task | Group]:
+def make_groups(tasks: list[Task], group_max: int, device_gb: float | None = None,
+                starts: Mapping[str, int] | None = None) -> list[Task | Group]:
     """The units to run, in the order of `tasks`: a Group for every set of two or more
-    fine-tuning tasks with one `group_key` (split into groups of at most `group_max`), the
-    task itself otherwise. group_max 1 runs every task alone; 0 sizes groups to the
-    device's memory (`auto_max`)."""
+    fine-tuning tasks with one `group_key` that start at one epoch (`starts`: a task's
+    epoch boundary, 0 if not named), split into groups of at most `group_max`, the task
+    itself otherwise. group_max 1 runs every task alone; 0 sizes groups to the device's
+    memory (`auto_max`)."""
     limit = group_max or (auto_max(tasks[0].arch, device_gb) if tasks else AUTO_MAX)
+    starts = starts or {}
     by_key: dict[tuple, list[Task]] = {}
     for t in tasks:
         if t.stage == "finetune" and limit > 1:
-            by_key.setdefault(group_key(t), []).append(t)
+            by_key.setdefault((group_key(t), starts.get(t.task_id, 0)), []).append(t)
     first_of: dict[str, Task | Group] = {}
     for members in by_key.values():
         for i in range(0, len(members), limit):
@@ -130,13 +137,15 @@ def make_groups(tasks: list[Task], group_max: int, device_gb: float | None = Non
 
 
 def units(tasks: list[Task], group_max: int, device_gb: float | None = None, kept: tuple[Group, ...] = (),
-          alone: frozenset[str] = frozenset()) -> tuple[list[Unit], list[Group]]:
+          alone: frozenset[str] = frozenset(),
+          starts: Mapping[str, int] | None = None) -> tuple[list[Unit], list[Group]]:
     """`make_groups` as what backends schedule: (the units in order, the groups among them).
 
     Regrouping never throws progress away: the `kept` groups (each holding a checkpoint of
     its unfinished members) run again as they are, and the tasks in `alone` (each with a
-    checkpoint of its own run alone) run alone; only the rest of `tasks` is grouped anew.
-    A unit stands where its first task stands in `tasks`."""
+    checkpoint of its own that stands mid-epoch) run alone; the rest of `tasks` is grouped
+    anew, a task with its own checkpoint at an epoch boundary (`starts`) only with tasks at
+    that boundary. A unit stands where its first task stands in `tasks`."""
     by_id = {t.task_id: t for t in tasks}
     place = {t.task_id: i for i, t in enumerate(tasks)}
     held = {m: g for g in kept for m in g.members if m in by_id}
@@ -147,7 +156,7 @@ def units(tasks: list[Task], group_max: int, device_gb: float | None = None, kep
         deps = tuple(sorted({d for m in present for d in by_id[m].depends_on}))
         placed.append((min(place[m] for m in present), Unit(g.group_id, "finetune", deps, g.members), g))
     placed += [(place[t], Unit.of_task(by_id[t]), None) for t in alone if t in by_id and t not in held]
-    for u in make_groups(rest, group_max, device_gb):
+    for u in make_groups(rest, group_max, device_gb, starts):
         if isinstance(u, Group):
             deps = tuple(sorted({d for m in u.members for d in by_id[m].depends_on}))
             placed.append((place[u.members[0]], Unit(u.group_id, "finetune", deps, u.members), u))

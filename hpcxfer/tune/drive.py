@@ -214,15 +214,6 @@ class Driver:
         return Step(state.decided, index, target, members, behind, final=index == len(search.rungs), ended=ended)
 
 
-def searchable(req: service.Request) -> service.Request:
-    """The request a search submits."""
-    # Every member its own worker: a protocol group would share one checkpoint across
-    # candidates that a rung's decision separates.
-    req = dataclasses.replace(req, grid=req.grid.model_copy(update={
-        "runtime": req.grid.runtime.model_copy(update={"group_max": 1})}))
-    return req
-
-
 def advance(req: service.Request, search: Search, report: service.Reporter, wait: bool = False,
             by: str = "tune") -> Step:
     """One step of the search (see the module's docstring), by `by` (who it records as

@@ -24,7 +24,7 @@ from hpcxfer.layout import StudyPaths
 from hpcxfer.locks import submit_lock
 from hpcxfer.procs import ProcessId
 from hpcxfer.tune import record
-from hpcxfer.tune.drive import LOCK_WAIT_S, Step, advance, run, searchable
+from hpcxfer.tune.drive import LOCK_WAIT_S, Step, advance, run
 from hpcxfer.tune.settings import Search, resolve
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def begin(grid_file: str, backend: str | None, root: str | None) -> tuple[servic
 
     check_inputs(req.grid, req.tasks)
     record.write(req, search)
-    return searchable(req), search
+    return req, search
 
 
 def preview(grid_file: str, backend: str | None, root: str | None) -> list[str]:
@@ -136,7 +136,6 @@ def _main(argv: list[str]) -> int:
     drive = "--drive" in argv[1:]
     try:
         req, search = record.load(argv[0])
-        req = searchable(req)
         if drive:
             outcome = run(req, search, LogReport(), by="local driver")
             log.info("search %s: %d finalists, %d not finished", "ended" if outcome.step and outcome.step.ended

@@ -7,7 +7,13 @@ training loss, the resolved config and a format version. Written to a temporary 
 the task folder, fsynced, renamed; the previous checkpoint is kept until the new one is
 complete, and is the fallback when the newest is truncated or corrupt. A protocol group
 keeps one such checkpoint of all its members in its own folder (`GroupPaths`): every
-function here takes a task's paths or a group's.
+function here takes a task's paths or a group's. A task's checkpoint has a small
+`checkpoint.json` beside it (its epoch and step), which submit reads without torch.
+
+At a search's rung a group's checkpoint is split into its members' own (`split`: each
+exactly what the member's run alone writes there), and a new group starts from its
+members' own checkpoints when they stand at one epoch boundary in one random state
+(`compose`): survivors of different groups train on together.
 
 The policy lives here too: `Checkpointer` (timm's CheckpointSaver is the shape) resumes
 from the newest checkpoint, saves on a time cadence and at cheap epoch ends, and on a stop
@@ -22,7 +28,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +36,7 @@ import numpy as np
 import torch
 
 from hpcxfer.errors import CheckpointError
-from hpcxfer.fileio import atomic_write_bytes, fsync_dir, read_json
+from hpcxfer.fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from hpcxfer.layout import GroupPaths, TaskPaths
 from hpcxfer.worker.signals import Interrupted, StopFlag
 
@@ -39,6 +45,12 @@ Paths = TaskPaths | GroupPaths
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
+#: What a group's checkpoint shares among its members; the rest is each member's own.
+SHARED = ("rng", "epoch", "step", "order", "train_s", "restarts", "wall_s")
+#: The generators that training draws from (the data order and augmentation, dropout on the
+#: CPU or the GPU); numpy's and Python's are saved too, but nothing in a step draws from
+#: them and each process starts them from the OS's entropy, so members may differ there.
+DRAWN = ("torch", "data", "cuda")
 #: An epoch end is "cheap" to checkpoint when the last save took at most this share of
 #: the time since the save before it.
 CHEAP_SAVE = 0.05
@@ -64,30 +76,41 @@ class RungReached(Interrupted):
         self.signum, self.epoch, self.step = 0, epoch, 0
 
 
-def rung_reached(paths: Paths, epoch: int) -> bool:
-    """Whether a search asked this task to stop after `epoch` (hpcxfer/tune/drive.py); a
-    group is never stopped at a rung (a search runs every member alone)."""
-    if not isinstance(paths, TaskPaths):
-        return False
+def stop_after(paths: TaskPaths) -> int | None:
+    """The epoch after which a search asked this task to stop (hpcxfer/tune/drive.py), if any."""
     try:
         stop = read_json(paths.rung)["stop_after"]
     except FileNotFoundError:
-        return False
+        return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("%s: ignored (%s)", paths.rung, e)
-        return False
-    return isinstance(stop, int) and not isinstance(stop, bool) and epoch >= stop
+        return None
+    return stop if isinstance(stop, int) and not isinstance(stop, bool) else None
+
+
+def rung_reached(members: Sequence[TaskPaths], epoch: int) -> bool:
+    """Whether a search asked any of `members` (a task alone, or a group's unfinished
+    members) to stop after `epoch` or earlier. A group stops at its earliest request: a
+    stop request promises the state at that epoch, and a member that asked for none
+    loses nothing by a split (its own checkpoint resumes it exactly)."""
+    return any(stop is not None and epoch >= stop for stop in map(stop_after, members))
 
 
 class Checkpointer:
     """When to save (a time cadence, cheap epoch ends, a stop request), and the shared part
     of what: the position, every random generator, restarts and wall time. `contents()`
     gives the models' part, `restore(state)` puts it back. `paths` is a task's or a group's
-    (anything with .checkpoint, .checkpoint_prev and .dir); `identity` is checked on load."""
+    (anything with .checkpoint, .checkpoint_prev and .dir); `identity` is checked on load;
+    `members` are the tasks it trains (a group's are split at a rung); `start` is where a
+    group without a checkpoint starts (`compose`), whose first save replaces the members'
+    own checkpoints."""
 
     def __init__(self, paths: Paths, identity: dict, gen: torch.Generator, minutes: float,
-                 stop: StopFlag | None, contents: Callable[[], dict], restore: Callable[[dict], None]):
+                 stop: StopFlag | None, contents: Callable[[], dict], restore: Callable[[dict], None],
+                 members: Sequence[TaskPaths] = (), start: dict | None = None):
         self.paths, self.identity, self.gen, self.stop = paths, identity, gen, stop
+        self.members = list(members) or ([paths] if isinstance(paths, TaskPaths) else [])
+        self.start = start
         self.contents, self.restore = contents, restore
         self.interval = minutes * 60
         self.last_at = time.monotonic()
@@ -102,6 +125,10 @@ class Checkpointer:
         """Restore the newest checkpoint; its position, or epoch 0."""
         state = load_latest(self.paths, self.identity)
         if state is None:
+            state = self.start
+        else:
+            self.start = None  # the group's checkpoint is newer than its members' own
+        if state is None:
             return Position(epoch=0)
         self.restore(state)
         set_rng_state(state["rng"], self.gen)
@@ -111,13 +138,20 @@ class Checkpointer:
                  self.restarts)
         return pos
 
-    def save(self, pos: Position) -> None:
-        self.cost = save(self.paths, {
+    def save(self, pos: Position) -> dict:
+        """Save the state at `pos`; the state saved."""
+        state = {
             "task": self.identity, **self.contents(),
             "rng": rng_state(self.gen), "epoch": pos.epoch, "step": pos.step, "order": pos.order,
             "train_s": pos.seconds, "restarts": self.restarts, "wall_s": self.wall(),
-        })
+        }
+        self.cost = save(self.paths, state)
         self.last_at = time.monotonic()
+        if self.start is not None:  # the group's checkpoint holds what the members' own held
+            for tp in self.members:
+                remove(tp)
+            self.start = None
+        return state
 
     def after_step(self, pos: Position) -> None:
         if self.stop:
@@ -127,8 +161,10 @@ class Checkpointer:
             self.try_save(pos)
 
     def epoch_end(self, pos: Position) -> None:
-        if rung_reached(self.paths, pos.epoch):
-            self.save(pos)
+        if rung_reached(self.members, pos.epoch):
+            state = self.save(pos)  # a group's first: a crash during the split loses nothing
+            if isinstance(self.paths, GroupPaths):
+                split(self.paths, state, self.members)
             raise RungReached(pos.epoch)
         since = time.monotonic() - self.last_at
         if since >= self.interval or self.cost <= CHEAP_SAVE * since:
@@ -160,7 +196,67 @@ def save(paths: Paths, state: dict) -> float:
         os.replace(paths.checkpoint, paths.checkpoint_prev)
     os.replace(paths.checkpoint_new, paths.checkpoint)
     fsync_dir(paths.dir)
+    if isinstance(paths, TaskPaths) and "epoch" in state and "step" in state:
+        # Written after the rename: a crash between the two leaves a stale position, whose
+        # bytes and mtime no longer match checkpoint.pt's, which submit then distrusts.
+        st = paths.checkpoint.stat()
+        atomic_write_json(paths.checkpoint_position, {"epoch": state["epoch"], "step": state["step"],
+                                                      "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
     return time.perf_counter() - began
+
+
+def drawn(rng: dict) -> dict:
+    """The part of an `rng_state` that training draws from (`DRAWN`)."""
+    return {k: v for k, v in rng.items() if k in DRAWN}
+
+
+def member_state(group: dict, task_id: str) -> dict:
+    """A member's part of a group's checkpoint as its run alone would have saved it at the
+    same position: its task identity, config and model state, with the group's shared part."""
+    return {**group["members"][task_id], **{k: group[k] for k in SHARED}}
+
+
+def split(gp: GroupPaths, state: dict, members: Sequence[TaskPaths]) -> None:
+    """Write each member's part of the group's `state` as that member's own checkpoint
+    (each atomically), then remove the group's: the members go on apart, or regrouped."""
+    for tp in members:
+        save(tp, member_state(state, tp.task_id))
+    remove(gp)
+    log.info("%s: split into its members' own checkpoints at epoch %d", gp.group_id, state["epoch"])
+
+
+def compose(gp: GroupPaths, identity: dict, members: Sequence[tuple[TaskPaths, dict]], mode: str) -> dict:
+    """The state of group `gp` (`identity`) that its members' own checkpoints make up
+    (`members`: each member's paths and task identity), to start from as if it were the
+    group's checkpoint (`Checkpointer`'s `start`). They must all stand at one epoch
+    boundary (step 0) with one random state that training draws from (the data order and
+    augmentation, dropout): then the group's steps are each member's own steps."""
+    states = []
+    for tp, task in members:
+        state = load_latest(tp, task)
+        if state is None:
+            raise CheckpointError(f"{tp.dir}: member {tp.task_id}'s checkpoint disappeared while its group started")
+        states.append((tp, state))
+    first_tp, first = states[0]
+    for tp, state in states:
+        if state["step"] != 0 or state["epoch"] != first["epoch"] or first["step"] != 0:
+            raise CheckpointError(
+                f"{tp.checkpoint}: member {tp.task_id} stands at epoch {state['epoch']} step {state['step']}, "
+                f"{first_tp.task_id} at epoch {first['epoch']} step {first['step']}; a group starts its members "
+                f"at one epoch boundary (`hpcxfer submit` runs such tasks apart)")
+        if digest(drawn(state["rng"])) != digest(drawn(first["rng"])) or state["order"] is not None:
+            raise CheckpointError(
+                f"{tp.checkpoint}: member {tp.task_id}'s random state (data order, augmentation, dropout) differs "
+                f"from {first_tp.task_id}'s at epoch {state['epoch']}; refusing to train them on one stream of "
+                f"batches (`hpcxfer run-task STUDY {tp.task_id}` trains it alone)")
+    group = {"task": identity, "mode": mode,
+             "members": {tp.task_id: {k: v for k, v in s.items() if k not in (*SHARED, "format_version")}
+                         for tp, s in states},
+             **{k: first[k] for k in SHARED},
+             # one clock for the group: the members' longest, resumed the most
+             "restarts": max(s["restarts"] for _, s in states), "wall_s": max(s["wall_s"] for _, s in states)}
+    log.info("%s: composed from %d members' own checkpoints at epoch %d", gp.group_id, len(states), first["epoch"])
+    return group
 
 
 def _load_one(path: Path, identity: dict, what: str) -> dict:
@@ -231,6 +327,8 @@ def load_latest(paths: Paths, identity: dict) -> dict | None:
 def remove(paths: Paths) -> None:
     for p in (paths.checkpoint, paths.checkpoint_prev, paths.checkpoint_new):
         p.unlink(missing_ok=True)
+    if isinstance(paths, TaskPaths):
+        paths.checkpoint_position.unlink(missing_ok=True)
 
 
 def rng_state(data: torch.Generator) -> dict:

@@ -9,6 +9,9 @@ bit for bit those of the task run alone) or `fused` (hpcxfer/worker/fused.py; `a
 fused on a GPU, looped on a CPU). Every member writes its own records in its own task
 folder through the solo code (hpcxfer/worker/records.py), its result.json naming the
 group; the group writes its log and one checkpoint of every member in `groups/<gid>/`.
+At a search's rung that checkpoint is split into each member's own, and a group whose
+members all have their own checkpoints at one epoch boundary starts from those
+(hpcxfer/worker/checkpoint.py `split`, `compose`): survivors of several groups regroup.
 
 The lifecycle around it (locks, log, exit statuses, failed.json) is a task's: both are
 units (hpcxfer/worker/unit.py), which calls `train_group` once the members are locked.
@@ -25,6 +28,7 @@ from hpcxfer.grid.groups import group_key
 from hpcxfer.grid.runtime import RuntimeSettings
 from hpcxfer.grid.task import Task
 from hpcxfer.layout import GroupPaths, StudyPaths, TaskPaths
+from hpcxfer.worker import checkpoint
 from hpcxfer.worker.checkpoint import Position
 from hpcxfer.worker.learners import (
     Data,
@@ -105,17 +109,22 @@ def prepare_group(study: StudyPaths, tasks: list[Task], configs: list[dict]) -> 
     return data, learners
 
 
-def _keeps_progress(gp: GroupPaths, todo: list[TaskPaths]) -> None:
-    """A group that starts afresh would throw away a member's checkpoint of its run alone
-    (submit runs such a task alone: hpcxfer/checkpoints.py); refuse rather than restart it
-    from epoch 0. A group with a checkpoint holds its members' own progress."""
+def _start(gp: GroupPaths, identity: dict, todo: list[TaskPaths], tasks: list[Task], mode: str) -> dict | None:
+    """Where a group without a checkpoint of its own starts: at epoch 0 (None) when no
+    member has progress, or the state its members' own checkpoints make up when all have
+    one (a search's survivors, split at a rung: `checkpoint.compose` checks they stand at
+    one epoch boundary in one random state). Never from epoch 0 over a member's progress."""
     if any(p.exists() for p in (gp.checkpoint, gp.checkpoint_new, gp.checkpoint_prev)):
-        return
-    for tp in todo:
-        if any(p.exists() for p in (tp.checkpoint, tp.checkpoint_new, tp.checkpoint_prev)):
-            raise CheckpointError(f"{tp.checkpoint}: member {tp.task_id} has a checkpoint of its run alone, which "
-                                  f"this new group would throw away; `hpcxfer submit` runs it alone from there "
-                                  f"(or remove it to train the member in this group from epoch 0)")
+        return None  # the group's checkpoint holds its members' progress
+    own = [tp for tp in todo if any(p.exists() for p in (tp.checkpoint, tp.checkpoint_new, tp.checkpoint_prev))]
+    if not own:
+        return None
+    if len(own) < len(todo):
+        tp = own[0]
+        raise CheckpointError(f"{tp.checkpoint}: member {tp.task_id} has a checkpoint of its run alone, which "
+                              f"this new group would throw away; `hpcxfer submit` runs it alone from there "
+                              f"(or remove it to train the member in this group from epoch 0)")
+    return checkpoint.compose(gp, identity, [(tp, t.identity()) for tp, t in zip(todo, tasks)], mode)
 
 
 def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: list[TaskPaths],
@@ -126,10 +135,11 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
     `runtime` overrides the first member's settings (the unit's pre-flight)."""
     tasks = [Task.from_dict(c) for c in configs]
     _check(gp, tasks, configs)
-    _keeps_progress(gp, todo)
     runtime = runtime or RuntimeSettings.of_config(configs[0], todo[0].config)
     data, learners = prepare_group(study, tasks, configs)
     mode = _mode(runtime, data.device, learners)
+    identity = {"group_id": gp.group_id, "members": members}
+    start = _start(gp, identity, todo, tasks, mode)
     trainer: Trainer | None = None  # built after the resume: fused mode stacks what it restored
 
     def contents() -> dict:
@@ -166,11 +176,10 @@ def train_group(study: StudyPaths, gp: GroupPaths, members: list[str], todo: lis
         log.info("group %s: %d members %s on %s (%s), epoch %d step %d", gp.group_id, len(learners), mode,
                  data.device, data.precision.name, pos.epoch, pos.step)
         for tp in todo:
-            if tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
-                log.info("%s: its own checkpoint (from a run alone) is not used; the group trains it from the "
-                         "group's position and removes that checkpoint when done", tp.task_id)
+            if start is None and tp.checkpoint.exists():  # the group's checkpoint holds the member's progress
+                log.info("%s: its own checkpoint is not used; the group trains it from the group's position and "
+                         "removes that checkpoint when done", tp.task_id)
         return trainer
 
-    identity = {"group_id": gp.group_id, "members": members}
     return train_unit(gp, identity, todo, learners, data, runtime, stop, contents, restore, trainer_for,
-                      {"group": gp.group_id})
+                      {"group": gp.group_id}, start)

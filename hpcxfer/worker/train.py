@@ -127,13 +127,15 @@ def fit(trainer: Trainer, data: Data, gen: torch.Generator, pos: Position, ckpt:
 def train_unit(folder: TaskPaths | GroupPaths, identity: dict, todo: Sequence[TaskPaths], learners: list[Learner],
                data: Data, runtime: RuntimeSettings, stop: StopFlag | None, contents: Callable[[], dict],
                restore: Callable[[dict], None], trainer_for: Callable[[Position], Trainer],
-               info: dict | None = None) -> list[dict]:
+               info: dict | None = None, start: dict | None = None) -> list[dict]:
     """Train `learners` (the unfinished members `todo`, in order) to the end, resuming from
     `folder`'s checkpoint (checked against `identity`; `contents`/`restore` are the models'
-    part of it); `trainer_for` steps them, built once the checkpoint is restored. Writes and
-    returns each member's result (with `info` added). A task alone is a unit of one."""
+    part of it; `start`: the state to start from when `folder` has no checkpoint, a group's
+    composed from its members' own); `trainer_for` steps them, built once the checkpoint is
+    restored. Writes and returns each member's result (with `info` added). A task alone is
+    a unit of one."""
     gen = torch.Generator().manual_seed(learners[0].task.seed)
-    ckpt = Checkpointer(folder, identity, gen, runtime.checkpoint_minutes, stop, contents, restore)
+    ckpt = Checkpointer(folder, identity, gen, runtime.checkpoint_minutes, stop, contents, restore, todo, start)
     pos = ckpt.resume()
     trainer = trainer_for(pos)
     records = [Records(tp, runtime, pos.epoch) for tp in todo]
