@@ -120,7 +120,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     outcome = run(req, search, report)
     console.print("\n".join(outcome_lines(outcome)), highlight=False, markup=False)
-    return 1 if outcome.unfinished else 0
+    return 1 if outcome.unfinished or (outcome.step is not None and outcome.step.stuck) else 0
 
 
 # ---------------------------------------------------------------- submit

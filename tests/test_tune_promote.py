@@ -221,7 +221,7 @@ def test_tune_refuses_settings_other_than_the_decisions_were_made_under(tmp_path
     out = cli("tune", changed, "--backend", "local")
     assert out.returncode == 2, out.stdout + out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert str(changed) in line and "search" in line and "eta 2 -> 3" in line, line
+    assert str(changed) in line and "search" in line and "etas [2, 2] -> [3, 3]" in line, line
     assert tree(paths.dir) == before
 
 
@@ -238,3 +238,29 @@ def test_a_slurm_element_stopped_at_its_rung_is_not_a_preemption_to_requeue(tmp_
     assert not stopped_at_rung(paths, task)  # stopped short of its rung: requeued
     atomic_write_json(tp.rung, {"stop_after": 1})
     assert stopped_at_rung(paths, task)
+
+
+def test_a_rung_without_evidence_is_not_decided_and_a_users_tune_retries_the_failed(tmp_path, write_grid):
+    """Every member failed (or its pre-training did): no metric at the rung, so a decision
+    would rank by name. The step stops there, says why, and decides nothing; the user's
+    next `tune` submits the failed members again (a promotion job's step does not)."""
+    from hpcxfer import service
+    from hpcxfer.fileio import atomic_write_json
+    from hpcxfer.tune import record
+    from hpcxfer.tune.drive import Driver
+    from hpcxfer.tune.settings import resolve
+
+    grid = write_grid(SEARCH)
+    paths = prepare_study(grid)
+    req = service.prepare(str(grid), "local", None)
+    search = resolve(req.grid, req.tasks)
+    record.write(req, search)
+    members = [t for t in req.tasks if t.stage == "finetune"]
+    for t in members:
+        atomic_write_json(paths.task(t.task_id).failed, {"error": "RuntimeError: no source model", "exit": 1})
+    step = Driver(req, search, "promotion job").settle()
+    assert step.stuck and not step.ended and not paths.rung_decision(0).exists()
+    assert "rung 0 (epoch 1) not decided: no member of 10 per class reached it" in step.note
+    assert step.behind == []  # a promotion job does not retry what failed
+    retry = Driver(req, search, "tune", retry_failed=True)
+    assert sorted(t.task_id for t in retry.where(members, 1)[1]) == sorted(t.task_id for t in members)

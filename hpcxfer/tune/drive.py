@@ -161,13 +161,15 @@ class Step:
     note: str = ""
     final: bool = False  # the stage is the finalists' (to the tasks' last epoch)
     ended: bool = False
+    stuck: bool = False  # a rung cannot be decided: no evidence at some size (`note` says why)
 
 
 class Driver:
     """A search as its steps see it: the request (grid, backend, study), settings and candidates."""
 
-    def __init__(self, req: service.Request, search: Search, by: str):
+    def __init__(self, req: service.Request, search: Search, by: str, retry_failed: bool = False):
         self.req, self.search, self.paths, self.by = req, search, req.paths, by
+        self.retry_failed = retry_failed  # a user's `tune` runs failed members again, as `submit` does
         self.by_size = candidates(req.tasks)
         self.pretrain = [t for t in req.tasks if t.stage == "pretrain"]
 
@@ -181,6 +183,15 @@ class Driver:
         view = service.held(self.paths)
         return {s.task_id: s for s in study_states(self.paths, view, tasks)}, view
 
+    def without_evidence(self, alive: dict[str, list[str]], index: int) -> str | None:
+        """A size none of whose alive members has the metric at rung `index` (every one
+        failed, or its pre-training did): deciding it would rank candidates by name."""
+        epoch, metric = self.search.rungs[index], self.search.metric
+        for size, cands in self.by_size.items():
+            if all(metric_at(self.paths, t, epoch, metric) is None for c in alive[size_name(size)] for t in cands[c]):
+                return size_name(size)
+        return None
+
     def where(self, tasks: list[Task], target: int) -> tuple[list[Task], list[Task]]:
         """(members held by a backend, members neither there, nor held, nor failed)."""
         states, _ = self.states(tasks)
@@ -189,7 +200,8 @@ class Driver:
             st = states.get(t.task_id)
             if st is not None and st.state in ("queued", "running"):
                 held.append(t)
-            elif (last_epoch(self.paths.task(t.task_id)) or 0) < target and (st is None or st.state != "failed"):
+            elif (last_epoch(self.paths.task(t.task_id)) or 0) < target and (
+                    st is None or st.state != "failed" or self.retry_failed):
                 behind.append(t)
         return held, behind
 
@@ -207,6 +219,11 @@ class Driver:
                 held, behind = self.where(members, target)
                 if index == len(search.rungs) or held or behind:
                     break
+                if blind := self.without_evidence(state.alive, index):
+                    note = (f"rung {index} (epoch {target}) not decided: no member of {blind} per class reached "
+                            "it (failed?); see `hpcxfer status`, fix the cause and run `hpcxfer tune` again")
+                    return Step(state.decided, index, target, members, [], final=False, ended=False, note=note,
+                                stuck=True)
                 decide_rung(paths, search, self.by_size, state.alive, index, self.by)
                 state = progress(paths, search, self.by_size)
             ask_stop(paths, members, target if index < len(search.rungs) else None)
@@ -215,14 +232,14 @@ class Driver:
 
 
 def advance(req: service.Request, search: Search, report: service.Reporter, wait: bool = False,
-            by: str = "tune") -> Step:
+            by: str = "tune", retry_failed: bool = False) -> Step:
     """One step of the search (see the module's docstring), by `by` (who it records as
     deciding). With `wait`, the stage's members are waited for before it returns; without,
     a scheduler backend gets a promotion job after them."""
-    s = Driver(req, search, by)
+    s = Driver(req, search, by, retry_failed)
     for _ in range(MAX_PROMOTIONS):
         step = s.settle()
-        if step.ended:
+        if step.ended or step.stuck:
             return step
         if step.behind:
             service.submit(dataclasses.replace(req, tasks=s.pretrain + step.behind), report, wait=wait)
@@ -280,9 +297,11 @@ class Outcome:
 def run(req: service.Request, search: Search, report: service.Reporter, by: str = "tune") -> Outcome:
     """Run (or resume) the search to its end, waiting for each stage."""
     seen: tuple | None = None
+    retry = by != "promotion job"  # a user's command (or the driver it starts) retries failed members once
     while True:
-        step = advance(req, search, report, wait=True, by=by)
-        if step.ended:
+        step = advance(req, search, report, wait=True, by=by, retry_failed=retry)
+        retry = False
+        if step.ended or step.stuck:
             break
         # A stage whose members come back unfinished twice in a row (a failing pre-training,
         # a walltime too short) ends the wait: those members are reported, not retried forever.

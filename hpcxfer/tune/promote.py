@@ -125,7 +125,7 @@ def start(req: service.Request, search: Search, report: service.Reporter) -> Ste
     scheduler; on the local backend, the detached driver (its pid)."""
     if req.backend.in_process:
         return detach(req.paths)[0]
-    return advance(req, search, report)
+    return advance(req, search, report, retry_failed=True)
 
 
 def _main(argv: list[str]) -> int:

@@ -35,6 +35,8 @@ def outcome_lines(outcome: Outcome) -> list[str]:
             kept = [s["candidate"] for s in standings if s["kept"]]
             out.append(f"rung {record['rung']} (epoch {record['epoch']}), {size} per class: "
                        f"{len(kept)} of {len(standings)} go on: {'; '.join(kept)}")
+    if outcome.step is not None and outcome.step.stuck:
+        return [*out, outcome.step.note]
     out.append(f"finalists trained to epoch {outcome.search.epochs}: {len(outcome.finalists)} tasks"
                + (f", {len(outcome.unfinished)} not finished" if outcome.unfinished else ""))
     out.append(f"collect {outcome.paths.dir} to compare them")
