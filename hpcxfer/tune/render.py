@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hpcxfer.collect.aggregate import protocol_label
 from hpcxfer.layout import StudyPaths
 from hpcxfer.tune.drive import Outcome, Step
 from hpcxfer.tune.settings import SearchPlan
@@ -27,12 +28,28 @@ def search_lines(plan: SearchPlan) -> list[str]:
     return out
 
 
+def labels(candidates: list[str], size: str) -> dict[str, str]:
+    """Candidates by their protocol (`common (n7 h8 d30 f0)`, `n3 h1 d30 f2`) where that
+    tells them apart, else by their whole name (they differ in more than the protocol)."""
+    def label(candidate: str) -> str:
+        fields = dict(kv.split("=", 1) for kv in candidate.split(","))
+        task = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in fields.items()}
+        return protocol_label({**task, "examples_per_class": int(size) if size.isdigit() else size})
+
+    try:
+        short = {c: label(c) for c in candidates}
+    except (KeyError, ValueError):
+        return {c: c for c in candidates}
+    return short if len(set(short.values())) == len(short) else {c: c for c in candidates}
+
+
 def outcome_lines(outcome: Outcome) -> list[str]:
     """Each rung's survivors per size, and the finalists' state."""
     out = []
     for record in outcome.decided:
         for size, standings in record["sizes"].items():
-            kept = [s["candidate"] for s in standings if s["kept"]]
+            names = labels([s["candidate"] for s in standings], size)
+            kept = [names[s["candidate"]] for s in standings if s["kept"]]
             out.append(f"rung {record['rung']} (epoch {record['epoch']}), {size} per class: "
                        f"{len(kept)} of {len(standings)} go on: {'; '.join(kept)}")
     if outcome.step is not None and outcome.step.stuck:
