@@ -205,3 +205,13 @@ def test_a_plain_submit_still_trains_a_pruned_task_on(write_grid):
     chosen = service.decide(req, {})
     assert chosen.states[pruned.task_id].state == "pruned"
     assert pruned.task_id in {t.task_id for t in chosen.todo}
+
+
+def test_tune_prints_candidates_by_their_protocol_where_that_tells_them_apart():
+    from hpcxfer.tune.render import labels
+
+    base = "arch=alexnet,frozen_layers=0,high_lr_layers=8,initial_decay_epochs=30,lr_high=0.01,transfer_layers="
+    common, n3 = base + "7", base + "3"
+    assert labels([common, n3], "10") == {common: "common (n7 h8 d30 f0)", n3: "n3 h8 d30 f0"}
+    other_lr = common.replace("lr_high=0.01", "lr_high=0.001")  # same protocol, another rate: names in full
+    assert labels([common, other_lr], "10") == {common: common, other_lr: other_lr}
