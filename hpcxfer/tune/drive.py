@@ -11,11 +11,13 @@ Exit.RESUME. `advance`, under the study's lock:
 2. decides each rung whose alive members are all back: none held by a backend, each at the
    rung's epoch or failed (a failed member gives no evidence). The decision is written
    first (`tune/rung-<i>.json`, atomically, only if absent), then applied: a pruned
-   member's stop request is replaced by `pruned.json`;
+   member's stop request is replaced by `pruned.json`. A rung no member of some size
+   reached (all failed) is not decided: the step stops there and says why;
 3. writes the stop requests of the next stage (a rung, or the end for the finalists).
 
 Then, outside the lock (submit takes it), it submits the members of that stage that are
-neither there, nor held, nor failed, through `service.submit`, which submits only what is
+neither there, nor held, nor failed (a user's `tune` counts the failed as not there, once),
+through `service.submit`, which submits only what is
 not done or held; on a scheduler it submits a promotion job that depends (afterany) on
 every job holding the stage's members and runs `advance` again (hpcxfer/tune/promote.py).
 """
