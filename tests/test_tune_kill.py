@@ -62,7 +62,10 @@ def _driver(grid: str, study: str, seed: int) -> int:
         by_time = kill == "delay" or trigger.exists()  # a decision made before: a random moment instead
         while proc.poll() is None and not (time.monotonic() - start > delay if by_time else trigger.exists()):
             time.sleep(0.002)
-        os.kill(-1, signal.SIGKILL)  # every process of the namespace but this one
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of the namespace but this one
+        except ProcessLookupError:
+            pass  # nothing left to kill: the search ended before this moment
         proc.wait()
         _reap()
         log.write(f"--- killed ({kill}) after {time.monotonic() - start:.2f} s{_window(study, kill)}\n".encode())
