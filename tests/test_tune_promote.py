@@ -146,6 +146,20 @@ def test_pbs_promotion_job_follows_the_rungs_arrays_afterany(tmp_path, write_gri
                            capture_output=True, text=True, env={**os.environ, **env}, timeout=300, check=False)
     assert again.returncode == 0, again.stderr
     assert len(pbs_standin.jobs(env)) == len(jobs) and f"promotion job {promotion['id']} already" in again.stdout
+    # The promotion job itself, its stage still queued, submits the next one: with its own
+    # interpreter, never a program named in the study's files (anyone able to write them
+    # could name any).
+    record = json.loads(paths.search_record.read_text())
+    paths.search_record.write_text(json.dumps({**record, "python": "/tmp/planted-python"}))
+    step = subprocess.run([sys.executable, "-P", "-m", "hpcxfer.tune.promote", str(paths.dir)], capture_output=True,
+                          text=True, env={**os.environ, **env, "HPCXFER_JOB_ID": f"pbs:{promotion['id']}"},
+                          timeout=300, check=False)
+    assert step.returncode == 0, step.stdout + step.stderr
+    nxt = pbs_standin.jobs(env)[-1]
+    assert nxt["id"] != promotion["id"], step.stdout + step.stderr
+    script = Path(nxt["script"]).read_text()
+    assert f"exec {sys.executable} -P -m hpcxfer.tune.promote {paths.dir}" in script.splitlines()
+    assert "planted" not in script
 
 
 @pytest.mark.slow

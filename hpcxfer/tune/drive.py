@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -278,7 +279,10 @@ def follow(s: Driver, step: Step) -> tuple[str | None, str]:
             return None, (f"{count} promotion jobs followed stage {step.stage} and its members are still not "
                           "back; run `hpcxfer tune GRID` once you have seen why (`hpcxfer status`)")
         n = last.get("n", -1) + 1
-        sub = backend.submit_promotion(paths, s.req.grid, step.held, search_record.python_of(paths), n)
+        # This interpreter: the user's `tune`, or a promotion job that one of its scripts
+        # started; never a path read from the study's files (anyone who can write them could
+        # name any program).
+        sub = backend.submit_promotion(paths, s.req.grid, step.held, sys.executable, n)
         append_jsonl(paths.promotions, {"n": n, "job": sub.job_id, "stage": step.stage, "count": count + 1,
                                         "after": step.held, "script": sub.script, "by": who(s.by)})
         return sub.job_id, f"promotion job {sub.job_id} follows the {len(step.held)} job element(s) of this stage"

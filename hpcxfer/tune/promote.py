@@ -104,9 +104,8 @@ def detach(paths: StudyPaths) -> tuple[int, bool]:
         if running is not None and running.alive():
             return running.pid, False
         paths.promotion_dir.mkdir(parents=True, exist_ok=True)
-        python = record.python_of(paths)
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen([python, "-P", "-m", "hpcxfer.tune.promote", str(paths.dir), "--drive"],
+        with open(log_path, "ab") as out:  # this interpreter: the one the user ran `tune` with
+            proc = subprocess.Popen([sys.executable, "-P", "-m", "hpcxfer.tune.promote", str(paths.dir), "--drive"],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         atomic_write_json(paths.driver, {"driver": ProcessId.of(proc.pid).to_dict(), "log": str(log_path),

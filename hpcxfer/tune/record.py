@@ -62,11 +62,6 @@ def write(req: service.Request, search: Search) -> None:
         "settings": settings_of(search), "recorded": time.time()})
 
 
-def python_of(paths: StudyPaths) -> str:
-    """The interpreter `tune` ran under, which promotion jobs run."""
-    return str(read_json(paths.search_record)["python"])
-
-
 def load(study_dir: str | Path) -> tuple[service.Request, Search]:
     """A search's request and settings from its study alone (what a promotion job runs)."""
     # Not StudyPaths.existing: a new study's driver starts before its first submit records it.
