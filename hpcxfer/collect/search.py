@@ -26,7 +26,7 @@ from hpcxfer.fileio import read_json
 from hpcxfer.grid.cost import DATA_COUNTS
 from hpcxfer.grid.task import Task, candidate_key
 from hpcxfer.layout import StudyPaths
-from hpcxfer.progress import epochs_done
+from hpcxfer.progress import epochs_done, stop_after
 from hpcxfer.study import is_done, metrics_records
 from hpcxfer.terminal import Col, fit_table
 
@@ -61,15 +61,6 @@ def epoch_images(task: Task) -> float | None:
         return None
     half = classes // 2
     return round(train * half / classes) if task.examples_per_class == "full" else int(task.examples_per_class) * half
-
-
-def stop_after(paths: StudyPaths, task_id: str) -> int | None:
-    """A member's stop request (its rung's epoch), or None."""
-    try:
-        value = read_json(paths.task(task_id).rung).get("stop_after")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -196,7 +187,7 @@ def search_view(paths: StudyPaths, tasks: Sequence[Task]) -> SearchView | None:
     finetune = [t for t in tasks if t.stage == "finetune"]
     problems: list[str] = []
     decided = decisions(paths, problems)
-    asked = {t.task_id: stop_after(paths, t.task_id) for t in finetune}
+    asked = {t.task_id: stop_after(paths.task(t.task_id)) for t in finetune}
     if not decided and not problems and not any(v is not None for v in asked.values()) \
             and not any(paths.task(t.task_id).pruned.is_file() for t in finetune):
         return None
